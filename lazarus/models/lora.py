@@ -1,0 +1,175 @@
+"""LoRA on mlx-lm models: apply, save/load in mlx-lm's adapter format, fuse, enable/disable.
+
+Built on mlx-lm's own LoRA layers (`mlx_lm.tuner`), so `mlx_lm.generate --adapter-path` accepts our
+adapters and we accept theirs. `adapters_disabled(model)` gives the reference model for DPO/GRPO:
+the base with adapters off, without a second copy of the weights.
+
+mlx-lm's LoRALinear computes `base(x) + scale * (x @ A) @ B`; we expose the usual `alpha` and set
+`scale = alpha / rank`, as PEFT users expect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear, LoRASwitchLinear
+from mlx_lm.tuner.utils import linear_to_lora_layers
+
+from lazarus.models.io import atomic_dir, read_json, save_safetensors, write_json
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapters.safetensors"
+LORA_TYPES = (LoRALinear, LoRASwitchLinear, LoRAEmbedding)
+
+
+class AdapterError(ValueError):
+    """An adapter directory that does not fit the model; the message names the file and tensor."""
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None  # e.g. ["self_attn.q_proj", "self_attn.v_proj"]; None = all linears
+    num_layers: int | None = None  # last N transformer blocks; None = all
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+               target_modules: list[str] | None = None, num_layers: int | None = None) -> nn.Module:
+    """Freeze `model` and add trainable LoRA adapters (in place); returns `model`.
+
+    `target_modules` are module paths inside a transformer block (e.g. "self_attn.q_proj"); None means
+    every linear layer of the block. `num_layers` counts from the last block (None = all blocks).
+    """
+    settings = LoraSettings(rank, alpha, dropout, target_modules, num_layers)
+    if rank <= 0:
+        raise ValueError(f"lora rank must be positive, got {rank}")
+    n_blocks = len(model.layers)
+    num_layers = n_blocks if num_layers is None else num_layers
+    if not 0 < num_layers <= n_blocks:
+        raise ValueError(f"lora num_layers must be in 1..{n_blocks}, got {num_layers}")
+    if target_modules is not None:
+        known = {name for name, m in model.layers[-1].named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))}
+        unknown = sorted(set(target_modules) - known)
+        if unknown:
+            raise ValueError(f"lora target_modules {unknown} are not linear layers of a block; "
+                             f"choose from {sorted(known)}")
+    model.freeze()
+    linear_to_lora_layers(model, num_layers, _mlx_lm_parameters(settings))
+    model._lazarus_lora = settings  # what save_adapter writes
+    return model
+
+
+def _mlx_lm_parameters(settings: LoraSettings) -> dict:
+    params = {"rank": settings.rank, "scale": settings.scale, "dropout": settings.dropout}
+    if settings.target_modules is not None:
+        params["keys"] = list(settings.target_modules)
+    return params
+
+
+def lora_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LORA_TYPES)]
+
+
+def has_lora(model: nn.Module) -> bool:
+    return bool(lora_modules(model))
+
+
+def adapter_parameters(model: nn.Module) -> dict[str, mx.array]:
+    """The adapter tensors (flattened names, as in `adapters.safetensors`)."""
+    return {k: v for k, v in tree_flatten(model.parameters()) if k.rsplit(".", 1)[-1] in ("lora_a", "lora_b")}
+
+
+def save_adapter(model: nn.Module, out_dir: str | Path, metadata: dict | None = None) -> Path:
+    """Write `adapter_config.json` + `adapters.safetensors` (mlx-lm's format) atomically."""
+    settings: LoraSettings | None = getattr(model, "_lazarus_lora", None)
+    if settings is None:
+        raise AdapterError("model has no LoRA adapters to save (call apply_lora or load_adapter first)")
+    weights = adapter_parameters(model)
+    config = {
+        "fine_tune_type": "lora",
+        "num_layers": settings.num_layers or len(model.layers),
+        "lora_parameters": _mlx_lm_parameters(settings),
+        "lazarus": {"alpha": settings.alpha, **(metadata or {})},
+    }
+    with atomic_dir(out_dir) as tmp:
+        save_safetensors(tmp / ADAPTER_WEIGHTS, weights)
+        write_json(tmp / ADAPTER_CONFIG, config)
+    return Path(out_dir)
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
+    """Apply adapters saved by us or by `mlx_lm.lora` to `model` (in place)."""
+    adapter_dir = Path(adapter_dir)
+    config_path, weights_path = adapter_dir / ADAPTER_CONFIG, adapter_dir / ADAPTER_WEIGHTS
+    for p in (config_path, weights_path):
+        if not p.exists():
+            raise AdapterError(f"adapter directory {adapter_dir} has no {p.name}")
+    config = read_json(config_path)
+    if config.get("fine_tune_type", "lora") != "lora":
+        raise AdapterError(f"{config_path}: fine_tune_type {config.get('fine_tune_type')!r} is not supported "
+                           "(only 'lora')")
+    try:
+        params = config["lora_parameters"]
+        rank, scale = int(params["rank"]), float(params["scale"])
+        num_layers = int(config["num_layers"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise AdapterError(f"{config_path}: missing or bad field {e}") from None
+    alpha = config.get("lazarus", {}).get("alpha", scale * rank)
+    if not has_lora(model):
+        apply_lora(model, rank=rank, alpha=alpha, dropout=float(params.get("dropout", 0.0)),
+                   target_modules=params.get("keys"), num_layers=min(num_layers, len(model.layers)))
+    expected = adapter_parameters(model)
+    weights = mx.load(str(weights_path))
+    for name, w in weights.items():
+        if name not in expected:
+            raise AdapterError(f"{weights_path}: tensor {name} is not an adapter parameter of this model")
+        if w.shape != expected[name].shape:
+            raise AdapterError(f"{weights_path}: tensor {name} has shape {tuple(w.shape)}, "
+                               f"model expects {tuple(expected[name].shape)}")
+    model.load_weights(list(weights.items()), strict=False)
+    mx.eval(model.parameters())
+    return model
+
+
+def fuse_lora(model: nn.Module, dequantize: bool = False) -> nn.Module:
+    """Merge adapters into the base weights (in place) and drop the LoRA layers."""
+    fused = [(name, m.fuse(dequantize=dequantize)) for name, m in lora_modules(model)]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    if hasattr(model, "_lazarus_lora"):
+        del model._lazarus_lora
+    return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the base model: every LoRA layer's scale is 0 inside the block (no weight copy).
+
+    Use it outside `mx.compile`d functions: the scale is a Python float baked in at trace time.
+    """
+    saved = [(m, m.scale) for _, m in lora_modules(model)]
+    try:
+        for m, _ in saved:
+            m.scale = 0.0
+        yield model
+    finally:
+        for m, scale in saved:
+            m.scale = scale
+
+
+def lora_settings(model: nn.Module) -> dict | None:
+    settings = getattr(model, "_lazarus_lora", None)
+    return asdict(settings) if settings else None

@@ -1,0 +1,97 @@
+"""Platform set-up done once, before `mlx.core` is first imported.
+
+On Linux the `mlx[cpu]` wheel bundles a reference BLAS that makes float32 matmul ~50x slower than
+numpy. Loading Debian's OpenBLAS with RTLD_GLOBAL before MLX binds its BLAS symbols makes MLX use it,
+with bit-identical results. `import lazarus` runs this; so does every console script.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform as _platform
+import sys
+import warnings
+from dataclasses import dataclass
+
+OPENBLAS_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+)
+FIX_HINT = "install it with `sudo apt-get install libopenblas0-pthread` (or run `make install` as root)"
+
+
+@dataclass(frozen=True)
+class PlatformInfo:
+    system: str
+    machine: str
+    blas_path: str | None
+    blas_loaded_before_mlx: bool
+    device: str
+
+
+_blas_path: str | None = None
+_blas_before_mlx = False
+
+
+def find_openblas() -> str | None:
+    """The OpenBLAS shared library to preload: $LAZARUS_BLAS, else the first Debian path that exists."""
+    explicit = os.environ.get("LAZARUS_BLAS")
+    if explicit:
+        return explicit if os.path.exists(explicit) else None
+    return next((p for p in OPENBLAS_CANDIDATES if os.path.exists(p)), None)
+
+
+def setup_blas() -> str | None:
+    """Preload OpenBLAS for MLX on Linux. Idempotent; warns once (and only once) when it cannot."""
+    global _blas_path, _blas_before_mlx
+    if _blas_path is not None or sys.platform != "linux" or os.environ.get("LAZARUS_NO_BLAS"):
+        return _blas_path
+    mlx_already_imported = "mlx.core" in sys.modules
+    path = find_openblas()
+    if path is None:
+        warnings.warn(
+            f"OpenBLAS not found: MLX float32 matmul on CPU will be ~50x slower; {FIX_HINT}.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    # Ray workers default OMP_NUM_THREADS=1; OpenBLAS reads its own variable, so set it explicitly.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(os.cpu_count() or 1))
+    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    _blas_path = path
+    _blas_before_mlx = not mlx_already_imported
+    if mlx_already_imported:
+        warnings.warn(
+            "mlx.core was imported before lazarus: OpenBLAS may not be used; import lazarus first.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return path
+
+
+def preload_env() -> dict[str, str]:
+    """Environment that makes a child process (Ray worker, subprocess) load the same BLAS."""
+    env = {}
+    if _blas_path:
+        env["LD_PRELOAD"] = _blas_path
+        env["OPENBLAS_NUM_THREADS"] = os.environ.get("OPENBLAS_NUM_THREADS", str(os.cpu_count() or 1))
+    return env
+
+
+def info() -> PlatformInfo:
+    import mlx.core as mx
+
+    return PlatformInfo(
+        system=_platform.system(),
+        machine=_platform.machine(),
+        blas_path=_blas_path,
+        blas_loaded_before_mlx=_blas_before_mlx,
+        device=str(mx.default_device()),
+    )
+
+
+setup_blas()
