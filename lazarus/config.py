@@ -158,6 +158,15 @@ class EvalConfig(Section):
     reward: str = Field("accuracy", description="Reward function whose mean is reported as accuracy.")
 
 
+class DemoConfig(Section):
+    sft_steps: int = Field(300, gt=0, description="`lazarus demo`: SFT steps before GRPO.")
+    sft_learning_rate: float = Field(2e-3, gt=0, description="`lazarus demo`: SFT learning rate (full fine-tuning).")
+    sft_batch_size: int = Field(32, gt=0, description="`lazarus demo`: SFT batch size.")
+    min_improvement: Optional[float] = Field(
+        None, description="`lazarus demo`: fail (exit 1) unless GRPO raises held-out accuracy by this much (0.10 = 10 points)."
+    )
+
+
 class Config(Section):
     algorithm: Literal["sft", "dpo", "grpo", "ppo"] = Field("grpo", description="What `lazarus train` runs.")
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -169,11 +178,11 @@ class Config(Section):
     rl: RLConfig = Field(default_factory=RLConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.algorithm in ("grpo", "ppo") and self.algorithm == "grpo" and self.generation.num_generations < 2 \
-                and self.rl.advantage in ("grpo", "rloo"):
+        if self.algorithm == "grpo" and self.generation.num_generations < 2 and self.rl.advantage in ("grpo", "rloo"):
             raise ValueError("generation.num_generations must be >= 2 for group advantages (grpo, rloo)")
         return self
 

@@ -1,0 +1,73 @@
+"""Reward functions with TRL's signature, `fn(prompts, completions, **columns) -> list[float]`.
+
+`columns` are the extra columns of the RL prompt dataset, one list entry per completion (e.g.
+`answer`). A completion is a string, or (TRL's conversational form) a list of messages whose last
+assistant message is the answer text. Users bring their own as `module:function`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+
+from lazarus.data.math import answers_match, extract_answer
+
+RewardFn = Callable[..., list[float]]
+
+# A number (integer, decimal or fraction, optionally signed) or a choice letter A-E.
+_ANSWER_VALUE = r"[-+]?\d+(?:\.\d+)?(?:/\d+)?|[A-Ea-e]"
+_FINAL_ANSWER_LINE = re.compile(rf"(?:^|\n)Answer:[ \t]*(?:{_ANSWER_VALUE})[ \t]*\.?\s*\Z")
+
+
+def accuracy_reward(prompts, completions, answer, **kwargs) -> list[float]:
+    """1.0 where the completion's final answer (`extract_answer`) equals the gold `answer`
+    (`answers_match`: math-verify, so "0.75" equals "3/4"), else 0.0."""
+    if len(answer) != len(completions):
+        raise ValueError(f"accuracy_reward: {len(completions)} completions but {len(answer)} answers")
+    return [1.0 if answers_match(extract_answer(completion_text(c)), str(gold)) else 0.0
+            for c, gold in zip(completions, answer)]
+
+
+def format_reward(prompts, completions, **kwargs) -> list[float]:
+    """1.0 where the completion ends with a well-formed answer line, else 0.0.
+
+    The rule: after trailing whitespace, the last line is `Answer: <value>` (optionally ending with a
+    period), where `<value>` is a number — an integer, a decimal or a fraction `p/q`, optionally
+    signed — or a single choice letter A-E. Nothing may follow that line.
+    """
+    return [1.0 if _FINAL_ANSWER_LINE.search(completion_text(c)) else 0.0 for c in completions]
+
+
+BUILTIN_REWARDS: dict[str, RewardFn] = {"accuracy": accuracy_reward, "format": format_reward}
+
+
+def resolve_reward_function(spec: str) -> RewardFn:
+    """A built-in name ("accuracy", "format") or `module:function`, imported; else ValueError."""
+    if spec in BUILTIN_REWARDS:
+        return BUILTIN_REWARDS[spec]
+    module_name, sep, function_name = spec.partition(":")
+    if not sep or not module_name or not function_name:
+        raise ValueError(f"reward function {spec!r} is neither a built-in ({', '.join(BUILTIN_REWARDS)}) "
+                         f"nor 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"reward function {spec!r}: cannot import module {module_name!r} ({e})") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ValueError(  # noqa: TRY004  (a bad spec is a value error, like the other cases)
+            f"reward function {spec!r}: module {module_name!r} has no function {function_name!r}")
+    return function
+
+
+def completion_text(completion) -> str:
+    """The text of a completion: the string itself, or the content of the last assistant message."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list):
+        for message in reversed(completion):
+            if isinstance(message, dict) and message.get("role", "assistant") == "assistant":
+                return str(message.get("content", ""))
+        return ""
+    raise TypeError(f"a completion must be a string or a list of messages, got {type(completion).__name__}")

@@ -1,0 +1,135 @@
+"""DPO trainer: sigmoid / IPO / hinge DPO, SimPO and ORPO on summed completion-token logprobs.
+
+Reference logprobs come from the base model with adapters disabled when training LoRA (no second
+copy of the weights), else from a frozen copy; they are computed once per batch, outside the
+compiled gradient step. Prompt tokens never enter the sums.
+"""
+
+from __future__ import annotations
+
+import time
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from lazarus.algorithms.dpo import dpo_loss, orpo_loss, simpo_loss
+from lazarus.algorithms.logprobs import masked_mean, sequence_logprobs, token_logprobs
+from lazarus.config import Config
+from lazarus.data.batching import BatchIterator
+from lazarus.data.tokenize import TokenizedPreference
+from lazarus.models.lora import adapters_disabled, has_lora
+from lazarus.training.base import Trainer, pad_length
+
+REFERENCE_FREE = ("simpo", "orpo")
+
+
+def collate_preferences(pairs: list[TokenizedPreference], pad_id: int):
+    """Chosen rows first, then rejected rows: (inputs, targets, completion mask), right-padded."""
+    sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
+    width = pad_length(max(len(a) + len(b) for a, b in sequences) - 1)
+    inputs = np.full((len(sequences), width), pad_id, np.int32)
+    targets = np.full((len(sequences), width), pad_id, np.int32)
+    mask = np.zeros((len(sequences), width), np.float32)
+    for i, (prompt, completion) in enumerate(sequences):
+        full = list(prompt) + list(completion)
+        inputs[i, : len(full) - 1] = full[:-1]
+        targets[i, : len(full) - 1] = full[1:]
+        mask[i, len(prompt) - 1: len(full) - 1] = 1.0  # completion tokens only
+    return mx.array(inputs), mx.array(targets), mx.array(mask)
+
+
+class DPOTrainer(Trainer):
+    name = "dpo"
+
+    def __init__(self, cfg: Config, model: nn.Module, tokenizer, pairs: list[TokenizedPreference],
+                 eval_pairs: list[TokenizedPreference] | None = None, reference: nn.Module | None = None):
+        super().__init__(cfg, model, tokenizer)
+        if not pairs:
+            raise ValueError("data.train: the preference dataset is empty")
+        if cfg.dpo.loss_type not in REFERENCE_FREE and reference is None and not has_lora(model):
+            raise ValueError("DPO with full fine-tuning needs a reference model (or enable LoRA)")
+        self.pairs, self.eval_pairs, self.reference = pairs, eval_pairs or [], reference
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.iterator = BatchIterator(len(pairs), cfg.training.batch_size, seed=cfg.training.seed,
+                                      shuffle=cfg.data.shuffle)
+        self.reference_forward_passes = 0
+        self.stepper = self.make_stepper(self.loss)
+
+    def reference_logprobs(self, inputs, targets, mask) -> mx.array:
+        if self.cfg.dpo.loss_type in REFERENCE_FREE:
+            return mx.zeros((inputs.shape[0],))
+        self.reference_forward_passes += 1
+        if self.reference is not None:
+            logps = sequence_logprobs(token_logprobs(self.reference(inputs), targets), mask)
+        else:
+            with adapters_disabled(self.model):
+                logps = sequence_logprobs(token_logprobs(self.model(inputs), targets), mask)
+        mx.eval(logps)
+        return mx.stop_gradient(logps)
+
+    def loss(self, model, inputs, targets, mask, ref_logps):
+        d = self.cfg.dpo
+        per_token = token_logprobs(model(inputs), targets)
+        logps = sequence_logprobs(per_token, mask)
+        lengths = mx.maximum(mask.sum(axis=-1), 1.0)
+        half = inputs.shape[0] // 2
+        chosen, rejected = logps[:half], logps[half:]
+        if d.loss_type == "simpo":
+            loss, metrics = simpo_loss(chosen / lengths[:half], rejected / lengths[half:], beta=d.beta,
+                                       gamma=d.simpo_gamma)
+        elif d.loss_type == "orpo":
+            chosen_avg = chosen / lengths[:half]
+            loss, metrics = orpo_loss(chosen_avg, rejected / lengths[half:], -chosen_avg, lam=d.orpo_lambda)
+        else:
+            loss, metrics = dpo_loss(chosen, rejected, ref_logps[:half], ref_logps[half:], beta=d.beta,
+                                     loss_type=d.loss_type, label_smoothing=d.label_smoothing)
+        metrics["chosen_nll"] = masked_mean(-per_token[:half], mask[:half])
+        return loss, metrics
+
+    def train(self, resume=None) -> dict:
+        state = self.open(resume)
+        if "data" in state:
+            self.iterator = BatchIterator.from_state(len(self.pairs), self.cfg.training.batch_size, state["data"])
+        accum = self.cfg.training.grad_accum_steps
+        try:
+            while self.step < self.cfg.training.max_steps:
+                self.seed_step()
+                t0 = time.perf_counter()
+                batch = [self.pairs[i] for i in self.iterator.next_indices()]
+                micro = [batch[i::accum] for i in range(accum) if batch[i::accum]]
+                history = []
+                for pairs in micro:
+                    inputs, targets, mask = collate_preferences(pairs, self.pad_id)
+                    ref = self.reference_logprobs(inputs, targets, mask)
+                    loss, metrics = self.stepper.accumulate(inputs, targets, mask, ref, weight=len(pairs) / len(batch))
+                    history.append({"loss": loss.item(), **{k: v.item() for k, v in metrics.items()}})
+                grad_norm = self.stepper.apply()
+                self.step += 1
+                dt = time.perf_counter() - t0
+                metrics = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+                metrics.update(grad_norm=grad_norm, step_s=dt, learning_rate=float(self.optimizer.learning_rate),
+                               reference_forward_passes=self.reference_forward_passes)
+                self.log(metrics)
+                self.checkpoint({"data": self.iterator.state()})
+            final = self.evaluate()
+            if final:
+                self.logger.log(self.step, final)
+            self.checkpoint({"data": self.iterator.state()}, force=True)
+            return final
+        finally:
+            self.close()
+
+    def evaluate(self) -> dict:
+        """Held-out preference accuracy: the policy's implicit reward ranks chosen above rejected."""
+        if not self.eval_pairs:
+            return {}
+        wins = []
+        size = self.cfg.training.batch_size
+        for i in range(0, len(self.eval_pairs), size):
+            inputs, targets, mask = collate_preferences(self.eval_pairs[i: i + size], self.pad_id)
+            ref = self.reference_logprobs(inputs, targets, mask)
+            margin = sequence_logprobs(token_logprobs(self.model(inputs), targets), mask) - ref
+            half = inputs.shape[0] // 2
+            wins.extend((margin[:half] > margin[half:]).tolist())
+        return {"eval_preference_accuracy": float(np.mean(wins))}

@@ -1,0 +1,55 @@
+"""Math reward functions (TRL signature) on plain and conversational completions, and their lookup."""
+
+import pytest
+
+from lazarus.env.rewards import accuracy_reward, format_reward, resolve_reward_function
+
+
+def test_accuracy_reward_scores_equivalent_final_answers_on_strings_and_message_lists():
+    # given: the same three completions as strings and as TRL conversational completions
+    texts = ["3/4 = 0.75\nAnswer: 0.75", "Answer: 1\nno wait\nAnswer: 19", "12 + 7 = 18\nAnswer: 18"]
+    messages = [[{"role": "assistant", "content": t}] for t in texts]
+    for completions in (texts, messages):
+        # when
+        rewards = accuracy_reward(["q1", "q2", "q3"], completions, answer=["3/4", "19", "19"], kind=["x"] * 3)
+        # then
+        assert rewards == [1.0, 1.0, 0.0]
+
+
+def test_accuracy_reward_gives_zero_without_an_answer_and_needs_one_answer_per_completion():
+    assert accuracy_reward(["q"], ["I think it is 19"], answer=["19"]) == [0.0]
+    with pytest.raises(ValueError, match="2 completions but 1 answers"):
+        accuracy_reward(["q", "q"], ["a", "b"], answer=["1"])
+
+
+@pytest.mark.parametrize("completion, reward", [
+    ("12 + 7 = 19\nAnswer: 19", 1.0),
+    ("Answer: -3/4.\n", 1.0),
+    ("Answer: 12.5", 1.0),
+    ("The larger one is B\nAnswer: B", 1.0),
+    ("Answer: 19\nand some more text", 0.0),  # the answer line must be last
+    ("Answer: nineteen", 0.0),
+    ("Answer:", 0.0),
+    ("12 + 7 = 19", 0.0),
+    ("the Answer: 19", 0.0),  # must be a line of its own
+])
+def test_format_reward_requires_a_final_well_formed_answer_line(completion, reward):
+    assert format_reward(["q"], [completion]) == [reward]
+    assert format_reward(["q"], [[{"role": "assistant", "content": completion}]]) == [reward]
+
+
+def test_resolve_reward_function_finds_builtins_and_module_functions():
+    assert resolve_reward_function("accuracy") is accuracy_reward
+    assert resolve_reward_function("format") is format_reward
+    assert resolve_reward_function("lazarus.env.rewards:format_reward") is format_reward
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nonsense", "reward function 'nonsense' is neither a built-in"),
+    ("no_such_module_xyz:f", "reward function 'no_such_module_xyz:f': cannot import module"),
+    ("lazarus.env.rewards:missing", "module 'lazarus.env.rewards' has no function 'missing'"),
+    ("lazarus.env.rewards:BUILTIN_REWARDS", "has no function 'BUILTIN_REWARDS'"),
+])
+def test_resolve_reward_function_names_a_bad_spec(spec, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_reward_function(spec)
