@@ -1,0 +1,118 @@
+"""The real `lazarus` CLI as a user runs it: subprocesses, real files, exit codes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LAZARUS = str(Path(sys.executable).parent / "lazarus")
+
+
+def run(*args, check=True, timeout=300):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([LAZARUS, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lazarus {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_init_model_then_infer_streams_a_completion(tmp_path):
+    run("init-model", "--arch", "lazyfox", "--size", "micro", "--out", tmp_path / "m")
+    out = run("infer", "--model", tmp_path / "m", "--prompt", "What is 2 + 2?", "--chat", "--max-tokens", "8",
+              "--temperature", "0.7", "--seed", "1")
+    assert out.stdout.strip()
+
+
+def test_infer_applies_the_adapter(tmp_path, micro_model_dir):
+    # given an adapter whose B matrices are non-zero (so it changes the output)
+    import mlx.core as mx
+
+    from lazarus.models.load import load
+    from lazarus.models.lora import apply_lora, lora_modules, save_adapter
+
+    model, _ = load(micro_model_dir)
+    apply_lora(model, rank=4, alpha=64)
+    for _, m in lora_modules(model):
+        m.lora_b = mx.random.normal(m.lora_b.shape, key=mx.random.key(0))
+    save_adapter(model, tmp_path / "adapter")
+    # when inferring greedily with and without it
+    args = ["infer", "--model", micro_model_dir, "--prompt", "Hello there", "--max-tokens", "12"]
+    plain = run(*args).stdout
+    adapted = run(*args, "--adapter", tmp_path / "adapter").stdout
+    # then the adapter changed the output, exactly as mlx-lm's own loader with --adapter-path does
+    import mlx_lm
+
+    theirs, tok = mlx_lm.load(str(micro_model_dir), adapter_path=str(tmp_path / "adapter"))
+    expected = mlx_lm.generate(theirs, tok, "Hello there", max_tokens=12)
+    assert plain != adapted
+    assert adapted.strip() == ("Hello there" + expected).strip()
+
+
+def test_bad_model_path_is_one_line_exit_2(tmp_path):
+    proc = run("infer", "--model", tmp_path / "missing", "--prompt", "x", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
+
+
+def test_unknown_config_key_names_file_and_key_and_writes_nothing(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"training:\n  run_dir: {tmp_path / 'run'}\n  max_stepz: 3\n")
+    proc = run("train", "sft", "--config", config, check=False)
+    assert proc.returncode == 2
+    assert f"{config}: training.max_stepz: unknown key" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_wrong_type_override_names_the_key(tmp_path):
+    proc = run("train", "grpo", "--set", "optim.learning_rate=fast", check=False)
+    assert proc.returncode == 2 and "optim.learning_rate" in proc.stderr
+
+
+def test_missing_config_file_is_reported(tmp_path):
+    proc = run("train", "sft", "--config", tmp_path / "nope.yaml", check=False)
+    assert proc.returncode == 2 and "nope.yaml: config file not found" in proc.stderr
+
+
+def test_bad_dataset_row_names_file_and_line_and_keeps_the_previous_run(tmp_path, micro_model_dir):
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"prompt": "What is 1 + 1?", "completion": "2"}\n{"prompt": "x", "completion": 5}\n')
+    proc = run("train", "sft", "--set", f"model.path={micro_model_dir}", "--set", f"data.train={data}",
+               "--set", f"training.run_dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode == 2
+    assert f"{data}:2" in proc.stderr and "completion" in proc.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_train_sft_then_grpo_then_eval_and_plot(tmp_path, micro_model_dir):
+    run("data", "math", "--out", tmp_path / "math", "--train", "64", "--eval", "16")
+    common = ["--set", "training.progress=false", "--set", "training.batch_size=4", "--set", "training.max_steps=3"]
+    run("train", "sft", "--config", "configs/sft_math.yaml", "--set", f"model.path={micro_model_dir}",
+        "--set", f"data.train={tmp_path / 'math/sft_train.jsonl'}", "--set", f"data.eval={tmp_path / 'math/sft_eval.jsonl'}",
+        "--set", f"training.run_dir={tmp_path / 'sft'}", *common)
+    assert (tmp_path / "sft" / "model" / "config.json").exists()
+    out = run("train", "grpo", "--config", "configs/grpo_math.yaml", "--set", f"model.path={tmp_path / 'sft/model'}",
+              "--set", f"data.train={tmp_path / 'math/rl_train.jsonl'}", "--set", f"data.eval={tmp_path / 'math/rl_eval.jsonl'}",
+              "--set", f"training.run_dir={tmp_path / 'grpo'}", "--set", "generation.num_generations=4",
+              "--set", "generation.max_new_tokens=8", "--set", "eval.num_prompts=8", *common)
+    assert "eval_accuracy" in out.stdout
+    records = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    out = run("eval", "--model", tmp_path / "sft" / "model", "--adapter", tmp_path / "grpo" / "adapter",
+              "--data", tmp_path / "math" / "rl_eval.jsonl", "--num-prompts", "8", "--max-new-tokens", "8")
+    assert "accuracy:" in out.stdout and "over 8 prompts" in out.stdout
+    run("plot", tmp_path / "grpo")
+    assert (tmp_path / "grpo" / "plots" / "overview.png").stat().st_size > 1000
+
+
+def test_config_show_prints_the_reference():
+    out = run("config", "show", "grpo").stdout
+    assert "rl.epsilon_high" in out and "DAPO" in out
+
+
+def test_learner_and_actor_say_not_yet_available():
+    for script in ("lazarus-learner", "lazarus-actor"):
+        proc = subprocess.run([str(Path(sys.executable).parent / script)], capture_output=True, text=True)
+        assert proc.returncode == 2 and "not yet available" in proc.stderr
