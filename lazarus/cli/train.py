@@ -65,7 +65,13 @@ def demo_command(
     from lazarus.config import load_config
     from lazarus.runtime.demo import run_demo
 
-    result = run_demo(load_config(config, overrides, algorithm="grpo"), echo=typer.echo)
+    from lazarus.runtime.demo import DemoFailed
+
+    try:
+        result = run_demo(load_config(config, overrides, algorithm="grpo"), echo=typer.echo)
+    except DemoFailed as e:
+        typer.echo(f"demo: {e}", err=True)
+        raise typer.Exit(1)
     typer.echo(f"held-out accuracy: after SFT {result['accuracy_before']:.3f} -> after GRPO "
                f"{result['accuracy_after']:.3f} ({100 * (result['accuracy_after'] - result['accuracy_before']):+.1f} points)")
 

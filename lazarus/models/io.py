@@ -15,23 +15,14 @@ from typing import Iterator
 
 import mlx.core as mx
 
+from lazarus.data.io import atomic_writer
+
 
 def write_json(path: str | Path, obj) -> None:
     """Write `obj` as JSON to `path` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(obj, indent=2) + "\n"  # serialize first: a bad object never touches the file
+    with atomic_writer(path) as f:
+        f.write(text)
 
 
 def save_safetensors(path: str | Path, weights: dict[str, mx.array], metadata: dict[str, str] | None = None):

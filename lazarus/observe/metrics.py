@@ -7,11 +7,9 @@ appends; a resumed run first calls `truncate_after(step)` so the steps it repeat
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 import threading
 import time
 import warnings
@@ -21,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import numpy as np
+
+from lazarus.data.io import atomic_writer
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -235,17 +235,8 @@ def _is_record(record: Any) -> bool:
 
 
 def _write_lines_atomically(path: Path, lines: list[str]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path) as f:
+        f.writelines(lines)
 
 
 def _tensorboard_writer_class(requested: bool | None):

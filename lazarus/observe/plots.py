@@ -7,11 +7,8 @@ Agg canvas directly (no pyplot, no display), and each PNG is written to a temp n
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lazarus.data.io import atomic_writer
 from lazarus.observe.metrics import RESERVED_KEYS, MetricsFileError, read_metrics
 
 PLOTS_DIR = "plots"
@@ -153,15 +151,6 @@ def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
 
 def _save(figure: Figure, path: Path) -> Path:
     FigureCanvasAgg(figure)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            figure.savefig(f, format="png", dpi=110)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=110)
     return path

@@ -1,0 +1,149 @@
+"""One GRPO step as the peers were measured: random-init llama, 4 prompts x 8 completions x 32 new tokens,
+LoRA rank 8, float32, beta 0, at ~1M (tiny) and ~10M (small) parameters.
+
+Each step is the trainer's own two halves, `RLTrainer.rollout` then `RLTrainer.learn`, with EOS disabled so
+every completion is full length. Per step it prints total / generation / update seconds, generation
+tokens/s, the process's peak RSS (getrusage, since process start), the MLX allocator's peak during the step
+and `peak_memory_gb` (the larger of the two, what the trainer logs). Each size runs in its own fresh process so its
+RSS is its own. Step 1 includes compiling the update step and is left out of the medians.
+
+Baseline in the same process: the step's 32 completions generated in one batch (what the trainer does)
+vs the same engine limited to 4 sequences at a time (how mlx-lm-lora generates); the ratio printed is
+batched tokens/s / 4-at-a-time tokens/s (higher is better).
+
+The peers' figures are fixed constants measured earlier on this machine, not in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import lazarus  # noqa: F401  (OpenBLAS before mlx.core)
+
+# isort: split
+import mlx.core as mx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generation import eos_disabled
+
+from lazarus.config import load_config
+from lazarus.data.math import write_math_dataset
+from lazarus.inference.engine import Engine
+from lazarus.models.load import num_parameters
+from lazarus.models.tiny import init_model
+from lazarus.observe.memory import peak_memory_gb, reset_peak
+from lazarus.runtime.local import build_trainer
+
+PROMPTS, GROUP, NEW_TOKENS, LORA_RANK = 4, 8, 32, 8
+PEER_BATCH = 4  # mlx-lm-lora generates this many sequences at a time
+
+#: Reported, not measured in this run: seconds per step and peak RSS (GB) of the peers on this machine.
+PEERS = {
+    "tiny": {"TRL (torch CPU)": (0.35, 0.69), "mlx-lm-lora": (1.5, 0.15)},
+    "small": {"TRL (torch CPU)": (1.1, 1.26), "mlx-lm-lora": (5.5, 0.29)},
+}
+
+
+def peak_rss_gb() -> float:
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (max_rss if sys.platform == "darwin" else max_rss * 1024) / 1e9
+
+
+def generation_tokens_per_s(engine: Engine, prompt_ids, params) -> float:
+    start = time.perf_counter()
+    completions = engine.generate(prompt_ids, GROUP, params)
+    return sum(len(c.token_ids) for c in completions) / (time.perf_counter() - start)
+
+
+def run_size(size: str, steps: int, baseline_repeats: int) -> dict:
+    """Run `steps` GRPO steps on a fresh random-init llama of `size`; print one line per step."""
+    work = Path(tempfile.mkdtemp(prefix=f"lazarus-bench-grpo-{size}-"))
+    write_math_dataset(work / "data", n_train=PROMPTS * max(steps, 1), n_eval=0, kinds=["arithmetic"], seed=0)
+    model_dir = init_model("llama", size, work / f"llama-{size}", seed=0)
+    cfg = load_config(None, [
+        "algorithm=grpo", f"model.path={model_dir}", f"data.train={work}/data/rl_train.jsonl",
+        f"training.run_dir={work}/run", "training.progress=false", f"training.batch_size={PROMPTS}",
+        f"training.max_steps={steps}", f"generation.num_generations={GROUP}",
+        f"generation.max_new_tokens={NEW_TOKENS}", "generation.temperature=1.0", "rl.beta=0",
+        "lora.enabled=true", f"lora.rank={LORA_RANK}"])
+    trainer = build_trainer(cfg)
+    print(f"\n{size}: llama {num_parameters(trainer.model) / 1e6:.2f}M params (incl. LoRA r{LORA_RANK}), "
+          f"{mx.default_device()}, float32")
+    print(f"{'step':>4} {'step_s':>7} {'gen_s':>7} {'update_s':>8} {'gen tok/s':>9} {'peak RSS GB':>11} "
+          f"{'MLX alloc GB':>12} {'peak_memory_gb':>14}")
+    rows = []
+    with eos_disabled(trainer.tokenizer):
+        for _ in range(steps):
+            reset_peak()
+            trainer.seed_step()
+            t0 = time.perf_counter()
+            trajectories = trainer.rollout(trainer.iterator.next_indices())
+            t1 = time.perf_counter()
+            trainer.learn(trajectories)
+            t2 = time.perf_counter()
+            trainer.step += 1
+            generated = sum(t.num_completion_tokens for t in trajectories)
+            row = {"step_s": t2 - t0, "gen_s": t1 - t0, "update_s": t2 - t1, "gen_tok_s": generated / (t1 - t0),
+                   "rss_gb": peak_rss_gb(), "mlx_gb": mx.get_peak_memory() / 1e9, "peak_gb": peak_memory_gb()}
+            rows.append(row)
+            print(f"{trainer.step:>4} {row['step_s']:>7.3f} {row['gen_s']:>7.3f} {row['update_s']:>8.3f} "
+                  f"{row['gen_tok_s']:>9.0f} {row['rss_gb']:>11.3f} {row['mlx_gb']:>12.3f} {row['peak_gb']:>14.3f}")
+
+        prompt_ids = [trainer.prompt_ids[i] for i in range(PROMPTS)]
+        params = trainer.sampling_params()
+        batched = trainer.engine
+        four_at_a_time = Engine(trainer.model, trainer.tokenizer, completion_batch_size=PEER_BATCH,
+                                prefill_batch_size=PEER_BATCH)
+        generation_tokens_per_s(four_at_a_time, prompt_ids, params)  # warm-up at that batch shape
+        ours, peer_way = [], []
+        for _ in range(baseline_repeats):  # interleaved so load from other processes hits both alike
+            peer_way.append(generation_tokens_per_s(four_at_a_time, prompt_ids, params))
+            ours.append(generation_tokens_per_s(batched, prompt_ids, params))
+    timed = rows[1:] or rows
+    summary = {k: statistics.median(r[k] for r in timed) for k in timed[0]}
+    summary.update(size=size, batched_tok_s=statistics.median(ours), peer_way_tok_s=statistics.median(peer_way))
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="tiny,small", help="Comma-separated random-init llama sizes.")
+    parser.add_argument("--steps", type=int, default=5, help="GRPO steps per size (step 1 is the warm-up).")
+    parser.add_argument("--quick", action="store_true", help="Micro model, 2 steps (a smoke run).")
+    args = parser.parse_args()
+    sizes = ["micro"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
+    steps = 2 if args.quick else args.steps
+    baseline_repeats = 1 if args.quick else 3
+    print(f"GRPO step: {PROMPTS} prompts x {GROUP} completions x {NEW_TOKENS} new tokens, LoRA r{LORA_RANK}, "
+          f"beta 0, {steps} steps per size (medians exclude step 1)", flush=True)
+
+    summaries = []
+    spawn = multiprocessing.get_context("spawn")
+    for size in sizes:
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:  # a fresh process: its own peak RSS
+            summaries.append(pool.submit(run_size, size, steps, baseline_repeats).result())
+
+    print("\nsummary (median over timed steps)")
+    print(f"{'size':>6} {'step_s':>7} {'gen_s':>7} {'update_s':>8} {'peak RSS GB':>11} "
+          f"{'batched tok/s':>13} {f'{PEER_BATCH}-at-a-time tok/s':>19} {'ratio':>6}")
+    for s in summaries:
+        ratio = s["batched_tok_s"] / s["peer_way_tok_s"]
+        print(f"{s['size']:>6} {s['step_s']:>7.3f} {s['gen_s']:>7.3f} {s['update_s']:>8.3f} {s['rss_gb']:>11.3f} "
+              f"{s['batched_tok_s']:>13.0f} {s['peer_way_tok_s']:>19.0f} {ratio:>6.2f}")
+        for peer, (seconds, rss) in PEERS.get(s["size"], {}).items():
+            print(f"{'':>6} {peer}: {seconds} s/step, {rss} GB peak RSS (reported, not measured in this run)")
+    ratios = [s["batched_tok_s"] / s["peer_way_tok_s"] for s in summaries]
+    print(f"ratio batched generation / {PEER_BATCH}-at-a-time generation, same engine: "
+          + ", ".join(f"{s['size']} {r:.2f}" for s, r in zip(summaries, ratios)) + " (higher is better)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""GRPO learner update throughput: tokens/s of `RLTrainer.learn` and its GFLOP/s against a float32 matmul.
+
+For each model size, one batch of trajectories (4 prompts x 8 completions x 32 new tokens, EOS disabled so
+every completion is full length) is sampled with the trainer's own `rollout`; then `learn` (the compiled
+step: forward, backward, clip, AdamW) is timed on that batch after a warm-up call that compiles it.
+Two rows per size: LoRA rank 8 and full fine-tuning, both GRPO with beta 0 (no reference forward).
+
+FLOPs per update are estimated from N (all parameters; embeddings are tied, so the table is also the
+output-head matmul) and T (prompt + completion tokens in the batch):
+    full fine-tuning  6 * N * T   (forward 2NT + input-gradient 2NT + weight-gradient 2NT)
+    LoRA              4 * N * T   (forward + input-gradient; frozen weights get no weight-gradient)
+Attention score FLOPs and padding are left out, so the GFLOP/s is a lower bound on the work done.
+The ratio printed is achieved GFLOP/s / MLX float32 1024x1024 matmul GFLOP/s (bench/blas.py), the matmul
+probed right after every timed update so that load from other processes hits both alike; the ratio is
+the median of the per-update ratios. Higher is better; 1.0 would be the matmul's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lazarus  # noqa: F401  (OpenBLAS before mlx.core)
+
+# isort: split
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blas import matmul_gflops
+from generation import eos_disabled
+
+from lazarus.config import load_config
+from lazarus.data.math import write_math_dataset
+from lazarus.models.load import num_parameters
+from lazarus.models.tiny import init_model
+from lazarus.runtime.local import build_trainer
+
+PROMPTS, GROUP, NEW_TOKENS, LORA_RANK = 4, 8, 32, 8
+
+
+def grpo_config(model_dir: Path, data_dir: Path, run_dir: Path, lora: bool):
+    return load_config(None, [
+        "algorithm=grpo", f"model.path={model_dir}", f"data.train={data_dir}/rl_train.jsonl",
+        f"training.run_dir={run_dir}", "training.progress=false", f"training.batch_size={PROMPTS}",
+        f"generation.num_generations={GROUP}", f"generation.max_new_tokens={NEW_TOKENS}",
+        "generation.temperature=1.0", "rl.beta=0", f"lora.enabled={str(lora).lower()}", f"lora.rank={LORA_RANK}"])
+
+
+def measure_learner(model_dir: Path, data_dir: Path, run_dir: Path, lora: bool, repeats: int,
+                    matmul_repeats: int) -> dict:
+    """Seconds per `learn()` on one rolled-out batch and its GFLOP/s over the matmul's, each timed
+    update followed by a matmul probe (medians of `repeats`, after one compiling warm-up)."""
+    trainer = build_trainer(grpo_config(model_dir, data_dir, run_dir, lora))
+    trainer.seed_step()
+    with eos_disabled(trainer.tokenizer):
+        trajectories = trainer.rollout(list(range(PROMPTS)))
+    tokens = sum(len(t.prompt_ids) + len(t.completion_ids) for t in trajectories)
+    trainer.learn(trajectories)  # warm-up: compiles the step
+    params = num_parameters(trainer.model)
+    per_update = (4 if lora else 6) * params * tokens
+    seconds, matmul, ratios = [], [], []
+    for _ in range(repeats):  # a matmul probe after every update, so load from other processes hits both alike
+        start = time.perf_counter()
+        trainer.learn(trajectories)
+        seconds.append(time.perf_counter() - start)
+        matmul.append(matmul_gflops(1024, matmul_repeats)["mlx_gflops"])
+        ratios.append(per_update / seconds[-1] / 1e9 / matmul[-1])
+    trainable = sum(v.size for _, v in tree_flatten(trainer.model.trainable_parameters()))
+    s = statistics.median(seconds)
+    return {"params": params, "trainable": trainable, "tokens": tokens, "seconds": s,
+            "tokens_per_s": tokens / s, "flops": per_update, "gflops": per_update / s / 1e9,
+            "matmul_gflops": statistics.median(matmul), "ratio": statistics.median(ratios)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="tiny,small", help="Comma-separated random-init llama sizes.")
+    parser.add_argument("--repeats", type=int, default=5, help="Timed learn() calls per row (median reported).")
+    parser.add_argument("--quick", action="store_true", help="Micro model, 1 repeat (a smoke run).")
+    args = parser.parse_args()
+    sizes = ["micro"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
+    repeats = 1 if args.quick else args.repeats
+
+    work = Path(tempfile.mkdtemp(prefix="lazarus-bench-learner-"))
+    write_math_dataset(work / "data", n_train=PROMPTS * 4, n_eval=0, kinds=["arithmetic"], seed=0)
+    matmul_repeats = 3 if args.quick else 10
+    print(f"GRPO learner update, {PROMPTS} prompts x {GROUP} completions x {NEW_TOKENS} new tokens, beta 0, "
+          f"float32, {mx.default_device()}, median of {repeats}")
+    print("FLOPs per update: full FT 6*N*T, LoRA 4*N*T (N = all params, T = prompt+completion tokens)")
+    print("matmul = MLX float32 1024x1024 GFLOP/s (bench/blas.py), probed after each timed update in this run")
+    print(f"{'size':>6} {'mode':>8} {'params':>8} {'trainable':>9} {'tokens':>6} {'s/update':>9} "
+          f"{'tok/s':>8} {'GFLOP/upd':>9} {'GFLOP/s':>8} {'matmul':>7} {'ratio':>6}")
+    ratios = []
+    for size in sizes:
+        model_dir = init_model("llama", size, work / f"llama-{size}", seed=0)
+        for lora in (True, False):
+            mode = f"lora-r{LORA_RANK}" if lora else "full"
+            r = measure_learner(model_dir, work / "data", work / f"run-{size}-{mode}", lora, repeats, matmul_repeats)
+            ratios.append(r["ratio"])
+            print(f"{size:>6} {mode:>8} {r['params'] / 1e6:>7.2f}M {r['trainable'] / 1e6:>8.3f}M {r['tokens']:>6} "
+                  f"{r['seconds']:>9.3f} {r['tokens_per_s']:>8.0f} {r['flops'] / 1e9:>9.2f} {r['gflops']:>8.2f} "
+                  f"{r['matmul_gflops']:>7.1f} {r['ratio']:>6.3f}")
+    print(f"ratio learner GFLOP/s / matmul GFLOP/s: min {min(ratios):.3f}, max {max(ratios):.3f} "
+          "(estimated FLOPs; higher is better)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Weight broadcast benchmark: parameter server pulls vs raw TCP `sendall` on loopback, same run.
+
+For a 100 MB and a 1 GB float32 snapshot, 1, 2 and 4 client processes pull at once; each gRPC client
+decodes and verifies the snapshot into MLX arrays (crc32 per chunk, sha256 per snapshot), each raw TCP
+client only `recv_into`s a buffer. Prints MB/s for both and their ratio (target: >= 0.3 for one
+client), then the bytes a LoRA-only sync moves against a full sync of the same model.
+
+    .venv/bin/python bench/weights.py            # full run (needs ~12 GB of RAM for 1 GB x 4 clients)
+    .venv/bin/python bench/weights.py --quick    # small sizes, seconds (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import socket
+import tempfile
+import threading
+import time
+
+import mlx.core as mx
+
+import lazarus  # noqa: F401  (OpenBLAS before mlx.core)
+
+MB = 1024 * 1024
+
+
+def snapshot_weights(total_bytes: int, tensor_bytes: int = 32 * MB) -> dict[str, mx.array]:
+    """float32 tensors adding up to `total_bytes`, shaped like a model's layers."""
+    weights, left, i = {}, total_bytes, 0
+    while left > 0:
+        n = min(tensor_bytes, left) // 4
+        weights[f"model.layers.{i}.weight"] = mx.random.normal((n // 1024, 1024)) if n >= 1024 else mx.zeros((n,))
+        left -= n * 4
+        i += 1
+    mx.eval(list(weights.values()))
+    return weights
+
+
+# -- clients (each in its own process) ------------------------------------------------------------------
+
+
+def grpc_client(address: str, go, results) -> None:
+    from lazarus.distributed.client import ParameterClient
+
+    with ParameterClient(address, timeout=600) as client:
+        client.info()  # connect before the clock starts
+        go.wait()
+        start = time.time()
+        snapshot = client.pull_if_newer(-1)
+        end = time.time()
+    results.put((start, end, sum(v.nbytes for v in snapshot.weights.values())))
+
+
+def tcp_client(address: tuple[str, int], size: int, go, results) -> None:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    with socket.create_connection(address) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MB)
+        go.wait()
+        start = time.time()
+        sock.sendall(b"g")
+        got = 0
+        while got < size:
+            n = sock.recv_into(view[got:], size - got)
+            if n == 0:
+                raise ConnectionError(f"raw TCP sender closed after {got} of {size} bytes")
+            got += n
+        end = time.time()
+    results.put((start, end, got))
+
+
+def run_clients(target, args, n: int) -> tuple[float, float]:
+    """Start `n` client processes, release them together; returns (aggregate MB/s, mean per-client MB/s)."""
+    ctx = mp.get_context("spawn")
+    go, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, go, results)) for _ in range(n)]
+    [p.start() for p in procs]
+    time.sleep(1.0 + 0.5 * n)  # let every client connect (spawned interpreters import mlx)
+    go.set()
+    timings = [results.get(timeout=900) for _ in range(n)]
+    [p.join() for p in procs]
+    start, end = min(t[0] for t in timings), max(t[1] for t in timings)
+    total = sum(t[2] for t in timings)
+    per_client = sum(t[2] / (t[1] - t[0]) for t in timings) / n
+    return total / MB / (end - start), per_client / MB
+
+
+# -- servers ----------------------------------------------------------------------------------------------
+
+
+def raw_tcp_server(payload: bytes, n: int) -> tuple[tuple[str, int], threading.Thread]:
+    """Send `payload` with one `sendall` to each of `n` connections once it says go."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve_all():
+        with listener:
+            conns = [listener.accept()[0] for _ in range(n)]
+            threads = [threading.Thread(target=send, args=(c,)) for c in conns]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
+
+    def send(conn):
+        with conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MB)
+            conn.recv(1)
+            conn.sendall(payload)
+
+    thread = threading.Thread(target=serve_all, daemon=True)
+    thread.start()
+    return listener.getsockname(), thread
+
+
+def bench_broadcast(size: int, client_counts: list[int]) -> None:
+    from lazarus.distributed.server import ParameterStore, serve
+
+    weights = snapshot_weights(size)
+    store = ParameterStore(weights)
+    t0 = time.perf_counter()
+    encoded = store.snapshot()
+    encode_s = time.perf_counter() - t0
+    print(f"\n{size / MB:.0f} MB float32 snapshot: {len(encoded.parts) - 1} chunks, "
+          f"serialized once in {encode_s:.2f} s ({size / MB / encode_s:.0f} MB/s)")
+    print(f"{'clients':>7}  {'gRPC MB/s':>10}  {'per client':>10}  {'raw TCP MB/s':>12}  {'per client':>10}  "
+          f"{'ratio':>5}")
+    payload = b"".join(encoded.parts)  # same byte count as the gRPC stream carries
+    with serve(store) as server:
+        for n in client_counts:
+            grpc_total, grpc_each = run_clients(grpc_client, (server.address,), n)
+            address, sender = raw_tcp_server(payload, n)
+            tcp_total, tcp_each = run_clients(tcp_client, (address, len(payload)), n)
+            sender.join()
+            print(f"{n:>7}  {grpc_total:>10.0f}  {grpc_each:>10.0f}  {tcp_total:>12.0f}  {tcp_each:>10.0f}  "
+                  f"{grpc_total / tcp_total:>5.2f}", flush=True)
+    del payload, encoded
+
+
+def bench_lora_bytes(size: str) -> None:
+    from lazarus.distributed import parameter_server_pb2 as pb
+    from lazarus.distributed.server import ParameterStore
+    from lazarus.models.load import load, num_parameters
+    from lazarus.models.lora import apply_lora
+    from lazarus.models.tiny import init_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _ = load(init_model("llama", size, f"{tmp}/model", seed=0))
+    apply_lora(model, rank=8)
+    store = ParameterStore.from_model(model)
+    full, lora = store.snapshot(pb.SCOPE_FULL).nbytes, store.snapshot(pb.SCOPE_TRAINABLE).nbytes
+    print(f"\nLoRA-only vs full sync, llama {size} ({num_parameters(model) / 1e6:.1f}M parameters, rank 8, "
+          f"all linear layers): full {full / MB:.2f} MB, LoRA {lora / MB:.3f} MB on the wire "
+          f"({full / lora:.0f}x fewer bytes)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="8 MB and 32 MB snapshots, 1 and 2 clients")
+    args = parser.parse_args()
+    sizes = [8 * MB, 32 * MB] if args.quick else [100 * MB, 1024 * MB]
+    counts = [1, 2] if args.quick else [1, 2, 4]
+    print("weight broadcast on loopback; target: gRPC >= 0.3x raw TCP for one client")
+    for size in sizes:
+        bench_broadcast(size, counts)
+    bench_lora_bytes("tiny" if args.quick else "small")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The learner and GRPO-step benchmarks run end to end (`--quick`, micro model) and print their ratio lines."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def run_bench(script: str) -> str:
+    result = subprocess.run([sys.executable, str(BENCH / script), "--quick"], capture_output=True, text=True,
+                            check=False, timeout=120, cwd=BENCH.parent)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_learner_bench_prints_gflops_ratio_for_lora_and_full_rows():
+    # given the learner benchmark in quick mode (micro model, one timed update per row)
+    # when it runs as its own process
+    out = run_bench("learner.py")
+    # then it prints one row per mode and a positive ratio against the matmul measured in the same run
+    assert re.search(r"micro\s+lora-r8\s", out) and re.search(r"micro\s+full\s", out), out
+    match = re.search(r"ratio learner GFLOP/s / matmul GFLOP/s: min ([0-9.]+), max ([0-9.]+)", out)
+    assert match, out
+    assert 0 < float(match.group(1)) <= float(match.group(2))
+
+
+@pytest.mark.slow
+def test_grpo_step_bench_prints_each_step_and_batched_vs_four_at_a_time_ratio():
+    # given the GRPO-step benchmark in quick mode (micro model, two steps)
+    # when it runs as its own process
+    out = run_bench("grpo_step.py")
+    # then every step is reported, and the same-engine generation ratio is positive
+    assert re.search(r"^\s+2\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+", out, re.MULTILINE), out
+    match = re.search(r"ratio batched generation / 4-at-a-time generation, same engine: micro ([0-9.]+)", out)
+    assert match, out
+    assert float(match.group(1)) > 0
