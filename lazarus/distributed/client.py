@@ -1,0 +1,238 @@
+"""Client of the parameter server: pull weights when newer, push gradients, watch versions.
+
+Every call has a deadline (the client's `timeout` unless given). Transient failures (server down or
+restarting, connection reset mid-stream) are retried with exponential backoff and jitter until the
+retries or the deadline run out; the channel reconnects on its own once the server is back. A push
+carries a unique id, so a retried push is applied once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import mlx.core as mx
+import mlx.nn as nn
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lazarus.distributed import auth, codec
+from lazarus.distributed import parameter_server_pb2 as pb
+from lazarus.distributed import parameter_server_pb2_grpc as pb_grpc
+
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE,)
+SCOPES = {"full": pb.SCOPE_FULL, "trainable": pb.SCOPE_TRAINABLE}
+T = TypeVar("T")
+
+
+class ParameterServerError(Exception):
+    """A call the server refused or could not answer; `code` is the gRPC status (None for a bad stream)."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+class ServerUnavailable(ParameterServerError):
+    """The server did not answer within the deadline, after retries."""
+
+
+@dataclass
+class Snapshot:
+    version: int
+    weights: dict[str, mx.array]
+    sha256: str
+
+    def apply_to(self, model: nn.Module) -> nn.Module:
+        """Load these weights into `model` (a full snapshot, or only the trainable tensors)."""
+        model.load_weights(list(self.weights.items()), strict=False)
+        mx.eval(model.parameters())
+        return model
+
+
+@dataclass
+class ServerStatus:
+    version: int
+    mode: str
+    workers: int
+    max_staleness: int
+    optimizer: str
+    pending_gradients: int
+    tensors: list[pb.TensorSpec] = field(repr=False)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def trainable_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors if t.trainable)
+
+
+@dataclass
+class PushResult:
+    accepted: bool
+    applied: bool
+    version: int
+    pending: int
+    detail: str = ""
+
+
+class ParameterClient:
+    """One channel to one server. Thread-safe; use one per process (or per role)."""
+
+    def __init__(self, address: str, token: str | None = None, tls_cert: str | Path | None = None,
+                 timeout: float = 30.0, retries: int = 6, backoff: float = 0.1, max_backoff: float = 2.0,
+                 max_message_bytes: int = auth.MAX_MESSAGE_BYTES):
+        self.address, self.timeout = address, timeout
+        self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
+        self._metadata = auth.call_metadata(token)
+        options = auth.message_options(max_message_bytes) + [
+            # Reconnect quickly after a server restart (gRPC's default backoff grows to 120 s).
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", int(max_backoff * 1000)),
+            # Open each stream with room for two chunks instead of waiting for the window to grow.
+            ("grpc.http2.lookahead_bytes", 2 * codec.MESSAGE_LIMIT),
+        ]
+        if tls_cert is not None:
+            self.channel = grpc.secure_channel(address, auth.channel_credentials(tls_cert), options)
+        else:
+            self.channel = grpc.insecure_channel(address, options)
+        self._stub = pb_grpc.ParameterServerStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+        # Snapshots travel as serialized messages both ways: the codec frames and reads chunks without
+        # protobuf's copies, and a gradient push is encoded once and reused by retries.
+        self._push = self.channel.stream_unary("/lazarus.v1.ParameterServer/PushGradients",
+                                               request_serializer=None,
+                                               response_deserializer=pb.PushResult.FromString)
+        self._pull = self.channel.unary_stream("/lazarus.v1.ParameterServer/PullWeights",
+                                               request_serializer=pb.PullRequest.SerializeToString,
+                                               response_deserializer=None)
+
+    # -- calls -------------------------------------------------------------------------------------
+
+    def info(self, timeout: float | None = None) -> ServerStatus:
+        reply = self._retrying("GetServerInfo", timeout, lambda t: self._stub.GetServerInfo(
+            pb.ServerInfoRequest(), timeout=t, metadata=self._metadata))
+        return ServerStatus(reply.version, reply.mode, reply.workers, reply.max_staleness, reply.optimizer,
+                            reply.pending_gradients, list(reply.tensors))
+
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        reply = self._retrying("Health.Check", timeout, lambda t: self._health.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=t))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def pull_if_newer(self, have_version: int = -1, scope: str = "full",
+                      timeout: float | None = None) -> Snapshot | None:
+        """The server's weights if its version is newer than `have_version`, else None."""
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {sorted(SCOPES)}, got {scope!r}")
+
+        def attempt(t: float) -> Snapshot | None:
+            decoder = codec.SnapshotDecoder()
+            try:
+                for part in self.iter_pull(have_version, scope, timeout=t):
+                    decoder.feed(part)
+                weights = decoder.finish()
+            finally:
+                decoder.close()
+            if decoder.header.unchanged:
+                return None
+            return Snapshot(decoder.header.version, weights, decoder.header.sha256.hex())
+
+        return self._retrying("PullWeights", timeout, attempt)
+
+    def iter_pull(self, have_version: int = -1, scope: str = "full",
+                  timeout: float | None = None) -> Iterator[bytes]:
+        """The serialized messages of one PullWeights call (no retries): header, then chunks."""
+        request = pb.PullRequest(have_version=have_version, scope=SCOPES[scope])
+        return self._pull(request, timeout=timeout or self.timeout, metadata=self._metadata)
+
+    def push_gradients(self, grads: Mapping[str, mx.array], base_version: int, worker_id: str = "",
+                       timeout: float | None = None) -> PushResult:
+        """Send gradients computed on `base_version`; sync mode: the result says if this completed a step."""
+        encoded = codec.encode(dict(grads), base_version, worker_id=worker_id, push_id=uuid.uuid4().hex)
+        reply = self._retrying("PushGradients", timeout, lambda t: self._push(
+            iter(encoded.parts), timeout=t, metadata=self._metadata))
+        return PushResult(reply.accepted, reply.applied, reply.version, reply.pending, reply.detail)
+
+    def watch(self, after_version: int = -1, timeout: float | None = None,
+              window: float = 60.0) -> Iterator[int]:
+        """Yield each version the server publishes after `after_version`, until `timeout` (None: forever).
+
+        The stream is reopened every `window` seconds and after transient failures, so no single call
+        outlives its deadline.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last, failures = after_version, 0
+        while deadline is None or time.monotonic() < deadline:
+            call_timeout = window if deadline is None else min(window, deadline - time.monotonic())
+            stream = self._stub.WatchVersions(pb.WatchRequest(after_version=last), timeout=call_timeout,
+                                              metadata=self._metadata)
+            try:
+                for event in stream:
+                    failures = 0
+                    last = event.version
+                    yield event.version
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    continue
+                if e.code() not in TRANSIENT or failures >= self.retries:
+                    raise _error("WatchVersions", self.address, e) from None
+                failures += 1
+                time.sleep(self._delay(failures, deadline))
+            finally:
+                stream.cancel()
+
+    def wait_for_version(self, version: int, timeout: float | None = None) -> int:
+        """Block until the server publishes `version` or later; returns the version seen."""
+        timeout = self.timeout if timeout is None else timeout
+        for seen in self.watch(after_version=version - 1, timeout=timeout):
+            return seen
+        raise ServerUnavailable(f"{self.address}: version {version} not published within {timeout:g}s",
+                                grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- retries -----------------------------------------------------------------------------------
+
+    def _delay(self, attempt: int, deadline: float | None) -> float:
+        delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff) * random.uniform(0.5, 1.0)
+        return delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
+
+    def _retrying(self, method: str, timeout: float | None, call: Callable[[float], T]) -> T:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServerUnavailable(f"{self.address}: {method} got no answer within the deadline "
+                                        f"({attempt} attempts)", grpc.StatusCode.DEADLINE_EXCEEDED)
+            try:
+                return call(remaining)
+            except grpc.RpcError as e:
+                attempt += 1
+                if e.code() not in TRANSIENT or attempt > self.retries:
+                    raise _error(method, self.address, e) from None
+                time.sleep(self._delay(attempt, deadline))
+            except codec.CodecError as e:
+                raise ParameterServerError(f"{self.address}: {method}: {e}") from None
+
+
+def _error(method: str, address: str, e: grpc.RpcError) -> ParameterServerError:
+    code = e.code()
+    kind = ServerUnavailable if code in TRANSIENT + (grpc.StatusCode.DEADLINE_EXCEEDED,) else ParameterServerError
+    return kind(f"{address}: {method} failed with {code.name}: {e.details()}", code)

@@ -1,0 +1,414 @@
+"""Tensors <-> snapshot streams: a header with tensor specs and a sha256, then chunks under 4 MiB.
+
+The payload is every tensor's raw little-endian bytes end to end (safetensors layout; bf16 as its raw
+2-byte words; quantized weights are their packed uint32 words plus scales and biases). Each chunk
+carries the sha256 of its data; the snapshot's sha256 is the sha256 of those digests in order (a hash
+list), so a single hashing pass both names the tensors of a damaged chunk and identifies the snapshot.
+`encode` builds the serialized messages once, chunk by chunk, so the serialized snapshot is the only
+full copy it holds; `SnapshotDecoder` checks every chunk (index, offset, length, sha256) as it arrives
+and names the tensors a bad or missing chunk covers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Mapping
+from concurrent import futures
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from lazarus.distributed import parameter_server_pb2 as pb
+
+#: Bytes of tensor data per chunk: 64 KiB under 4 MiB leaves room for the message framing.
+CHUNK_BYTES = 4 * 1024 * 1024 - 64 * 1024
+#: gRPC's default message limit; every serialized chunk message stays under it.
+MESSAGE_LIMIT = 4 * 1024 * 1024
+
+#: mlx dtype name -> (mlx dtype, numpy dtype of the same bytes). bf16 has no numpy dtype: its raw words.
+DTYPES: dict[str, tuple[mx.Dtype, np.dtype]] = {
+    "bool": (mx.bool_, np.dtype(np.bool_)),
+    "uint8": (mx.uint8, np.dtype("<u1")),
+    "uint16": (mx.uint16, np.dtype("<u2")),
+    "uint32": (mx.uint32, np.dtype("<u4")),
+    "uint64": (mx.uint64, np.dtype("<u8")),
+    "int8": (mx.int8, np.dtype("<i1")),
+    "int16": (mx.int16, np.dtype("<i2")),
+    "int32": (mx.int32, np.dtype("<i4")),
+    "int64": (mx.int64, np.dtype("<i8")),
+    "float16": (mx.float16, np.dtype("<f2")),
+    "bfloat16": (mx.bfloat16, np.dtype("<u2")),
+    "float32": (mx.float32, np.dtype("<f4")),
+    "float64": (mx.float64, np.dtype("<f8")),
+    "complex64": (mx.complex64, np.dtype("<c8")),
+}
+_NAMES = {mx_dtype: name for name, (mx_dtype, _) in DTYPES.items()}
+
+
+class CodecError(ValueError):
+    """A snapshot stream that does not decode; the message names the chunk and the tensors it covers."""
+
+
+@dataclass
+class EncodedSnapshot:
+    """One serialized snapshot: `parts[0]` is the header message, then one message per chunk."""
+
+    header: pb.SnapshotHeader
+    parts: list[bytes]
+
+    @property
+    def version(self) -> int:
+        return self.header.version
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+
+def dtype_name(dtype: mx.Dtype) -> str:
+    try:
+        return _NAMES[dtype]
+    except KeyError:
+        raise CodecError(f"dtype {dtype} cannot travel in a snapshot") from None
+
+
+def tensor_specs(tensors: Mapping[str, mx.array], trainable: Iterable[str] = ()) -> list[pb.TensorSpec]:
+    """Specs with payload offsets, in the order of `tensors`."""
+    trainable = set(trainable)
+    specs, offset = [], 0
+    for name, value in tensors.items():
+        nbytes = value.size * value.itemsize
+        specs.append(pb.TensorSpec(name=name, dtype=dtype_name(value.dtype), shape=list(value.shape),
+                                   offset=offset, nbytes=nbytes, trainable=name in trainable))
+        offset += nbytes
+    return specs
+
+
+def _tensor_bytes(value: mx.array) -> memoryview:
+    if value.dtype == mx.bfloat16:
+        value = value.view(mx.uint16)
+    return memoryview(np.ascontiguousarray(np.array(value, copy=False)).reshape(-1)).cast("B")
+
+
+def encode(tensors: Mapping[str, mx.array], version: int, scope: int = pb.SCOPE_FULL,
+           trainable: Iterable[str] = (), chunk_bytes: int = CHUNK_BYTES,
+           worker_id: str = "", push_id: str = "") -> EncodedSnapshot:
+    """Serialize `tensors` into header + chunk messages, filling one chunk buffer at a time."""
+    if not 0 < chunk_bytes <= CHUNK_BYTES:
+        raise ValueError(f"chunk_bytes must be in 1..{CHUNK_BYTES}, got {chunk_bytes}")
+    specs = tensor_specs(tensors, trainable)
+    total = sum(s.nbytes for s in specs)
+    digests = hashlib.sha256()  # over the chunks' digests
+    parts: list[bytes] = [b""]  # the header goes first once the digest is known
+    buffer, filled = bytearray(min(chunk_bytes, total)), 0
+
+    def add_chunk(data: memoryview) -> None:
+        chunk_digest = hashlib.sha256(data).digest()
+        digests.update(chunk_digest)
+        index = len(parts) - 1
+        parts.append(chunk_message(index, index * chunk_bytes, data, chunk_digest))
+
+    mx.eval(list(tensors.values()))
+    for value in tensors.values():
+        raw = _tensor_bytes(value)
+        pos = 0
+        while pos < len(raw):
+            n = min(len(raw) - pos, chunk_bytes - filled)
+            if n == chunk_bytes:  # a whole chunk inside one tensor: frame it straight from the tensor
+                add_chunk(raw[pos:pos + n])
+            else:  # chunks that straddle tensors are assembled in the buffer
+                buffer[filled:filled + n] = raw[pos:pos + n]
+                filled += n
+                if filled == chunk_bytes:
+                    add_chunk(memoryview(buffer))
+                    filled = 0
+            pos += n
+    if filled:
+        add_chunk(memoryview(buffer)[:filled])
+    header = pb.SnapshotHeader(version=version, scope=scope, tensors=specs, total_bytes=total,
+                               chunk_bytes=chunk_bytes, num_chunks=len(parts) - 1, sha256=digests.digest(),
+                               worker_id=worker_id, push_id=push_id)
+    parts[0] = pb.SnapshotPart(header=header).SerializeToString()
+    return EncodedSnapshot(header, parts)
+
+
+# -- chunk messages without protobuf copies -------------------------------------------------------------
+# A chunk message is `SnapshotPart{chunk: Chunk{index, offset, sha256, data}}` in protobuf's wire format.
+# Going through the generated classes copies the data twice each way (4 MB per message); these frame and
+# read it directly. Anything `read_chunk` does not recognise is left to protobuf (tests check they agree).
+
+_CHUNK_TAG = 0x12  # SnapshotPart.chunk: field 2, length-delimited
+_DATA_TAG = 0x1A  # Chunk.data: field 3, length-delimited
+
+
+@dataclass
+class RawChunk:
+    index: int
+    offset: int
+    data: memoryview
+    sha256: bytes
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = 0
+    for shift in range(0, 70, 7):
+        if pos >= len(buf):
+            raise CodecError("chunk message ends inside a varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value & 0xFFFFFFFFFFFFFFFF, pos
+    raise CodecError("chunk message has a varint longer than 10 bytes")
+
+
+def chunk_message(index: int, offset: int, data: bytes | memoryview, sha256: bytes) -> bytes:
+    """The serialized `SnapshotPart` holding this chunk, with one copy of `data`."""
+    head = pb.Chunk(index=index, offset=offset, sha256=sha256).SerializeToString()
+    head += bytes([_DATA_TAG]) + _varint(len(data))
+    return b"".join((bytes([_CHUNK_TAG]), _varint(len(head) + len(data)), head, data))
+
+
+def read_chunk(message: bytes) -> RawChunk | None:
+    """The chunk in a serialized `SnapshotPart`, its data a view into `message`; None if it is no plain chunk."""
+    buf = memoryview(message)
+    if not len(buf) or buf[0] != _CHUNK_TAG:
+        return None
+    length, pos = _read_varint(buf, 1)
+    if pos + length != len(buf):
+        return None
+    index, offset, data, digest = 0, 0, buf[0:0], b""
+    while pos < len(buf):
+        tag, pos = _read_varint(buf, pos)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _read_varint(buf, pos)
+            if field == 1:
+                index = value & 0xFFFFFFFF
+            elif field == 2:
+                offset = value
+        elif wire == 2:
+            size, pos = _read_varint(buf, pos)
+            if pos + size > len(buf):
+                raise CodecError("chunk message ends inside a field")
+            if field == 3:
+                data = buf[pos:pos + size]
+            elif field == 4:
+                digest = bytes(buf[pos:pos + size])
+            pos += size
+        else:
+            return None
+    return RawChunk(index, offset, data, digest)
+
+
+def unchanged_header(version: int, scope: int) -> bytes:
+    """The whole answer to a pull from a caller that already has `version`."""
+    return pb.SnapshotPart(header=pb.SnapshotHeader(version=version, scope=scope, unchanged=True)).SerializeToString()
+
+
+def check_header(header: pb.SnapshotHeader, max_bytes: int | None = None) -> None:
+    """Reject a header whose specs are inconsistent before any memory is reserved for it."""
+    if header.unchanged:
+        return
+    seen, offset = set(), 0
+    for spec in header.tensors:
+        if not spec.name or spec.name in seen:
+            raise CodecError(f"tensor name {spec.name!r} is empty or repeated in the snapshot header")
+        seen.add(spec.name)
+        if spec.dtype not in DTYPES:
+            raise CodecError(f"tensor {spec.name}: unknown dtype {spec.dtype!r}")
+        if any(d < 0 for d in spec.shape):
+            raise CodecError(f"tensor {spec.name}: negative dimension in shape {list(spec.shape)}")
+        expected = math.prod(spec.shape) * DTYPES[spec.dtype][1].itemsize
+        if spec.nbytes != expected or spec.offset != offset:
+            raise CodecError(f"tensor {spec.name}: offset {spec.offset} / {spec.nbytes} bytes do not match "
+                             f"shape {list(spec.shape)} of {spec.dtype} at offset {offset}")
+        offset += spec.nbytes
+    if header.total_bytes != offset:
+        raise CodecError(f"snapshot header says {header.total_bytes} bytes, its tensors add up to {offset}")
+    if max_bytes is not None and offset > max_bytes:
+        raise CodecError(f"snapshot of {offset} bytes is larger than the {max_bytes} bytes allowed")
+    if not 0 < header.chunk_bytes <= CHUNK_BYTES and offset:
+        raise CodecError(f"snapshot chunk_bytes {header.chunk_bytes} is not in 1..{CHUNK_BYTES}")
+    if header.num_chunks != (math.ceil(offset / header.chunk_bytes) if offset else 0):
+        raise CodecError(f"snapshot header says {header.num_chunks} chunks for {offset} bytes "
+                         f"of {header.chunk_bytes}-byte chunks")
+    if len(header.sha256) != 32:
+        raise CodecError("snapshot header has no sha256")
+
+
+class SnapshotDecoder:
+    """Reassemble one snapshot from its messages: `feed` each part in order, then `finish`.
+
+    Chunk bytes are copied straight into the destination MLX arrays (allocated from the header), so
+    decoding holds one copy of the tensors. Each chunk's sha256 runs on a helper thread (hashlib
+    releases the GIL) while the next chunk arrives; a mismatch surfaces at the next `feed` or `finish`.
+    """
+
+    def __init__(self, max_bytes: int | None = None,
+                 accept_header: Callable[[pb.SnapshotHeader], None] | None = None):
+        """`max_bytes` caps the payload; `accept_header` may raise to refuse a header before allocation."""
+        self.max_bytes = max_bytes
+        self.accept_header = accept_header
+        self.header: pb.SnapshotHeader | None = None
+        self._tensors: dict[str, mx.array] = {}
+        self._specs: list[pb.TensorSpec] = []  # the non-empty tensors, in payload order
+        self._tensor = 0  # first tensor the next chunk can touch
+        self._view: memoryview | None = None  # its writable bytes, once allocated
+        self._next = 0
+        self._digests = hashlib.sha256()
+        self._hashing: tuple[int, bytes, futures.Future] | None = None
+        self._hasher: futures.ThreadPoolExecutor | None = None
+
+    def feed(self, part: bytes | pb.SnapshotPart) -> None:
+        """Take the next message, serialized (as received) or parsed."""
+        if isinstance(part, (bytes, bytearray, memoryview)):
+            chunk = read_chunk(part) if self.header is not None and not self.header.unchanged else None
+            if chunk is not None:
+                self._take(chunk)
+                return
+            part = parse_part(part)
+        kind = part.WhichOneof("part")
+        if self.header is None:
+            if kind != "header":
+                raise CodecError("snapshot stream does not start with a header")
+            check_header(part.header, self.max_bytes)
+            if self.accept_header is not None:
+                self.accept_header(part.header)
+            self.header = part.header
+            if not self.header.unchanged:
+                self._allocate()
+            return
+        if kind != "chunk":
+            raise CodecError("snapshot stream has a second header or an empty part")
+        if self.header.unchanged:
+            raise CodecError("snapshot stream marked unchanged carries chunks")
+        self._take(part.chunk)
+
+    def _allocate(self) -> None:
+        self._specs = [spec for spec in self.header.tensors if spec.nbytes]
+        self._hasher = futures.ThreadPoolExecutor(1, thread_name_prefix="lazarus-sha256")
+
+    def _tensor_bytes(self, spec: pb.TensorSpec) -> memoryview:
+        """Allocate the tensor when its first bytes arrive (overlapping allocation with the network)."""
+        mx_dtype = DTYPES[spec.dtype][0]
+        value = mx.zeros(tuple(spec.shape), dtype=mx.uint16 if mx_dtype == mx.bfloat16 else mx_dtype)
+        mx.eval(value)
+        self._tensors[spec.name] = value
+        # A writable NumPy view of the MLX buffer (MLX documents np.array(a, copy=False) as shared).
+        return memoryview(np.array(value, copy=False).reshape(-1)).cast("B")
+
+    def _take(self, chunk: pb.Chunk | RawChunk) -> None:
+        header = self.header
+        if chunk.index < self._next:
+            raise CodecError(f"chunk {chunk.index} arrived twice, covering {self.tensors_in(chunk.index)}")
+        if chunk.index > self._next:
+            stop = min(chunk.index, header.num_chunks)
+            raise CodecError(f"missing chunk(s) {self._next}..{stop - 1} covering {self.tensors_in(self._next, stop)}")
+        if chunk.index >= header.num_chunks:
+            raise CodecError(f"chunk {chunk.index} is past the {header.num_chunks} chunks of the snapshot")
+        start = chunk.index * header.chunk_bytes
+        length = min(header.chunk_bytes, header.total_bytes - start)
+        data = chunk.data
+        if chunk.offset != start or len(data) != length:
+            raise CodecError(f"chunk {chunk.index} has offset {chunk.offset} and {len(data)} bytes, "
+                             f"expected {start} and {length}, covering {self.tensors_in(chunk.index)}")
+        self._check_hash()
+        self._hashing = (chunk.index, chunk.sha256, self._hasher.submit(_sha256, data))
+        self._scatter(start, memoryview(data))
+        self._next += 1
+
+    def _scatter(self, start: int, data: memoryview) -> None:
+        """Copy payload bytes [start, start + len(data)) into the tensors they belong to."""
+        end = start + len(data)
+        while self._tensor < len(self._specs):
+            spec = self._specs[self._tensor]
+            if self._view is None:
+                self._view = self._tensor_bytes(spec)
+            lo, hi = max(start, spec.offset), min(end, spec.offset + spec.nbytes)
+            if lo < hi:
+                self._view[lo - spec.offset:hi - spec.offset] = data[lo - start:hi - start]
+            if spec.offset + spec.nbytes > end:
+                break
+            self._tensor, self._view = self._tensor + 1, None
+
+    def _check_hash(self) -> None:
+        """Compare the previous chunk's sha256, computed while this one arrived."""
+        if self._hashing is None:
+            return
+        index, expected, digest = self._hashing
+        self._hashing = None
+        digest = digest.result()
+        if digest != expected:
+            raise CodecError(f"corrupt chunk {index} (sha256 mismatch) covering {self.tensors_in(index)}")
+        self._digests.update(digest)
+
+    def tensors_in(self, first: int, stop: int | None = None) -> str:
+        """Names of the tensors whose bytes lie in chunks first..stop-1."""
+        stop = first + 1 if stop is None else stop
+        lo, hi = first * self.header.chunk_bytes, stop * self.header.chunk_bytes
+        names = [s.name for s in self.header.tensors if s.offset < hi and s.offset + s.nbytes > lo]
+        return "tensor(s) " + ", ".join(names) if names else "no tensor"
+
+    def finish(self) -> dict[str, mx.array]:
+        """The decoded tensors (empty for an `unchanged` answer); raises on a short stream or bad sha256."""
+        if self.header is None:
+            raise CodecError("snapshot stream ended before its header")
+        if self.header.unchanged:
+            return {}
+        self._check_hash()
+        self.close()
+        if self._next != self.header.num_chunks:
+            raise CodecError(f"snapshot stream ended after {self._next} of {self.header.num_chunks} chunks: "
+                             f"missing {self.tensors_in(self._next, self.header.num_chunks)}")
+        if self._digests.digest() != self.header.sha256:
+            raise CodecError("snapshot sha256 does not match its chunks' digests")
+        received, self._tensors, self._view = self._tensors, {}, None
+        tensors = {}
+        for spec in self.header.tensors:
+            mx_dtype = DTYPES[spec.dtype][0]
+            value = received.get(spec.name)
+            if value is None:  # an empty tensor
+                value = mx.zeros(tuple(spec.shape), dtype=mx_dtype)
+            tensors[spec.name] = value.view(mx.bfloat16) if mx_dtype == mx.bfloat16 else value
+        mx.eval(list(tensors.values()))  # MLX streams are per thread: hand out no lazy graphs
+        return tensors
+
+    def close(self) -> None:
+        """Stop the hashing thread (finish does this; call it when abandoning a stream)."""
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=True)
+            self._hasher = None
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def parse_part(data: bytes | bytearray | memoryview) -> pb.SnapshotPart:
+    try:
+        return pb.SnapshotPart.FromString(bytes(data) if isinstance(data, memoryview) else data)
+    except Exception as e:  # protobuf raises DecodeError, or RuntimeWarning-derived errors on some builds
+        raise CodecError(f"not a snapshot message: {e}") from None
+
+
+def decode(parts: Iterable[bytes | pb.SnapshotPart], max_bytes: int | None = None) -> tuple[pb.SnapshotHeader, dict[str, mx.array]]:
+    """Decode a whole snapshot stream (serialized or parsed messages)."""
+    decoder = SnapshotDecoder(max_bytes)
+    try:
+        for part in parts:
+            decoder.feed(part)
+        return decoder.header, decoder.finish()
+    finally:
+        decoder.close()

@@ -1,0 +1,70 @@
+"""Generate the Python gRPC modules from `protos/lazarus/v1/*.proto` into `lazarus/distributed/`.
+
+`python -m lazarus.distributed.protos` (what `make protos` runs) regenerates them; `stale_modules()`
+says which committed modules differ from what the .proto files generate now (a test fails on any).
+protoc writes `lazarus/v1/x_pb2.py` importing `from lazarus.v1 import ...`; we move the modules here
+and point those imports at `lazarus.distributed`, so the .proto package name stays `lazarus.v1`.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROTO_ROOT = PACKAGE_DIR.parent.parent / "protos"
+PROTO_PACKAGE = "lazarus/v1"
+SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+
+
+class ProtocError(RuntimeError):
+    """protoc failed; the message carries its output."""
+
+
+def proto_files() -> list[Path]:
+    return sorted((PROTO_ROOT / PROTO_PACKAGE).glob("*.proto"))
+
+
+def _render(out_dir: Path) -> dict[str, str]:
+    """Run protoc into `out_dir`; return {module file name: text after import rewriting}."""
+    import grpc_tools
+    from grpc_tools import protoc
+
+    include = Path(grpc_tools.__file__).parent / "_proto"
+    args = ["grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out_dir}",
+            f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}"]
+    args += [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
+    if protoc.main(args) != 0:
+        raise ProtocError(f"protoc failed on {', '.join(a for a in args if a.endswith('.proto'))}")
+    rendered = {}
+    for path in sorted((out_dir / PROTO_PACKAGE).iterdir()):
+        if path.name.endswith(SUFFIXES):
+            text = path.read_text().replace("from lazarus.v1 import", "from lazarus.distributed import")
+            rendered[path.name] = text
+    return rendered
+
+
+def generate(target: Path = PACKAGE_DIR) -> list[Path]:
+    """Regenerate the modules into `target`; returns the files written."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rendered = _render(Path(tmp))
+    written = []
+    for name, text in rendered.items():
+        (target / name).write_text(text)
+        written.append(target / name)
+    return written
+
+
+def stale_modules(target: Path = PACKAGE_DIR) -> list[str]:
+    """Generated module names in `target` that are missing or differ from a fresh generation."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rendered = _render(Path(tmp))
+    return [name for name, text in rendered.items()
+            if not (target / name).exists() or (target / name).read_text() != text]
+
+
+if __name__ == "__main__":
+    for path in generate():
+        print(f"wrote {path}")
+    sys.exit(0)

@@ -1,0 +1,521 @@
+"""The parameter server: versioned weight snapshots, gradient sync, and the Experience service skeleton.
+
+`ParameterStore` is the state that lives: the weights, their `version`, the optimizer, the gradients
+waiting for a synchronous step, and the serialized snapshot of the current version (built once, on
+first pull, then served to every puller). Two gradient modes:
+
+- sync: a step waits for `workers` gradients computed on the current version, averages them, applies
+  the optimizer and publishes version + 1. A gradient for an older version is refused.
+- async: every gradient is applied as it arrives; one whose base version is more than `max_staleness`
+  versions behind is refused with FAILED_PRECONDITION.
+
+With a `state_dir`, the store checkpoints weights, optimizer state and version after every new version
+(atomically), and a store started on the same directory continues from that version. Gradients
+waiting for a sync step are not checkpointed: after a restart, workers push them again.
+
+`serve()` puts the store (and an `ExperienceHub`) behind a gRPC server with the health service, the
+token interceptor and the size limits of `auth`.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from mlx.utils import tree_flatten
+
+from lazarus.data.trajectory import Trajectory, TrajectoryDecodeError
+from lazarus.distributed import auth, codec, experience_pb2_grpc
+from lazarus.distributed import experience_pb2 as xpb
+from lazarus.distributed import parameter_server_pb2 as pb
+from lazarus.models.io import atomic_dir, read_json, save_safetensors, write_json
+
+MODES = ("sync", "async")
+OPTIMIZERS: dict[str, Callable[[float], optim.Optimizer]] = {
+    "sgd": lambda lr: optim.SGD(learning_rate=lr),
+    "adam": lambda lr: optim.Adam(learning_rate=lr),
+    "adamw": lambda lr: optim.AdamW(learning_rate=lr),
+}
+STATE_SUBDIR = "ps-state"
+STATE_FORMAT = 1
+SERVICE = "lazarus.v1.ParameterServer"
+RECENT_PUSHES = 1024
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+class GradientRejected(ValueError):
+    """A gradient push that does not fit the trainable parameters; names the tensor and the worker."""
+
+
+class StaleGradient(Exception):
+    """A gradient computed on a version the server no longer accepts."""
+
+
+class DuplicateGradient(Exception):
+    """A second gradient from the same worker for the same synchronous step."""
+
+
+class ServerStateError(ValueError):
+    """A state checkpoint that does not fit the served model; names the file and tensor."""
+
+
+@dataclass
+class PushOutcome:
+    accepted: bool
+    applied: bool
+    version: int
+    pending: int
+    detail: str = ""
+
+    def to_proto(self) -> pb.PushResult:
+        return pb.PushResult(accepted=self.accepted, applied=self.applied, version=self.version,
+                             pending=self.pending, detail=self.detail)
+
+
+class ParameterStore:
+    """Weights by flattened name, a monotonically increasing version, and an optimizer over `trainable`."""
+
+    def __init__(self, weights: Mapping[str, mx.array], trainable: Iterable[str] | None = None, *,
+                 mode: str = "sync", workers: int = 1, max_staleness: int = 0, optimizer: str = "sgd",
+                 learning_rate: float = 1e-3, state_dir: str | Path | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        if workers < 1 or max_staleness < 0:
+            raise ValueError(f"workers must be >= 1 and max_staleness >= 0, got {workers} and {max_staleness}")
+        self.weights = dict(weights)
+        mx.eval(list(self.weights.values()))  # MLX streams are per thread: no lazy graphs for RPC threads
+        self.trainable = list(self.weights) if trainable is None else [n for n in self.weights if n in set(trainable)]
+        self.mode, self.workers, self.max_staleness = mode, workers, max_staleness
+        self.optimizer_name, self.learning_rate = optimizer, learning_rate
+        self.optimizer = OPTIMIZERS[optimizer](learning_rate)
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.version = 0
+        self.encode_count = 0  # snapshots serialized so far (one per version and scope pulled)
+        self._changed = threading.Condition()
+        self._encode_lock = threading.Lock()
+        self._snapshots: dict[int, codec.EncodedSnapshot] = {}
+        self._pending: dict[str, None] = {}
+        self._grad_sum: dict[str, mx.array] = {}
+        self._recent: collections.OrderedDict[str, PushOutcome] = collections.OrderedDict()
+        self._closed = False
+        if self.state_dir is not None and (self.state_dir / STATE_SUBDIR).exists():
+            self._restore(self.state_dir / STATE_SUBDIR)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, **settings) -> ParameterStore:
+        """Serve `model`'s parameters; its trainable ones (LoRA adapters after apply_lora) take gradients."""
+        trainable = [name for name, _ in tree_flatten(model.trainable_parameters())]
+        return cls(dict(tree_flatten(model.parameters())), trainable, **settings)
+
+    # -- weights out -------------------------------------------------------------------------------
+
+    def snapshot(self, scope: int = pb.SCOPE_FULL) -> codec.EncodedSnapshot:
+        """The serialized current version; built by the first caller, shared by every later one."""
+        with self._encode_lock:
+            with self._changed:
+                version, weights = self.version, self.weights
+                cached = self._snapshots.get(scope)
+            if cached is not None and cached.version == version:
+                return cached
+            names = self.trainable if scope == pb.SCOPE_TRAINABLE else list(weights)
+            encoded = codec.encode({n: weights[n] for n in names}, version, scope, trainable=self.trainable)
+            with self._changed:
+                self.encode_count += 1
+                if self.version == version:
+                    self._snapshots[scope] = encoded
+            return encoded
+
+    def tensor_specs(self) -> list[pb.TensorSpec]:
+        with self._changed:
+            return codec.tensor_specs(self.weights, self.trainable)
+
+    def wait_for_version(self, after: int, timeout: float) -> int | None:
+        """The current version once it is greater than `after`; None after `timeout` seconds or on close."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.version > after or self._closed, timeout)
+            return self.version if self.version > after else None
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    # -- weights in ----------------------------------------------------------------------------------
+
+    def publish(self, weights: Mapping[str, mx.array]) -> int:
+        """Replace some weights (a learner that steps itself) and publish them as the next version."""
+        with self._changed:
+            for name, value in weights.items():
+                current = self.weights.get(name)
+                if current is None or current.shape != value.shape:
+                    raise GradientRejected(f"published tensor {name} is not a served parameter of that shape")
+            mx.eval(list(weights.values()))
+            self._commit(dict(weights))
+            return self.version
+
+    def check_gradient_header(self, header: pb.SnapshotHeader) -> None:
+        """Refuse a push whose tensors are not exactly the trainable parameters, before reading its chunks."""
+        who = f"worker {header.worker_id or '?'}"
+        if header.unchanged:
+            raise GradientRejected(f"{who}: gradient push header is marked unchanged")
+        sent = {spec.name: spec for spec in header.tensors}
+        missing = [n for n in self.trainable if n not in sent]
+        if missing:
+            raise GradientRejected(f"{who}: gradient has no tensor {missing[0]} ({len(missing)} trainable missing)")
+        for name, spec in sent.items():
+            target = self.weights.get(name)
+            if target is None or name not in self.trainable:
+                raise GradientRejected(f"{who}: tensor {name} is not a trainable parameter")
+            if tuple(spec.shape) != tuple(target.shape):
+                raise GradientRejected(f"{who}: tensor {name} has shape {list(spec.shape)}, "
+                                       f"parameter has {list(target.shape)}")
+            if spec.dtype not in _FLOAT_DTYPES:
+                raise GradientRejected(f"{who}: tensor {name} has dtype {spec.dtype}, gradients must be float")
+
+    def recent_outcome(self, push_id: str) -> PushOutcome | None:
+        with self._changed:
+            return self._recent.get(push_id) if push_id else None
+
+    def push(self, base_version: int, grads: Mapping[str, mx.array], worker_id: str = "",
+             push_id: str = "") -> PushOutcome:
+        """Take one worker's gradients, computed on `base_version`."""
+        with self._changed:
+            if push_id and push_id in self._recent:
+                return self._recent[push_id]
+            who = f"worker {worker_id or '?'}"
+            if base_version > self.version:
+                raise GradientRejected(f"{who}: gradient base version {base_version} is newer than "
+                                       f"server version {self.version}")
+            if self.mode == "async":
+                behind = self.version - base_version
+                if behind > self.max_staleness:
+                    raise StaleGradient(f"{who}: gradient base version {base_version} is {behind} versions behind "
+                                        f"server version {self.version} (max_staleness {self.max_staleness}); "
+                                        f"pull and recompute")
+                self._step(dict(grads))
+                outcome = PushOutcome(True, True, self.version, 0)
+            else:
+                outcome = self._push_sync(base_version, grads, who, worker_id or uuid.uuid4().hex)
+            if push_id:
+                self._recent[push_id] = outcome
+                while len(self._recent) > RECENT_PUSHES:
+                    self._recent.popitem(last=False)
+            return outcome
+
+    def _push_sync(self, base_version: int, grads: Mapping[str, mx.array], who: str, worker: str) -> PushOutcome:
+        if base_version != self.version:
+            raise StaleGradient(f"{who}: gradient for version {base_version} arrived after the server moved to "
+                                f"version {self.version}; pull and recompute")
+        if worker in self._pending:
+            raise DuplicateGradient(f"{who} already sent a gradient for version {self.version}")
+        for name, grad in grads.items():
+            grad = grad.astype(mx.float32)
+            self._grad_sum[name] = self._grad_sum[name] + grad if name in self._grad_sum else grad
+        mx.eval(list(self._grad_sum.values()))
+        self._pending[worker] = None
+        if len(self._pending) < self.workers:
+            return PushOutcome(True, False, self.version, len(self._pending))
+        mean = {name: (total / self.workers).astype(self.weights[name].dtype) for name, total in self._grad_sum.items()}
+        self._pending, self._grad_sum = {}, {}
+        self._step(mean)
+        return PushOutcome(True, True, self.version, 0)
+
+    def _step(self, grads: dict[str, mx.array]) -> None:
+        params = {name: self.weights[name] for name in grads}
+        updated = self.optimizer.apply_gradients(grads, params)
+        mx.eval(updated, self.optimizer.state)
+        self._commit(updated)
+
+    def _commit(self, updated: dict[str, mx.array]) -> None:
+        """Install new weights as the next version (caller holds the lock)."""
+        weights = dict(self.weights)
+        weights.update(updated)
+        self.weights = weights  # a new dict: a snapshot being encoded keeps reading the old one
+        self.version += 1
+        self._snapshots = {}
+        if self.state_dir is not None:
+            self._save(self.state_dir / STATE_SUBDIR)
+        self._changed.notify_all()
+
+    def pending(self) -> int:
+        with self._changed:
+            return len(self._pending)
+
+    # -- state checkpoint ------------------------------------------------------------------------------
+
+    def checkpoint(self) -> Path | None:
+        if self.state_dir is None:
+            return None
+        with self._changed:
+            self._save(self.state_dir / STATE_SUBDIR)
+        return self.state_dir / STATE_SUBDIR
+
+    def _save(self, path: Path) -> None:
+        with atomic_dir(path) as tmp:
+            save_safetensors(tmp / "weights.safetensors", self.weights)
+            save_safetensors(tmp / "optimizer.safetensors", _flatten_optimizer_state(self.optimizer.state))
+            write_json(tmp / "state.json", {
+                "format": STATE_FORMAT, "version": self.version, "mode": self.mode,
+                "optimizer": self.optimizer_name, "learning_rate": self.learning_rate,
+                "trainable": self.trainable,
+            })
+
+    def _restore(self, path: Path) -> None:
+        state = read_json(path / "state.json")
+        if state.get("format") != STATE_FORMAT:
+            raise ServerStateError(f"{path / 'state.json'}: unsupported format {state.get('format')!r}")
+        if state.get("optimizer") != self.optimizer_name:
+            raise ServerStateError(f"{path / 'state.json'}: optimizer {state.get('optimizer')!r} differs from "
+                                   f"the requested {self.optimizer_name!r}")
+        weights = mx.load(str(path / "weights.safetensors"))
+        for name, value in self.weights.items():
+            saved = weights.get(name)
+            if saved is None or saved.shape != value.shape or saved.dtype != value.dtype:
+                raise ServerStateError(f"{path / 'weights.safetensors'}: tensor {name} is missing or does not "
+                                       f"match the served model")
+        self.weights = {name: weights[name] for name in self.weights}
+        self.optimizer.state = _unflatten_optimizer_state(mx.load(str(path / "optimizer.safetensors")))
+        self.version = int(state["version"])
+        mx.eval(list(self.weights.values()), self.optimizer.state)  # mx.load is lazy; RPC threads need values
+
+
+def _flatten_optimizer_state(state: dict) -> dict[str, mx.array]:
+    """Optimizer state keyed by flat parameter names: `name@slot` per parameter, plain keys otherwise."""
+    flat = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}@{slot}": v for slot, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _unflatten_optimizer_state(flat: dict[str, mx.array]) -> dict:
+    state: dict = {}
+    for key, value in flat.items():
+        if "@" in key:
+            name, slot = key.rsplit("@", 1)
+            state.setdefault(name, {})[slot] = value
+        else:
+            state[key] = value
+    return state
+
+
+# -- gRPC: ParameterServer ---------------------------------------------------------------------------
+
+
+class ParameterService:
+    """RPC handlers over a `ParameterStore`. PullWeights answers with pre-serialized messages."""
+
+    def __init__(self, store: ParameterStore, watch_poll_s: float = 1.0):
+        self.store = store
+        self.watch_poll_s = watch_poll_s
+
+    def GetServerInfo(self, request, context):
+        store = self.store
+        return pb.ServerInfo(version=store.version, tensors=store.tensor_specs(), mode=store.mode,
+                             workers=store.workers, max_staleness=store.max_staleness,
+                             optimizer=store.optimizer_name, pending_gradients=store.pending())
+
+    def PullWeights(self, request, context):
+        if request.scope not in (pb.SCOPE_FULL, pb.SCOPE_TRAINABLE):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown scope {request.scope}")
+        version = self.store.version
+        if request.have_version >= version:
+            yield codec.unchanged_header(version, request.scope)
+            return
+        yield from self.store.snapshot(request.scope).parts
+
+    def WatchVersions(self, request, context):
+        last = request.after_version
+        while context.is_active() and not self.store._closed:
+            version = self.store.wait_for_version(last, self.watch_poll_s)
+            if version is not None:
+                yield pb.VersionEvent(version=version).SerializeToString()
+                last = version
+
+    def PushGradients(self, request_iterator, context):
+        parts = iter(request_iterator)
+        decoder = codec.SnapshotDecoder(accept_header=self.store.check_gradient_header)
+        try:
+            first = next(parts, None)
+            if first is None:
+                raise codec.CodecError("gradient push has no header")
+            header = codec.parse_part(first).header
+            done = self.store.recent_outcome(header.push_id)
+            if done is not None:
+                return done.to_proto()
+            decoder.feed(first)
+            for part in parts:
+                decoder.feed(part)
+            grads = decoder.finish()
+            outcome = self.store.push(header.version, grads, header.worker_id, header.push_id)
+        except (codec.CodecError, GradientRejected) as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{context.peer()}: {e}")
+        except StaleGradient as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except DuplicateGradient as e:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
+        finally:
+            decoder.close()
+        return outcome.to_proto()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        # Responses of PullWeights/WatchVersions are already bytes: no response serializer.
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "GetServerInfo": grpc.unary_unary_rpc_method_handler(
+                self.GetServerInfo, request_deserializer=pb.ServerInfoRequest.FromString,
+                response_serializer=pb.ServerInfo.SerializeToString),
+            "PullWeights": grpc.unary_stream_rpc_method_handler(
+                self.PullWeights, request_deserializer=pb.PullRequest.FromString),
+            "WatchVersions": grpc.unary_stream_rpc_method_handler(
+                self.WatchVersions, request_deserializer=pb.WatchRequest.FromString),
+            "PushGradients": grpc.stream_unary_rpc_method_handler(
+                self.PushGradients, request_deserializer=None,  # raw: the codec reads chunks without copies
+                response_serializer=pb.PushResult.SerializeToString),
+        })
+
+
+# -- gRPC: Experience (skeleton: queues the runtime fills and drains) ---------------------------------
+
+
+class ExperienceHub:
+    """Tasks waiting for rollout actors and trajectories waiting for the learner."""
+
+    def __init__(self, policy_version: Callable[[], int] = lambda: 0, max_trajectories: int = 10_000):
+        self.policy_version = policy_version
+        self._tasks: queue.Queue[xpb.Task] = queue.Queue()
+        self._trajectories: queue.Queue[Trajectory] = queue.Queue(maxsize=max_trajectories)
+        self._ids = itertools.count()
+        self.heartbeats: dict[str, xpb.HeartbeatRequest] = {}
+        self.stopped = False
+
+    def put_task(self, payload: bytes, task_id: str | None = None) -> str:
+        task_id = task_id or f"task-{next(self._ids)}"
+        self._tasks.put(xpb.Task(available=True, task_id=task_id, payload=payload))
+        return task_id
+
+    def next_task(self) -> xpb.Task:
+        try:
+            task = self._tasks.get_nowait()
+        except queue.Empty:
+            return xpb.Task(available=False, policy_version=self.policy_version())
+        task.policy_version = self.policy_version()
+        return task
+
+    def accept(self, trajectories: list[Trajectory]) -> None:
+        for trajectory in trajectories:
+            self._trajectories.put_nowait(trajectory)
+
+    def take_trajectories(self, max_count: int, timeout: float) -> list[Trajectory]:
+        """Up to `max_count` trajectories; waits at most `timeout` seconds for the first one."""
+        try:
+            taken = [self._trajectories.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while len(taken) < max_count:
+            try:
+                taken.append(self._trajectories.get_nowait())
+            except queue.Empty:
+                break
+        return taken
+
+
+class ExperienceService(experience_pb2_grpc.ExperienceServicer):
+    def __init__(self, hub: ExperienceHub):
+        self.hub = hub
+
+    def NextTask(self, request, context):
+        return self.hub.next_task()
+
+    def PushTrajectories(self, request, context):
+        decoded = []
+        for i, data in enumerate(request.trajectories):
+            try:
+                decoded.append(Trajectory.from_bytes(data))
+            except (TrajectoryDecodeError, ValueError) as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{context.peer()} actor {request.actor_id or '?'}: trajectory {i}: {e}")
+        if self.hub._trajectories.maxsize - self.hub._trajectories.qsize() < len(decoded):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "trajectory queue is full; retry later")
+        self.hub.accept(decoded)
+        return xpb.PushTrajectoriesResult(accepted=len(decoded))
+
+    def Heartbeat(self, request, context):
+        self.hub.heartbeats[request.actor_id] = request
+        return xpb.HeartbeatReply(policy_version=self.hub.policy_version(), stop=self.hub.stopped)
+
+
+# -- the server ----------------------------------------------------------------------------------------
+
+
+class RunningServer:
+    """A started gRPC server; `port` is the bound port (useful after binding port 0)."""
+
+    def __init__(self, server: grpc.Server, store: ParameterStore, hub: ExperienceHub,
+                 health_servicer: health.HealthServicer, host: str, port: int):
+        self.server, self.store, self.hub, self.health = server, store, hub, health_servicer
+        self.host, self.port = host, port
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.store.close()
+        self.server.stop(grace).wait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.server.wait_for_termination(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop(grace=0)
+
+
+def serve(store: ParameterStore, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+          tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
+          hub: ExperienceHub | None = None, max_workers: int = 32,
+          max_message_bytes: int = auth.MAX_MESSAGE_BYTES) -> RunningServer:
+    """Start serving `store` (and the Experience service) on host:port; port 0 lets the OS pick."""
+    auth.check_bind(host, token)
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("TLS needs both a certificate and a key file")
+    interceptors = [auth.TokenInterceptor(token)] if token else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lazarus-ps"),
+                         interceptors=interceptors, options=auth.message_options(max_message_bytes))
+    server.add_generic_rpc_handlers((ParameterService(store).handler(),))
+    hub = hub or ExperienceHub(policy_version=lambda: store.version)
+    experience_pb2_grpc.add_ExperienceServicer_to_server(ExperienceService(hub), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        if tls_cert is not None:
+            bound = server.add_secure_port(bind, auth.server_credentials(tls_cert, tls_key))
+        else:
+            bound = server.add_insecure_port(bind)
+    except RuntimeError as e:
+        raise OSError(f"cannot bind {bind}: {e}") from None
+    server.start()
+    for service in ("", SERVICE, "lazarus.v1.Experience"):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, store, hub, health_servicer, host, bound)

@@ -1,0 +1,24 @@
+"""The committed gRPC modules are what the .proto files generate now."""
+
+from lazarus.distributed.protos import proto_files, stale_modules
+
+
+def test_generated_modules_match_the_proto_files():
+    # given the .proto files in protos/lazarus/v1
+    assert {p.name for p in proto_files()} == {"parameter_server.proto", "experience.proto"}
+    # when they are compiled again, then every committed module is identical (else: run `make protos`)
+    assert stale_modules() == []
+
+
+def test_stale_check_notices_a_changed_module(tmp_path):
+    # given a copy of the generated modules with one of them edited
+    from lazarus.distributed import protos
+
+    for path in protos.PACKAGE_DIR.iterdir():
+        if path.name.endswith(protos.SUFFIXES):
+            (tmp_path / path.name).write_text(path.read_text())
+    edited = tmp_path / "parameter_server_pb2.py"
+    edited.write_text(edited.read_text() + "\n# hand edit\n")
+    (tmp_path / "experience_pb2_grpc.py").unlink()
+    # when checked, then both the edited and the missing module are reported
+    assert sorted(stale_modules(tmp_path)) == ["experience_pb2_grpc.py", "parameter_server_pb2.py"]
