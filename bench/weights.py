@@ -18,9 +18,10 @@ import tempfile
 import threading
 import time
 
-import mlx.core as mx
-
 import lazarus  # noqa: F401  (OpenBLAS before mlx.core)
+
+# isort: split
+import mlx.core as mx
 
 MB = 1024 * 1024
 
