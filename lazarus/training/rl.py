@@ -195,6 +195,11 @@ class RLTrainer(Trainer):
         rl = self.cfg.rl
         batch = collate(trajectories, self.pad_id)
         advantages = self.advantages(batch.rewards)
+        if rl.beta == 0 and not mx.any(advantages != 0).item():
+            # No completion is better than another (every group scored alike): the gradient is exactly 0,
+            # and an Adam step would still move the weights along its momentum. Skip the update.
+            return {"loss": 0.0, "skipped_update": 1.0, "advantage_mean": 0.0, "advantage_std": 0.0,
+                    "advantage_abs_max": 0.0, "reference_forward_passes": self.reference_forward_passes}
         reference = self.reference_logprobs(batch) if rl.beta > 0 else None
         n = batch.inputs.shape[0]
         size = rl.mini_batch_size or n
@@ -218,7 +223,7 @@ class RLTrainer(Trainer):
         summary = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
         summary.update(grad_norm=grad_norm, learning_rate=float(self.optimizer.learning_rate),
                        advantage_mean=advantages.mean().item(), advantage_std=advantages.std().item(),
-                       advantage_abs_max=mx.abs(advantages).max().item(),
+                       advantage_abs_max=mx.abs(advantages).max().item(), skipped_update=0.0,
                        reference_forward_passes=self.reference_forward_passes)
         return summary
 
