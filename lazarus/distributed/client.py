@@ -90,6 +90,7 @@ class ParameterClient:
                  timeout: float = 30.0, retries: int = 6, backoff: float = 0.1, max_backoff: float = 2.0,
                  max_message_bytes: int = auth.MAX_MESSAGE_BYTES):
         self.address, self.timeout = address, timeout
+        codec.keep_message_buffers()
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
         self._metadata = auth.call_metadata(token)
         options = auth.message_options(max_message_bytes) + [

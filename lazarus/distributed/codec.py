@@ -11,8 +11,12 @@ and names the tensors a bad or missing chunk covers.
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import hashlib
 import math
+import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
@@ -65,6 +69,33 @@ class EncodedSnapshot:
     @property
     def nbytes(self) -> int:
         return sum(len(p) for p in self.parts)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+_malloc_tuned = False
+
+
+def keep_message_buffers(mmap_threshold: int = 16 * 1024 * 1024, trim_threshold: int = 64 * 1024 * 1024) -> bool:
+    """Let this process reuse freed message-sized buffers instead of handing them back to the kernel.
+
+    glibc adapts its thresholds to the largest block freed so far, and with 4 MiB messages it ends up
+    trimming the heap after almost every message, so each gRPC receive buffer and each received
+    `bytes` is fresh memory that costs a page fault per 4 KiB: about a third of a client's receive
+    CPU (bench/weights.py). Fixed thresholds (blocks under `mmap_threshold` come from the heap, up to
+    `trim_threshold` bytes of free heap are kept) stop that; larger blocks, such as big tensors, are
+    still mapped and unmapped on their own. Process-wide, applied once, Linux glibc only, and left
+    alone when the environment already sets glibc's malloc tunables. Returns whether it applied them.
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    user_set = any(k.startswith("MALLOC_") for k in os.environ) or "malloc" in os.environ.get("GLIBC_TUNABLES", "")
+    glibc = sys.platform == "linux" and hasattr(os, "confstr") and "glibc" in (os.confstr("CS_GNU_LIBC_VERSION") or "")
+    if user_set or not glibc:
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    _malloc_tuned = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    return _malloc_tuned
 
 
 def dtype_name(dtype: mx.Dtype) -> str:
@@ -251,10 +282,19 @@ def check_header(header: pb.SnapshotHeader, max_bytes: int | None = None) -> Non
 class SnapshotDecoder:
     """Reassemble one snapshot from its messages: `feed` each part in order, then `finish`.
 
-    Chunk bytes are copied straight into the destination MLX arrays (allocated from the header), so
-    decoding holds one copy of the tensors. Each chunk's sha256 runs on a helper thread (hashlib
-    releases the GIL) while the next chunk arrives; a mismatch surfaces at the next `feed` or `finish`.
+    Chunk bytes are copied straight into the destination MLX arrays, so decoding holds one copy of the
+    tensors. Two helper threads keep that copy the only work on the receiving thread: one allocates the
+    destination arrays in payload order, up to `ALLOCATE_AHEAD` bytes past the data received so far (a
+    fresh MLX buffer costs a page fault per 4 KiB, as much as receiving the bytes; nothing is allocated
+    before the first chunk arrives), the other computes each chunk's sha256 (hashlib and MLX release
+    the GIL). A sha256 mismatch surfaces at a later `feed` (at most
+    `HASHES_IN_FLIGHT` chunks later) or at `finish`, naming the chunk's tensors.
     """
+
+    #: Chunks whose sha256 may still be running; bounds the received bytes held only for hashing.
+    HASHES_IN_FLIGHT = 4
+    #: How far past the received data destination arrays are allocated ahead of the chunks filling them.
+    ALLOCATE_AHEAD = 64 * 1024 * 1024
 
     def __init__(self, max_bytes: int | None = None,
                  accept_header: Callable[[pb.SnapshotHeader], None] | None = None):
@@ -264,12 +304,14 @@ class SnapshotDecoder:
         self.header: pb.SnapshotHeader | None = None
         self._tensors: dict[str, mx.array] = {}
         self._specs: list[pb.TensorSpec] = []  # the non-empty tensors, in payload order
+        self._buffers: list[futures.Future] = []  # (array, writable bytes) of the first tensors, allocating
         self._tensor = 0  # first tensor the next chunk can touch
         self._view: memoryview | None = None  # its writable bytes, once allocated
         self._next = 0
         self._digests = hashlib.sha256()
-        self._hashing: tuple[int, bytes, futures.Future] | None = None
+        self._hashing: collections.deque[tuple[int, bytes, futures.Future]] = collections.deque()
         self._hasher: futures.ThreadPoolExecutor | None = None
+        self._allocator: futures.ThreadPoolExecutor | None = None
 
     def feed(self, part: bytes | pb.SnapshotPart) -> None:
         """Take the next message, serialized (as received) or parsed."""
@@ -299,15 +341,7 @@ class SnapshotDecoder:
     def _allocate(self) -> None:
         self._specs = [spec for spec in self.header.tensors if spec.nbytes]
         self._hasher = futures.ThreadPoolExecutor(1, thread_name_prefix="lazarus-sha256")
-
-    def _tensor_bytes(self, spec: pb.TensorSpec) -> memoryview:
-        """Allocate the tensor when its first bytes arrive (overlapping allocation with the network)."""
-        mx_dtype = DTYPES[spec.dtype][0]
-        value = mx.zeros(tuple(spec.shape), dtype=mx.uint16 if mx_dtype == mx.bfloat16 else mx_dtype)
-        mx.eval(value)
-        self._tensors[spec.name] = value
-        # A writable NumPy view of the MLX buffer (MLX documents np.array(a, copy=False) as shared).
-        return memoryview(np.array(value, copy=False).reshape(-1)).cast("B")
+        self._allocator = futures.ThreadPoolExecutor(1, thread_name_prefix="lazarus-alloc")
 
     def _take(self, chunk: pb.Chunk | RawChunk) -> None:
         header = self.header
@@ -324,10 +358,16 @@ class SnapshotDecoder:
         if chunk.offset != start or len(data) != length:
             raise CodecError(f"chunk {chunk.index} has offset {chunk.offset} and {len(data)} bytes, "
                              f"expected {start} and {length}, covering {self.tensors_in(chunk.index)}")
-        self._check_hash()
-        self._hashing = (chunk.index, chunk.sha256, self._hasher.submit(_sha256, data))
+        self._check_hashes(wait=len(self._hashing) >= self.HASHES_IN_FLIGHT)
+        self._hashing.append((chunk.index, chunk.sha256, self._hasher.submit(_sha256, data)))
+        self._allocate_through(start + length + self.ALLOCATE_AHEAD)
         self._scatter(start, memoryview(data))
         self._next += 1
+
+    def _allocate_through(self, end: int) -> None:
+        """Queue the allocation of every tensor that starts before payload byte `end`."""
+        while len(self._buffers) < len(self._specs) and self._specs[len(self._buffers)].offset < end:
+            self._buffers.append(self._allocator.submit(_destination, self._specs[len(self._buffers)]))
 
     def _scatter(self, start: int, data: memoryview) -> None:
         """Copy payload bytes [start, start + len(data)) into the tensors they belong to."""
@@ -335,7 +375,7 @@ class SnapshotDecoder:
         while self._tensor < len(self._specs):
             spec = self._specs[self._tensor]
             if self._view is None:
-                self._view = self._tensor_bytes(spec)
+                self._tensors[spec.name], self._view = self._buffers[self._tensor].result()
             lo, hi = max(start, spec.offset), min(end, spec.offset + spec.nbytes)
             if lo < hi:
                 self._view[lo - spec.offset:hi - spec.offset] = data[lo - start:hi - start]
@@ -343,16 +383,15 @@ class SnapshotDecoder:
                 break
             self._tensor, self._view = self._tensor + 1, None
 
-    def _check_hash(self) -> None:
-        """Compare the previous chunk's sha256, computed while this one arrived."""
-        if self._hashing is None:
-            return
-        index, expected, digest = self._hashing
-        self._hashing = None
-        digest = digest.result()
-        if digest != expected:
-            raise CodecError(f"corrupt chunk {index} (sha256 mismatch) covering {self.tensors_in(index)}")
-        self._digests.update(digest)
+    def _check_hashes(self, wait: bool) -> None:
+        """Compare the sha256 of earlier chunks, in order: those done, and the oldest if `wait`."""
+        while self._hashing and (wait or self._hashing[0][2].done()):
+            index, expected, digest = self._hashing.popleft()
+            digest = digest.result()
+            if digest != expected:
+                raise CodecError(f"corrupt chunk {index} (sha256 mismatch) covering {self.tensors_in(index)}")
+            self._digests.update(digest)
+            wait = False
 
     def tensors_in(self, first: int, stop: int | None = None) -> str:
         """Names of the tensors whose bytes lie in chunks first..stop-1."""
@@ -367,14 +406,15 @@ class SnapshotDecoder:
             raise CodecError("snapshot stream ended before its header")
         if self.header.unchanged:
             return {}
-        self._check_hash()
+        while self._hashing:
+            self._check_hashes(wait=True)
         self.close()
         if self._next != self.header.num_chunks:
             raise CodecError(f"snapshot stream ended after {self._next} of {self.header.num_chunks} chunks: "
                              f"missing {self.tensors_in(self._next, self.header.num_chunks)}")
         if self._digests.digest() != self.header.sha256:
             raise CodecError("snapshot sha256 does not match its chunks' digests")
-        received, self._tensors, self._view = self._tensors, {}, None
+        received, self._tensors, self._view, self._buffers = self._tensors, {}, None, []
         tensors = {}
         for spec in self.header.tensors:
             mx_dtype = DTYPES[spec.dtype][0]
@@ -386,10 +426,20 @@ class SnapshotDecoder:
         return tensors
 
     def close(self) -> None:
-        """Stop the hashing thread (finish does this; call it when abandoning a stream)."""
-        if self._hasher is not None:
-            self._hasher.shutdown(wait=True)
-            self._hasher = None
+        """Stop the helper threads (finish does this; call it when abandoning a stream)."""
+        for pool in (self._hasher, self._allocator):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._hasher = self._allocator = None
+
+
+def _destination(spec: pb.TensorSpec) -> tuple[mx.array, memoryview]:
+    """A new array for `spec` (bf16 as its uint16 words) and a writable view of its bytes."""
+    mx_dtype = DTYPES[spec.dtype][0]
+    value = mx.zeros(tuple(spec.shape), dtype=mx.uint16 if mx_dtype == mx.bfloat16 else mx_dtype)
+    mx.eval(value)
+    # A writable NumPy view of the MLX buffer (MLX documents np.array(a, copy=False) as shared).
+    return value, memoryview(np.array(value, copy=False).reshape(-1)).cast("B")
 
 
 def _sha256(data: bytes) -> bytes:

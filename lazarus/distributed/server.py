@@ -497,6 +497,7 @@ def serve(store: ParameterStore, host: str = "127.0.0.1", port: int = 0, token: 
           max_message_bytes: int = auth.MAX_MESSAGE_BYTES) -> RunningServer:
     """Start serving `store` (and the Experience service) on host:port; port 0 lets the OS pick."""
     auth.check_bind(host, token)
+    codec.keep_message_buffers()
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both a certificate and a key file")
     interceptors = [auth.TokenInterceptor(token)] if token else []

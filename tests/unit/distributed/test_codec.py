@@ -209,3 +209,62 @@ def test_a_snapshot_decodes_from_serialized_messages_and_from_parsed_ones_alike(
     _, from_parsed = codec.decode(parts_of(encoded))
     for name, value in tensors.items():
         assert mx.array_equal(from_bytes[name], value).item() and mx.array_equal(from_parsed[name], value).item()
+
+
+def test_a_corrupt_chunk_is_rejected_while_the_stream_is_still_arriving():
+    # given a long snapshot whose first chunk is damaged on the way
+    tensors = {"embed": mx.ones((250,)), "layers.0.weight": mx.ones((5000,))}
+    parts = parts_of(codec.encode(tensors, version=0, chunk_bytes=SMALL_CHUNK))
+    damaged = bytearray(parts[1].chunk.data)
+    damaged[3] ^= 0x80
+    parts[1].chunk.data = bytes(damaged)
+    decoder = codec.SnapshotDecoder()
+    decoder.feed(parts[0])
+    # when the chunks are fed one by one
+    # then the damage is reported at most HASHES_IN_FLIGHT chunks later, long before the stream ends
+    fed = 0
+    with pytest.raises(codec.CodecError, match=r"corrupt chunk 0 .*embed"):
+        for part in parts[1:]:
+            decoder.feed(part)
+            fed += 1
+    decoder.close()
+    assert fed <= codec.SnapshotDecoder.HASHES_IN_FLIGHT < len(parts) - 1
+
+
+def test_abandoning_a_stream_stops_the_decoder_threads():
+    import threading
+
+    # given a decoder that has started on a snapshot (allocating and hashing on helper threads)
+    before = set(threading.enumerate())
+    parts = codec.encode({"a": mx.ones((3000,)), "b": mx.ones((3000,))}, version=0, chunk_bytes=SMALL_CHUNK).parts
+    decoder = codec.SnapshotDecoder()
+    for part in parts[:3]:
+        decoder.feed(part)
+    # when the caller gives up on the stream
+    decoder.close()
+    # then no helper thread outlives it
+    assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
+
+
+def test_malloc_settings_from_the_environment_are_left_alone(monkeypatch):
+    # given a process whose environment sets glibc's malloc tunables
+    monkeypatch.setattr(codec, "_malloc_tuned", False)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    # when the transport asks to keep message buffers
+    # then it changes nothing
+    assert codec.keep_message_buffers() is False
+
+
+def test_a_header_alone_reserves_no_tensor_memory():
+    # given the header of a 256 MiB snapshot, and nothing sent after it
+    header = codec.encode({"a": mx.ones((3000,))}, version=0, chunk_bytes=SMALL_CHUNK).header
+    header.tensors[0].shape[:] = [1 << 26]
+    header.tensors[0].nbytes = header.total_bytes = 1 << 28
+    header.num_chunks = -(-(1 << 28) // SMALL_CHUNK)
+    active = mx.get_active_memory()
+    decoder = codec.SnapshotDecoder()
+    # when the header is accepted and the stream then abandoned
+    decoder.feed(pb.SnapshotPart(header=header))
+    decoder.close()
+    # then no tensor memory was reserved: a peer must send data before memory is set aside for it
+    assert decoder.header is not None and mx.get_active_memory() - active < 1 << 20
