@@ -37,6 +37,7 @@ class Trainer:
         self.tokenizer = tokenizer
         self.run_dir = Path(cfg.training.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.optimizer = build_optimizer(cfg.optim, optimizer_steps or cfg.training.max_steps)
         self.step = 0
         self.logger: MetricsLogger | None = None
@@ -77,6 +78,17 @@ class Trainer:
         if self.step % self.cfg.training.log_every == 0 or self.step == self.cfg.training.max_steps:
             self.logger.log(self.step, metrics)
         self.progress.update(self.step, metrics)
+
+    def evaluate(self) -> dict:
+        return {}
+
+    def finish(self, state: dict) -> dict:
+        """After the last step: final evaluation (logged), final checkpoint; returns the evaluation."""
+        final = self.evaluate()
+        if final:
+            self.logger.log(self.step, final)
+        self.checkpoint(state, force=True)
+        return final
 
     def checkpoint(self, state: dict, force: bool = False) -> Path | None:
         every = self.cfg.training.save_every

@@ -50,7 +50,6 @@ class DPOTrainer(Trainer):
         if cfg.dpo.loss_type not in REFERENCE_FREE and reference is None and not has_lora(model):
             raise ValueError("DPO with full fine-tuning needs a reference model (or enable LoRA)")
         self.pairs, self.eval_pairs, self.reference = pairs, eval_pairs or [], reference
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.iterator = BatchIterator(len(pairs), cfg.training.batch_size, seed=cfg.training.seed,
                                       shuffle=cfg.data.shuffle)
         self.reference_forward_passes = 0
@@ -112,11 +111,7 @@ class DPOTrainer(Trainer):
                                reference_forward_passes=self.reference_forward_passes)
                 self.log(metrics)
                 self.checkpoint({"data": self.iterator.state()})
-            final = self.evaluate()
-            if final:
-                self.logger.log(self.step, final)
-            self.checkpoint({"data": self.iterator.state()}, force=True)
-            return final
+            return self.finish({"data": self.iterator.state()})
         finally:
             self.close()
 

@@ -19,12 +19,24 @@ def evaluate(engine: Engine, tokenizer, records: list[PromptRecord], reward_fn, 
     params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=seed)
     completions = engine.generate(prompt_ids, 1, params)
     texts = [c.text for c in completions]
-    conversational = isinstance(records[0].prompt, list)
-    shown = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
-    keys = set().union(*(r.columns.keys() for r in records))
-    kwargs = {k: [r.columns.get(k) for r in records] for k in keys}
-    rewards = reward_fn(prompts=[r.prompt for r in records], completions=shown,
-                        completion_ids=[c.token_ids for c in completions], **kwargs)
-    values = np.array([np.nan if v is None else float(v) for v in rewards])
+    values = call_reward(reward_fn, [r.prompt for r in records], texts, [c.token_ids for c in completions],
+                         [r.columns for r in records])
     return {"mean_reward": float(np.nanmean(values)), "n": len(records), "completions": texts,
             "rewards": values.tolist()}
+
+
+def call_reward(reward_fn, prompts: list, completions: list[str], completion_ids: list[list[int]],
+                columns: list[dict]) -> np.ndarray:
+    """Call a TRL-signature reward function; each row's extra columns go as keyword lists, None -> NaN.
+
+    Conversational prompts (message lists) get their completions as one assistant message, as in TRL.
+    """
+    conversational = bool(prompts) and isinstance(prompts[0], list)
+    shown = [[{"role": "assistant", "content": c}] for c in completions] if conversational else completions
+    keys = set().union(*(c.keys() for c in columns)) if columns else set()
+    kwargs = {k: [c.get(k) for c in columns] for k in keys}
+    values = reward_fn(prompts=prompts, completions=shown, completion_ids=completion_ids, **kwargs)
+    if len(values) != len(completions):
+        raise ValueError(f"reward function {getattr(reward_fn, '__name__', reward_fn)} returned {len(values)} "
+                         f"values for {len(completions)} completions")
+    return np.array([np.nan if v is None else float(v) for v in values], np.float64)

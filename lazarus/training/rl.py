@@ -35,7 +35,7 @@ from lazarus.inference.engine import Engine
 from lazarus.inference.sampling import SamplingParams
 from lazarus.models.lora import adapters_disabled, has_lora
 from lazarus.training.base import Trainer, pad_length
-from lazarus.training.evaluate import evaluate
+from lazarus.training.evaluate import call_reward, evaluate
 
 
 @dataclass
@@ -81,17 +81,9 @@ def collate(trajectories: list[Trajectory], pad_id: int, multiple: int = 16) -> 
 def score(reward_functions: list[RewardFunction], prompts: list, completions: list[str],
           completion_ids: list[list[int]], columns: list[dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Total weighted reward per completion and each function's raw rewards (None -> NaN, not counted)."""
-    conversational = bool(prompts) and isinstance(prompts[0], list)
-    shown = [[{"role": "assistant", "content": c}] for c in completions] if conversational else completions
-    keys = set().union(*(c.keys() for c in columns)) if columns else set()
-    kwargs = {k: [c.get(k) for c in columns] for k in keys}
     components, total = {}, np.zeros(len(completions), np.float64)
     for rf in reward_functions:
-        values = rf.fn(prompts=prompts, completions=shown, completion_ids=completion_ids, **kwargs)
-        if len(values) != len(completions):
-            raise ValueError(f"reward function {rf.name} returned {len(values)} values for "
-                             f"{len(completions)} completions")
-        raw = np.array([np.nan if v is None else float(v) for v in values], np.float64)
+        raw = call_reward(rf.fn, prompts, completions, completion_ids, columns)
         components[rf.name] = raw
         total += rf.weight * np.nan_to_num(raw, nan=0.0)
     return total, components
@@ -121,7 +113,6 @@ class RLTrainer(Trainer):
         self.engine = Engine(model, tokenizer, completion_batch_size=cfg.training.batch_size * self.group_size)
         self.iterator = BatchIterator(len(prompts), cfg.training.batch_size, seed=cfg.training.seed,
                                       shuffle=cfg.data.shuffle)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.reference_forward_passes = 0
         self.stepper = self.make_stepper(self.loss) if rl.beta == 0 else self.make_stepper(self.loss_with_kl)
 
@@ -148,11 +139,7 @@ class RLTrainer(Trainer):
                     metrics.update(self.evaluate())
                 self.log(metrics)
                 self.checkpoint({"data": self.iterator.state()})
-            final = self.evaluate() if self.eval_prompts else {}
-            if final:
-                self.logger.log(self.step, final)
-            self.checkpoint({"data": self.iterator.state()}, force=True)
-            return final
+            return self.finish({"data": self.iterator.state()})
         finally:
             self.close()
 

@@ -41,7 +41,6 @@ class SFTTrainer(Trainer):
         if not self.train_examples:
             raise ValueError("data.train: no example has a token to train on (check data.max_length)")
         self.eval_examples = eval_examples or []
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.iterator = BatchIterator(len(self.train_examples), cfg.training.batch_size, seed=cfg.training.seed,
                                       shuffle=cfg.data.shuffle)
         self.stepper = self.make_stepper(self.loss)
@@ -80,11 +79,7 @@ class SFTTrainer(Trainer):
                     metrics.update(self.evaluate())
                 self.log(metrics)
                 self.checkpoint({"data": self.iterator.state()})
-            final = self.evaluate()
-            if final:
-                self.logger.log(self.step, final)
-            self.checkpoint({"data": self.iterator.state()}, force=True)
-            return final
+            return self.finish({"data": self.iterator.state()})
         finally:
             self.close()
 
