@@ -88,8 +88,11 @@ class ParameterClient:
 
     def __init__(self, address: str, token: str | None = None, tls_cert: str | Path | None = None,
                  timeout: float = 30.0, retries: int = 6, backoff: float = 0.1, max_backoff: float = 2.0,
-                 max_message_bytes: int = auth.MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = auth.MAX_MESSAGE_BYTES, reuse_buffers: bool = True):
+        """`reuse_buffers` raises MLX's buffer cache to one snapshot's size (`codec.keep_snapshot_buffers`)
+        so a client that drops each version before pulling the next receives into warm memory."""
         self.address, self.timeout = address, timeout
+        self.reuse_buffers = reuse_buffers
         codec.keep_message_buffers()
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
         self._metadata = auth.call_metadata(token)
@@ -136,7 +139,7 @@ class ParameterClient:
             raise ValueError(f"scope must be one of {sorted(SCOPES)}, got {scope!r}")
 
         def attempt(t: float) -> Snapshot | None:
-            decoder = codec.SnapshotDecoder()
+            decoder = codec.SnapshotDecoder(accept_header=self._accept_header)
             try:
                 for part in self.iter_pull(have_version, scope, timeout=t):
                     decoder.feed(part)
@@ -148,6 +151,10 @@ class ParameterClient:
             return Snapshot(decoder.header.version, weights, decoder.header.sha256.hex())
 
         return self._retrying("PullWeights", timeout, attempt)
+
+    def _accept_header(self, header: pb.SnapshotHeader) -> None:
+        if self.reuse_buffers and not header.unchanged:
+            codec.keep_snapshot_buffers(header.total_bytes)
 
     def iter_pull(self, have_version: int = -1, scope: str = "full",
                   timeout: float | None = None) -> Iterator[bytes]:

@@ -98,6 +98,20 @@ def keep_message_buffers(mmap_threshold: int = 16 * 1024 * 1024, trim_threshold:
     return _malloc_tuned
 
 
+def keep_snapshot_buffers(nbytes: int) -> int:
+    """Let MLX keep up to `nbytes` of freed buffers for reuse; returns the cache limit now in force.
+
+    MLX frees arrays into a cache capped at 32 MiB on the CPU by default, so each pulled snapshot would
+    otherwise land in fresh memory and pay a page fault per 4 KiB, which costs as much as receiving the
+    bytes. With the cap at one snapshot, the arrays of the version a client drops serve the next one.
+    Process-wide; it only ever raises the cap.
+    """
+    previous = mx.set_cache_limit(nbytes)
+    if previous > nbytes:
+        mx.set_cache_limit(previous)
+    return max(previous, nbytes)
+
+
 def dtype_name(dtype: mx.Dtype) -> str:
     try:
         return _NAMES[dtype]

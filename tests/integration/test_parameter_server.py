@@ -75,6 +75,33 @@ def test_several_clients_pull_the_same_version_and_get_identical_bytes():
             assert client.pull_if_newer(0) is None
 
 
+def test_a_client_receives_each_new_version_into_the_buffers_of_the_one_it_dropped():
+    # given a server with weights, and MLX's buffer cache at its small CPU default
+    weights = random_weights()
+    store = ParameterStore(weights)
+    total = sum(v.nbytes for v in weights.values())
+    previous = mx.set_cache_limit(1024)
+    try:
+        with serve(store) as server:
+            # when a client that does not reuse buffers pulls, the cache limit is left alone
+            with ParameterClient(server.address, timeout=10, reuse_buffers=False) as client:
+                client.pull_if_newer(-1)
+            assert mx.set_cache_limit(1024) == 1024
+            # and when a reusing client pulls, drops the snapshot and pulls a changed version
+            with ParameterClient(server.address, timeout=10) as client:
+                first = client.pull_if_newer(-1)
+                assert mx.set_cache_limit(total) >= total  # one snapshot's worth of freed buffers is kept
+                del first
+                store.publish({k: v + 1 for k, v in weights.items()})
+                second = client.pull_if_newer(0)
+            # then the second version arrives whole in the recycled memory
+            assert second.version == 1
+            for name, value in weights.items():
+                assert mx.array_equal(second.weights[name], value + 1).item()
+    finally:
+        mx.set_cache_limit(previous)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_sync_mode_with_three_workers_equals_numpy_average_then_update(optimizer):
     # given a sync server waiting for 3 workers
