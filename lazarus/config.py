@@ -62,7 +62,7 @@ class DataConfig(Section):
     generate_math: Optional[dict[str, Any]] = Field(
         None,
         description="When set and `train` does not exist, write the math dataset there first "
-        "(keys of `lazarus data math`: train, eval, difficulty, kinds, seed).",
+        "(keys of `lazarus data math`: train, eval, difficulty, kinds, seed, answer_only).",
     )
 
 

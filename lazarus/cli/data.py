@@ -24,6 +24,9 @@ def math(
         None, "--kinds", help="Comma-separated problem kinds (default all): arithmetic, fractions, "
                               "percentages, word_problems, multi_step, comparison."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same problems."),
+    answer_only: float = typer.Option(
+        0.0, "--answer-only", help="Fraction of SFT completions that give only the final 'Answer:' line, "
+                                   "without the worked steps (a two-style demonstration set)."),
 ):
     """Write the math task as SFT, preference and RL-prompt JSONL, train and held-out eval."""
     from lazarus.data.math import write_math_dataset
@@ -31,7 +34,7 @@ def math(
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds is not None else None
     try:
         paths = write_math_dataset(out, n_train=n_train, n_eval=n_eval, kinds=kind_list,
-                                   difficulty=difficulty, seed=seed)
+                                   difficulty=difficulty, seed=seed, answer_only=answer_only)
     except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -61,11 +61,11 @@ def demo_command(
     config: Path = typer.Option(Path("configs/demo_math.yaml"), "--config", "-c"),
     overrides: List[str] = typer.Option([], "--set", help="Override a field: section.key=value (repeatable)."),
 ):
-    """Init a tiny model, SFT it on generated arithmetic, then GRPO; prints held-out accuracy before/after."""
-    from lazarus.config import load_config
-    from lazarus.runtime.demo import run_demo
+    """Init a tiny model, SFT it on generated arithmetic, then GRPO; prints held-out accuracy before/after.
 
-    from lazarus.runtime.demo import DemoFailed
+    Exits 1 when GRPO adds less held-out accuracy than `demo.min_improvement`."""
+    from lazarus.config import load_config
+    from lazarus.runtime.demo import DemoFailed, run_demo
 
     try:
         result = run_demo(load_config(config, overrides, algorithm="grpo"), echo=typer.echo)

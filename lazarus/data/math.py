@@ -80,23 +80,33 @@ def generate_problems(n: int, *, kinds: list[str] | tuple[str, ...] | str | None
 
 
 def write_math_dataset(out_dir: str | Path, *, n_train: int, n_eval: int, kinds=None, difficulty: int = 1,
-                       seed: int = 0) -> dict[str, Path]:
+                       seed: int = 0, answer_only: float = 0.0) -> dict[str, Path]:
     """Write SFT, preference and RL-prompt JSONL (train and held-out eval) to `out_dir`.
 
     Files: sft_{train,eval}.jsonl (`prompt`, `completion` = solution), preference_{train,eval}.jsonl
     (`prompt`, `chosen` = solution, `rejected` = wrong solution), rl_{train,eval}.jsonl (`prompt`,
     `answer`, `kind`). No eval prompt occurs in train; with `n_eval=0` no eval files are written.
     Each file is written atomically. Returns the paths by name ("sft_train", "rl_eval", ...).
+
+    `answer_only` is the fraction of SFT rows (drawn with `seed`, the same problems either way) whose
+    completion is the final `Answer: ...` line alone, without the worked steps: demonstrations in two
+    styles, as collected data often is. A model fine-tuned on the mix answers in either style; on
+    multi-step problems showing the work is far more accurate, and RL with an accuracy reward learns to
+    choose it (the `lazarus demo` story).
     """
     if n_train < 1 or n_eval < 0:
         raise ValueError(f"need n_train >= 1 and n_eval >= 0, got n_train={n_train}, n_eval={n_eval}")
+    if not 0.0 <= answer_only <= 1.0:
+        raise ValueError(f"answer_only must be a fraction in [0, 1], got {answer_only}")
     problems = generate_problems(n_train + n_eval, kinds=kinds, difficulty=difficulty, seed=seed)
+    style = random.Random(f"answer_only:{seed}")
     splits = {"train": problems[:n_train], "eval": problems[n_train:]}
     if n_eval == 0:
         del splits["eval"]
     rows = {}
     for split, split_problems in splits.items():
-        rows[f"sft_{split}"] = [{"prompt": p["prompt"], "completion": p["solution"]} for p in split_problems]
+        rows[f"sft_{split}"] = [{"prompt": p["prompt"], "completion": _answer_line(p["solution"])
+                                 if style.random() < answer_only else p["solution"]} for p in split_problems]
         rows[f"preference_{split}"] = [{"prompt": p["prompt"], "chosen": p["solution"],
                                         "rejected": p["wrong_solution"]} for p in split_problems]
         rows[f"rl_{split}"] = [{"prompt": p["prompt"], "answer": p["answer"], "kind": p["kind"]}
@@ -344,6 +354,11 @@ def _chain(expressions: list[str], answer: str) -> tuple[list[str], str]:
     while len(chain) > 1 and chain[-1] == answer:
         chain.pop()
     return [f"{chain[i]} = {chain[i + 1]}" for i in range(len(chain) - 1)], f"{chain[-1]} = "
+
+
+def _answer_line(solution: str) -> str:
+    """The final `Answer: ...` line of a worked solution."""
+    return solution.rsplit("\n", 1)[-1]
 
 
 def _slip(rng: random.Random, value: int) -> int:

@@ -34,27 +34,38 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     evaluate = lambda adapter=None, model=sft_model: run_eval(  # noqa: E731
         model, adapter, cfg.data.eval, cfg.eval.reward, cfg.eval.num_prompts,
         cfg.eval.max_new_tokens or cfg.generation.max_new_tokens, cfg.eval.temperature,
-        cfg.data.use_chat_template)["mean_reward"]
-    before = evaluate()
-    echo(f"[3/4] held-out accuracy after SFT: {before:.3f}; GRPO {cfg.training.max_steps} steps")
+        cfg.data.use_chat_template)
+    sft_eval = evaluate()
+    before = sft_eval["mean_reward"]
+    echo(f"[3/4] held-out accuracy after SFT: {before:.3f} ({shows_work(sft_eval['completions']):.0%} of answers "
+         f"show their work); GRPO {cfg.training.max_steps} steps")
 
     grpo = cfg.model_copy(deep=True)
     grpo.model.path, grpo.model.init_arch = sft_model, None
     grpo.training.run_dir = str(run_root / "grpo")
     run_training(grpo)
-    after = evaluate(str(run_root / "grpo" / "adapter")) if grpo.lora.enabled else evaluate(
+    grpo_eval = evaluate(str(run_root / "grpo" / "adapter")) if grpo.lora.enabled else evaluate(
         model=str(run_root / "grpo" / "model"))
+    after = grpo_eval["mean_reward"]
 
     from lazarus.observe.plots import plot_run
 
     plots = plot_run(run_root / "sft") + plot_run(run_root / "grpo")
-    echo(f"[4/4] held-out accuracy after GRPO: {after:.3f}; curves: {plots[-1].parent} "
+    echo(f"[4/4] held-out accuracy after GRPO: {after:.3f} ({shows_work(grpo_eval['completions']):.0%} show their "
+         f"work); curves: {plots[-1].parent} "
          f"({time.perf_counter() - t0:.0f}s in all)")
-    result = {"accuracy_before": before, "accuracy_after": after, "plots": [str(p) for p in plots]}
+    result = {"accuracy_before": before, "accuracy_after": after, "plots": [str(p) for p in plots],
+              "shows_work_before": shows_work(sft_eval["completions"]),
+              "shows_work_after": shows_work(grpo_eval["completions"])}
     if cfg.demo.min_improvement is not None and after - before < cfg.demo.min_improvement:
         raise DemoFailed(f"GRPO improved held-out accuracy by {after - before:+.3f}, "
                          f"less than demo.min_improvement={cfg.demo.min_improvement}")
     return result
+
+
+def shows_work(completions: list[str]) -> float:
+    """Fraction of completions that write steps before the final `Answer:` line."""
+    return sum(not c.lstrip().startswith("Answer:") for c in completions) / max(len(completions), 1)
 
 
 class DemoFailed(RuntimeError):

@@ -70,13 +70,13 @@ def ensure_data(cfg: Config) -> None:
     from lazarus.data.math import write_math_dataset
 
     spec = dict(cfg.data.generate_math)
-    unknown = set(spec) - {"train", "eval", "difficulty", "kinds", "seed"}
+    unknown = set(spec) - {"train", "eval", "difficulty", "kinds", "seed", "answer_only"}
     if unknown:
         raise ConfigError(f"data.generate_math: unknown keys {sorted(unknown)}")
     try:
         write_math_dataset(train.parent, n_train=int(spec.get("train", 2000)), n_eval=int(spec.get("eval", 200)),
                            kinds=spec.get("kinds"), difficulty=int(spec.get("difficulty", 1)),
-                           seed=int(spec.get("seed", 0)))
+                           seed=int(spec.get("seed", 0)), answer_only=float(spec.get("answer_only", 0.0)))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"data.generate_math: {e}") from None
     if not train.exists():

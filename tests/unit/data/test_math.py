@@ -66,6 +66,27 @@ def test_write_math_dataset_writes_every_format_with_a_disjoint_held_out_split(t
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
 
 
+def test_answer_only_turns_that_share_of_sft_completions_into_the_bare_answer_line(tmp_path):
+    # given the same problems written with every solution worked and with half answer-only
+    worked = write_math_dataset(tmp_path / "worked", n_train=400, n_eval=0, kinds=["multi_step"], seed=3)
+    mixed = write_math_dataset(tmp_path / "mixed", n_train=400, n_eval=0, kinds=["multi_step"], seed=3,
+                               answer_only=0.5)
+    full, half = read_sft(worked["sft_train"]), read_sft(mixed["sft_train"])
+    # then the prompts are the same, and about half the completions are only the final answer line
+    assert [r.prompt for r in full] == [r.prompt for r in half]
+    bare = [h for f, h in zip(full, half) if f.completion != h.completion]
+    assert 150 < len(bare) < 250
+    for f, h in zip(full, half):
+        assert h.completion in (f.completion, f.completion.splitlines()[-1])
+        assert extract_answer(h.completion) == extract_answer(f.completion)
+    # and the RL prompts and preference pairs do not change
+    for name in ("rl_train", "preference_train"):
+        assert worked[name].read_text() == mixed[name].read_text()
+    # and a fraction outside [0, 1] is refused
+    with pytest.raises(ValueError, match="answer_only"):
+        write_math_dataset(tmp_path / "bad", n_train=10, n_eval=0, answer_only=1.5)
+
+
 def test_write_math_dataset_refuses_more_problems_than_exist_and_writes_nothing(tmp_path):
     # difficulty-1 fractions (same denominator 2..9) have 204 distinct prompts
     with pytest.raises(ValueError, match="only 204 distinct problems"):
