@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -123,7 +123,9 @@ class RLConfig(Section):
         "token", description="Per-token ratio, or GSPO's sequence-level ratio."
     )
     epsilon_low: float = Field(0.2, ge=0, description="Lower clip: ratio >= 1 - epsilon_low.")
-    epsilon_high: float = Field(0.2, ge=0, description="Upper clip: ratio <= 1 + epsilon_high (DAPO clip-higher: 0.28).")
+    epsilon_high: float = Field(
+        0.2, ge=0, description="Upper clip: ratio <= 1 + epsilon_high (DAPO clip-higher: 0.28)."
+    )
     beta: float = Field(0.0, ge=0, description="KL coefficient to the reference; 0 = no reference forward at all.")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator used when beta > 0.")
     num_iterations: int = Field(1, gt=0, description="Optimizer passes over each generated batch (mu).")
@@ -139,7 +141,9 @@ class RLConfig(Section):
     value_clip: Optional[float] = Field(0.2, description="PPO: value-function clip range (null = unclipped).")
     vf_coef: float = Field(0.5, ge=0, description="PPO: value loss coefficient.")
     entropy_coef: float = Field(0.0, ge=0, description="PPO: entropy bonus coefficient.")
-    target_kl: Optional[float] = Field(None, gt=0, description="PPO: stop the inner epochs when approx KL exceeds this.")
+    target_kl: Optional[float] = Field(
+        None, gt=0, description="PPO: stop the inner epochs when approx KL exceeds this."
+    )
     value_lr: Optional[float] = Field(None, gt=0, description="PPO: learning rate of the value head (null = same).")
 
 
@@ -163,7 +167,9 @@ class DemoConfig(Section):
     sft_learning_rate: float = Field(2e-3, gt=0, description="`lazarus demo`: SFT learning rate (full fine-tuning).")
     sft_batch_size: int = Field(32, gt=0, description="`lazarus demo`: SFT batch size.")
     min_improvement: Optional[float] = Field(
-        None, description="`lazarus demo`: fail (exit 1) unless GRPO raises held-out accuracy by this much (0.10 = 10 points)."
+        None,
+        description="`lazarus demo`: fail (exit 1) unless GRPO raises held-out accuracy by this much "
+        "(0.10 = 10 points).",
     )
 
 

@@ -100,7 +100,9 @@ def infer(
 
 
 @config_app.command("show")
-def config_show(algorithm: Optional[str] = typer.Argument(None, help="sft, dpo, grpo or ppo: mark the sections it reads.")):
+def config_show(
+    algorithm: Optional[str] = typer.Argument(None, help="sft, dpo, grpo or ppo: mark the sections it reads."),
+):
     """Print every config field with its type, default and description (the reference)."""
     from rich.console import Console
     from rich.table import Table

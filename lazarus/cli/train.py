@@ -73,7 +73,8 @@ def demo_command(
         typer.echo(f"demo: {e}", err=True)
         raise typer.Exit(1)
     typer.echo(f"held-out accuracy: after SFT {result['accuracy_before']:.3f} -> after GRPO "
-               f"{result['accuracy_after']:.3f} ({100 * (result['accuracy_after'] - result['accuracy_before']):+.1f} points)")
+               f"{result['accuracy_after']:.3f} "
+               f"({100 * (result['accuracy_after'] - result['accuracy_before']):+.1f} points)")
 
 
 def register(app: typer.Typer) -> None:

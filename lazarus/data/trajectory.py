@@ -66,7 +66,9 @@ class Trajectory:
         except Exception as e:  # msgpack raises several unrelated types on garbage
             raise TrajectoryDecodeError(f"not a msgpack trajectory: {e}") from None
         if not isinstance(obj, dict) or obj.get("v") != FORMAT_VERSION:
-            raise TrajectoryDecodeError(f"unsupported trajectory format {obj.get('v') if isinstance(obj, dict) else obj!r}")
+            raise TrajectoryDecodeError(
+                f"unsupported trajectory format {obj.get('v') if isinstance(obj, dict) else obj!r}"
+            )
         try:
             return cls(
                 prompt_ids=_unpack_array(obj, "prompt_ids"),

@@ -94,7 +94,9 @@ def keep_message_buffers(mmap_threshold: int = 16 * 1024 * 1024, trim_threshold:
     if user_set or not glibc:
         return False
     mallopt = ctypes.CDLL(None).mallopt
-    _malloc_tuned = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    _malloc_tuned = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    )
     return _malloc_tuned
 
 
@@ -467,7 +469,9 @@ def parse_part(data: bytes | bytearray | memoryview) -> pb.SnapshotPart:
         raise CodecError(f"not a snapshot message: {e}") from None
 
 
-def decode(parts: Iterable[bytes | pb.SnapshotPart], max_bytes: int | None = None) -> tuple[pb.SnapshotHeader, dict[str, mx.array]]:
+def decode(
+    parts: Iterable[bytes | pb.SnapshotPart], max_bytes: int | None = None
+) -> tuple[pb.SnapshotHeader, dict[str, mx.array]]:
     """Decode a whole snapshot stream (serialized or parsed messages)."""
     decoder = SnapshotDecoder(max_bytes)
     try:

@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 LAZARUS = str(Path(sys.executable).parent / "lazarus")
 
 
@@ -15,7 +13,9 @@ def run(*args, check=True, timeout=300):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([LAZARUS, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
-        raise AssertionError(f"lazarus {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"lazarus {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -90,11 +90,13 @@ def test_train_sft_then_grpo_then_eval_and_plot(tmp_path, micro_model_dir):
     run("data", "math", "--out", tmp_path / "math", "--train", "64", "--eval", "16")
     common = ["--set", "training.progress=false", "--set", "training.batch_size=4", "--set", "training.max_steps=3"]
     run("train", "sft", "--config", "configs/sft_math.yaml", "--set", f"model.path={micro_model_dir}",
-        "--set", f"data.train={tmp_path / 'math/sft_train.jsonl'}", "--set", f"data.eval={tmp_path / 'math/sft_eval.jsonl'}",
+        "--set", f"data.train={tmp_path / 'math/sft_train.jsonl'}",
+        "--set", f"data.eval={tmp_path / 'math/sft_eval.jsonl'}",
         "--set", f"training.run_dir={tmp_path / 'sft'}", *common)
     assert (tmp_path / "sft" / "model" / "config.json").exists()
     out = run("train", "grpo", "--config", "configs/grpo_math.yaml", "--set", f"model.path={tmp_path / 'sft/model'}",
-              "--set", f"data.train={tmp_path / 'math/rl_train.jsonl'}", "--set", f"data.eval={tmp_path / 'math/rl_eval.jsonl'}",
+              "--set", f"data.train={tmp_path / 'math/rl_train.jsonl'}",
+              "--set", f"data.eval={tmp_path / 'math/rl_eval.jsonl'}",
               "--set", f"training.run_dir={tmp_path / 'grpo'}", "--set", "generation.num_generations=4",
               "--set", "generation.max_new_tokens=8", "--set", "eval.num_prompts=8", *common)
     assert "eval_accuracy" in out.stdout

@@ -170,7 +170,10 @@ def test_async_mode_applies_each_gradient_and_rejects_a_too_stale_push():
             client.push_gradients(random_grads(weights, 2), base_version=0, worker_id="slow")
         # then it is refused with a clear status and nothing changes
         assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
-        assert "worker slow: gradient base version 0 is 2 versions behind server version 2 (max_staleness 1)" in str(e.value)
+        assert (
+            "worker slow: gradient base version 0 is 2 versions behind server version 2 (max_staleness 1)"
+            in str(e.value)
+        )
         assert client.pull_if_newer(1).sha256 == before.sha256 and client.info().version == 2
 
 

@@ -104,7 +104,9 @@ def test_read_preference_names_file_line_and_field_of_a_bad_row(tmp_path, row, m
 
 def test_read_prompts_keeps_every_other_column_for_reward_functions(tmp_path):
     # given
-    path = write_lines(tmp_path / "rl.jsonl", [json.dumps({"prompt": "What is 3 + 4?", "answer": "7", "kind": "arithmetic"})])
+    path = write_lines(
+        tmp_path / "rl.jsonl", [json.dumps({"prompt": "What is 3 + 4?", "answer": "7", "kind": "arithmetic"})]
+    )
     # when
     (record,) = read_prompts(path)
     # then

