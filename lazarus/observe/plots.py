@@ -31,7 +31,7 @@ def _words(name: str) -> list[str]:
 GROUPS: list[tuple[str, str, Callable[[str], bool]]] = [
     ("loss", "loss", lambda name: "loss" in _words(name)),
     ("reward", "reward", lambda name: _words(name)[0] in ("reward", "rewards")),
-    ("accuracy", "accuracy", lambda name: _words(name)[0] in ("accuracy", "acc")),
+    ("accuracy", "accuracy", lambda name: _words(name)[0] in ("accuracy", "acc") or "accuracy" in _words(name)),
     ("kl", "KL", lambda name: "kl" in _words(name)),
     ("entropy", "entropy", lambda name: "entropy" in _words(name)),
     ("clip", "clip fraction", lambda name: _words(name)[0].startswith("clip")),
@@ -42,7 +42,9 @@ GROUPS: list[tuple[str, str, Callable[[str], bool]]] = [
         "tokens/s",
         lambda name: re.search(r"tok(en)?s?_?(per_?s|/s)", name.lower()) is not None,
     ),
-    ("step_time", "step time (s)", lambda name: "time" in _words(name)),
+    ("elapsed", "wall time (s)", lambda name: _words(name)[0] == "elapsed"),
+    # step_s, generation_s, update_s: seconds per step and per phase
+    ("step_time", "step time (s)", lambda name: "time" in _words(name) or _words(name)[-1] == "s"),
     ("memory", "memory (GB)", lambda name: bool({"memory", "mem", "rss"} & set(_words(name)))),
     ("learning_rate", "learning rate", lambda name: name.lower() in ("lr", "learning_rate")),
     ("grad_norm", "gradient norm", lambda name: "grad" in _words(name)),
