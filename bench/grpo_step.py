@@ -11,6 +11,14 @@ Baseline in the same process: the step's 32 completions generated in one batch (
 vs the same engine limited to 4 sequences at a time (how mlx-lm-lora generates); the ratio printed is
 batched tokens/s / 4-at-a-time tokens/s (higher is better).
 
+The reward is a stand-in that differs between completions of a prompt (the share of digits in the text):
+a random-init model never answers right, and a batch whose groups all score alike skips the update.
+
+Then, for the update's forward pass on the step's batch shape: its time, the time of the same model's
+matmuls alone (and their GFLOP/s), and `exp` per element in MLX against NumPy. On Linux x86 MLX's CPU
+backend has no SIMD transcendental functions, so softmax, SiLU and log-softmax cost far more than their
+matmuls there (Apple silicon runs them vectorized, or on the GPU).
+
 The peers' figures are fixed constants measured earlier on this machine, not in this run.
 """
 
@@ -41,6 +49,7 @@ from lazarus.models.load import num_parameters
 from lazarus.models.tiny import init_model
 from lazarus.observe.memory import peak_memory_gb, reset_peak
 from lazarus.runtime.local import build_trainer
+from lazarus.training.rl import RewardFunction
 
 PROMPTS, GROUP, NEW_TOKENS, LORA_RANK = 4, 8, 32, 8
 PEER_BATCH = 4  # mlx-lm-lora generates this many sequences at a time
@@ -50,6 +59,11 @@ PEERS = {
     "tiny": {"TRL (torch CPU)": (0.35, 0.69), "mlx-lm-lora": (1.5, 0.15)},
     "small": {"TRL (torch CPU)": (1.1, 1.26), "mlx-lm-lora": (5.5, 0.29)},
 }
+
+
+def digit_share(prompts, completions, **_) -> list[float]:
+    """Stand-in reward that differs between completions of one prompt: the share of digits in the text."""
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
 
 
 def peak_rss_gb() -> float:
@@ -75,6 +89,9 @@ def run_size(size: str, steps: int, baseline_repeats: int) -> dict:
         f"generation.max_new_tokens={NEW_TOKENS}", "generation.temperature=1.0", "rl.beta=0",
         "lora.enabled=true", f"lora.rank={LORA_RANK}"])
     trainer = build_trainer(cfg)
+    # A random-init model never answers right, so with the accuracy reward every group would score 0 and
+    # the trainer would (rightly) skip the update. The peers ran the update every step; so does this.
+    trainer.reward_functions = [RewardFunction("digit_share", digit_share)]
     print(f"\n{size}: llama {num_parameters(trainer.model) / 1e6:.2f}M params (incl. LoRA r{LORA_RANK}), "
           f"{mx.default_device()}, float32")
     print(f"{'step':>4} {'step_s':>7} {'gen_s':>7} {'update_s':>8} {'gen tok/s':>9} {'peak RSS GB':>11} "
@@ -87,7 +104,8 @@ def run_size(size: str, steps: int, baseline_repeats: int) -> dict:
             t0 = time.perf_counter()
             trajectories = trainer.rollout(trainer.iterator.next_indices())
             t1 = time.perf_counter()
-            trainer.learn(trajectories)
+            metrics = trainer.learn(trajectories)
+            assert not metrics["skipped_update"], "the bench must time a real update"
             t2 = time.perf_counter()
             trainer.step += 1
             generated = sum(t.num_completion_tokens for t in trajectories)
@@ -110,7 +128,49 @@ def run_size(size: str, steps: int, baseline_repeats: int) -> dict:
     timed = rows[1:] or rows
     summary = {k: statistics.median(r[k] for r in timed) for k in timed[0]}
     summary.update(size=size, batched_tok_s=statistics.median(ours), peer_way_tok_s=statistics.median(peer_way))
+    summary.update(forward_breakdown(trainer.model, PROMPTS * GROUP, collate_width(trajectories, trainer.pad_id)))
     return summary
+
+
+def collate_width(trajectories, pad_id: int) -> int:
+    from lazarus.training.rl import collate
+
+    return collate(trajectories, pad_id).inputs.shape[1]
+
+
+def _seconds(fn, repeats: int = 5) -> float:
+    fn()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def forward_breakdown(model, rows: int, width: int) -> dict:
+    """Where the update's forward pass goes: the whole forward on the step's batch shape, the same
+    model's matmuls alone, and `exp` per element in MLX against NumPy's (the transcendental functions
+    behind softmax, SiLU and log-softmax)."""
+    import numpy as np
+    from mlx.utils import tree_flatten
+
+    tokens = mx.array(np.random.default_rng(0).integers(0, 256, (rows, width)), dtype=mx.int32)
+    forward = _seconds(lambda: mx.eval(model(tokens)))
+    weights = [w for name, w in tree_flatten(model.parameters())
+               if w.ndim == 2 and name.endswith("weight") and "norm" not in name and "lora" not in name
+               and "embed" not in name]
+    weights.append(model.model.embed_tokens.weight)  # tied or not, the output projection has this shape
+    x = {w.shape[1]: mx.random.normal((rows * width, w.shape[1])) for w in weights}
+    mx.eval(list(x.values()))
+    matmul = sum(_seconds(lambda w=w: mx.eval(x[w.shape[1]] @ w.T)) for w in weights)
+    flops = sum(2 * rows * width * w.shape[0] * w.shape[1] for w in weights)
+    elements = 1 << 22
+    a = mx.random.normal((elements,))
+    mx.eval(a)
+    mlx_exp = _seconds(lambda: mx.eval(mx.exp(a))) / elements
+    b = np.array(a)
+    numpy_exp = _seconds(lambda: np.exp(b)) / elements
+    return {"forward_s": forward, "matmul_s": matmul, "matmul_gflops": flops / matmul / 1e9,
+            "mlx_exp_ns": mlx_exp * 1e9, "numpy_exp_ns": numpy_exp * 1e9, "rows": rows, "width": width}
 
 
 def main() -> None:
@@ -140,6 +200,12 @@ def main() -> None:
               f"{s['batched_tok_s']:>13.0f} {s['peer_way_tok_s']:>19.0f} {ratio:>6.2f}")
         for peer, (seconds, rss) in PEERS.get(s["size"], {}).items():
             print(f"{'':>6} {peer}: {seconds} s/step, {rss} GB peak RSS (reported, not measured in this run)")
+    print("\nwhere the update's forward pass goes (same batch shape, same model, this process):")
+    for s in summaries:
+        print(f"{s['size']:>6} forward {s['forward_s'] * 1e3:.0f} ms on {s['rows']}x{s['width']} tokens; its matmuls "
+              f"alone {s['matmul_s'] * 1e3:.0f} ms ({s['matmul_gflops']:.0f} GFLOP/s, "
+              f"{s['matmul_s'] / s['forward_s']:.0%} of it); exp {s['mlx_exp_ns']:.1f} ns/element in MLX vs "
+              f"{s['numpy_exp_ns']:.1f} in NumPy (ratio {s['mlx_exp_ns'] / s['numpy_exp_ns']:.1f})")
     ratios = [s["batched_tok_s"] / s["peer_way_tok_s"] for s in summaries]
     print(f"ratio batched generation / {PEER_BATCH}-at-a-time generation, same engine: "
           + ", ".join(f"{s['size']} {r:.2f}" for s, r in zip(summaries, ratios)) + " (higher is better)")
