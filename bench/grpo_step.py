@@ -49,7 +49,7 @@ from lazarus.models.load import num_parameters
 from lazarus.models.tiny import init_model
 from lazarus.observe.memory import peak_memory_gb, reset_peak
 from lazarus.runtime.local import build_trainer
-from lazarus.training.rl import RewardFunction
+from lazarus.training.rl import RewardFunction, collate
 
 PROMPTS, GROUP, NEW_TOKENS, LORA_RANK = 4, 8, 32, 8
 PEER_BATCH = 4  # mlx-lm-lora generates this many sequences at a time
@@ -128,14 +128,9 @@ def run_size(size: str, steps: int, baseline_repeats: int) -> dict:
     timed = rows[1:] or rows
     summary = {k: statistics.median(r[k] for r in timed) for k in timed[0]}
     summary.update(size=size, batched_tok_s=statistics.median(ours), peer_way_tok_s=statistics.median(peer_way))
-    summary.update(forward_breakdown(trainer.model, PROMPTS * GROUP, collate_width(trajectories, trainer.pad_id)))
+    width = collate(trajectories, trainer.pad_id).inputs.shape[1]  # the batch shape `learn` ran on
+    summary.update(forward_breakdown(trainer.model, PROMPTS * GROUP, width))
     return summary
-
-
-def collate_width(trajectories, pad_id: int) -> int:
-    from lazarus.training.rl import collate
-
-    return collate(trajectories, pad_id).inputs.shape[1]
 
 
 def _seconds(fn, repeats: int = 5) -> float:

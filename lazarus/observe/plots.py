@@ -31,7 +31,7 @@ def _words(name: str) -> list[str]:
 GROUPS: list[tuple[str, str, Callable[[str], bool]]] = [
     ("loss", "loss", lambda name: "loss" in _words(name)),
     ("reward", "reward", lambda name: _words(name)[0] in ("reward", "rewards")),
-    ("accuracy", "accuracy", lambda name: _words(name)[0] in ("accuracy", "acc") or "accuracy" in _words(name)),
+    ("accuracy", "accuracy", lambda name: "accuracy" in _words(name) or _words(name)[0] == "acc"),
     ("kl", "KL", lambda name: "kl" in _words(name)),
     ("entropy", "entropy", lambda name: "entropy" in _words(name)),
     ("clip", "clip fraction", lambda name: _words(name)[0].startswith("clip")),

@@ -36,9 +36,9 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
         cfg.eval.max_new_tokens or cfg.generation.max_new_tokens, cfg.eval.temperature,
         cfg.data.use_chat_template)
     sft_eval = evaluate()
-    before = sft_eval["mean_reward"]
-    echo(f"[3/4] held-out accuracy after SFT: {before:.3f} ({shows_work(sft_eval['completions']):.0%} of answers "
-         f"show their work); GRPO {cfg.training.max_steps} steps")
+    before, work_before = sft_eval["mean_reward"], shows_work(sft_eval["completions"])
+    echo(f"[3/4] held-out accuracy after SFT: {before:.3f} ({work_before:.0%} of answers show their work); "
+         f"GRPO {cfg.training.max_steps} steps")
 
     grpo = cfg.model_copy(deep=True)
     grpo.model.path, grpo.model.init_arch = sft_model, None
@@ -46,17 +46,15 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     run_training(grpo)
     grpo_eval = evaluate(str(run_root / "grpo" / "adapter")) if grpo.lora.enabled else evaluate(
         model=str(run_root / "grpo" / "model"))
-    after = grpo_eval["mean_reward"]
+    after, work_after = grpo_eval["mean_reward"], shows_work(grpo_eval["completions"])
 
     from lazarus.observe.plots import plot_run
 
     plots = plot_run(run_root / "sft") + plot_run(run_root / "grpo")
-    echo(f"[4/4] held-out accuracy after GRPO: {after:.3f} ({shows_work(grpo_eval['completions']):.0%} show their "
-         f"work); curves: {plots[-1].parent} "
-         f"({time.perf_counter() - t0:.0f}s in all)")
+    echo(f"[4/4] held-out accuracy after GRPO: {after:.3f} ({work_after:.0%} show their work); "
+         f"curves: {plots[-1].parent} ({time.perf_counter() - t0:.0f}s in all)")
     result = {"accuracy_before": before, "accuracy_after": after, "plots": [str(p) for p in plots],
-              "shows_work_before": shows_work(sft_eval["completions"]),
-              "shows_work_after": shows_work(grpo_eval["completions"])}
+              "shows_work_before": work_before, "shows_work_after": work_after}
     if cfg.demo.min_improvement is not None and after - before < cfg.demo.min_improvement:
         raise DemoFailed(f"GRPO improved held-out accuracy by {after - before:+.3f}, "
                          f"less than demo.min_improvement={cfg.demo.min_improvement}")
