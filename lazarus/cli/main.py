@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 import lazarus  # noqa: F401  (OpenBLAS before mlx.core)
+from lazarus.errors import LazarusError
 
 app = typer.Typer(
     name="lazarus",
@@ -24,24 +25,13 @@ config_app = typer.Typer(help="Inspect configuration schemas and files.", no_arg
 app.add_typer(config_app, name="config")
 
 
-class UsageError(Exception):
+class UsageError(LazarusError):
     """Raised by commands for a user-facing error that needs no traceback."""
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that the CLI reports as one line (exit code 2)."""
-    from lazarus.config import ConfigError
-    from lazarus.models.load import ModelLoadError
-    from lazarus.models.lora import AdapterError
-
-    errors: list[type[BaseException]] = [UsageError, ConfigError, ModelLoadError, AdapterError, FileNotFoundError]
-    try:
-        from lazarus.data.records import DatasetError
-
-        errors.append(DatasetError)
-    except ImportError:  # pragma: no cover - data package not present in a partial install
-        pass
-    return tuple(errors)
+    """Exception types that the CLI reports as one line (exit code 2): every `LazarusError`."""
+    return (LazarusError, FileNotFoundError)
 
 
 @app.command("init-model")

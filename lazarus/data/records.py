@@ -11,6 +11,7 @@ A bad row raises `DatasetError` naming the file, the 1-based line and the field.
 
 from __future__ import annotations
 
+from lazarus.errors import LazarusError
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ Prompt = str | list[dict]
 ROLES = ("system", "user", "assistant", "tool")
 
 
-class DatasetError(ValueError):
+class DatasetError(LazarusError, ValueError):
     """A dataset row (or file) that cannot be used; the message says `file:line: field ...`."""
 
 

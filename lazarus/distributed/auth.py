@@ -8,6 +8,7 @@ stays open so that probes need no secret (it reveals only SERVING / NOT_SERVING)
 
 from __future__ import annotations
 
+from lazarus.errors import LazarusError
 import hmac
 import ipaddress
 from pathlib import Path
@@ -20,11 +21,11 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-class InsecureBindError(ValueError):
+class InsecureBindError(LazarusError, ValueError):
     """A listener on a non-loopback address without a token."""
 
 
-class TokenFileError(ValueError):
+class TokenFileError(LazarusError, ValueError):
     """A token file that is missing or empty."""
 
 

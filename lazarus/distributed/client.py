@@ -8,6 +8,7 @@ carries a unique id, so a retried push is applied once.
 
 from __future__ import annotations
 
+from lazarus.errors import LazarusError
 import random
 import time
 import uuid
@@ -30,7 +31,7 @@ SCOPES = {"full": pb.SCOPE_FULL, "trainable": pb.SCOPE_TRAINABLE}
 T = TypeVar("T")
 
 
-class ParameterServerError(Exception):
+class ParameterServerError(LazarusError):
     """A call the server refused or could not answer; `code` is the gRPC status (None for a bad stream)."""
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None):

@@ -11,6 +11,7 @@ and names the tensors a bad or missing chunk covers.
 
 from __future__ import annotations
 
+from lazarus.errors import LazarusError
 import collections
 import ctypes
 import hashlib
@@ -51,7 +52,7 @@ DTYPES: dict[str, tuple[mx.Dtype, np.dtype]] = {
 _NAMES = {mx_dtype: name for name, (mx_dtype, _) in DTYPES.items()}
 
 
-class CodecError(ValueError):
+class CodecError(LazarusError, ValueError):
     """A snapshot stream that does not decode; the message names the chunk and the tensors it covers."""
 
 

@@ -19,6 +19,7 @@ token interceptor and the size limits of `auth`.
 
 from __future__ import annotations
 
+from lazarus.errors import LazarusError
 import collections
 import itertools
 import queue
@@ -55,7 +56,7 @@ RECENT_PUSHES = 1024
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-class GradientRejected(ValueError):
+class GradientRejected(LazarusError, ValueError):
     """A gradient push that does not fit the trainable parameters; names the tensor and the worker."""
 
 
@@ -67,7 +68,7 @@ class DuplicateGradient(Exception):
     """A second gradient from the same worker for the same synchronous step."""
 
 
-class ServerStateError(ValueError):
+class ServerStateError(LazarusError, ValueError):
     """A state checkpoint that does not fit the served model; names the file and tensor."""
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 
 from lazarus.data.math import answers_match, extract_answer
 
@@ -71,3 +74,41 @@ def completion_text(completion) -> str:
                 return str(message.get("content", ""))
         return ""
     raise TypeError(f"a completion must be a string or a list of messages, got {type(completion).__name__}")
+
+
+@dataclass
+class RewardFunction:
+    """A named, weighted reward function of TRL's signature."""
+
+    name: str
+    fn: Callable  # fn(prompts, completions, **columns) -> list[float | None]
+    weight: float = 1.0
+
+
+def call_reward(reward_fn, prompts: list, completions: list[str], completion_ids: list[list[int]],
+                columns: list[dict]) -> np.ndarray:
+    """Call a TRL-signature reward function; each row's extra columns go as keyword lists, None -> NaN.
+
+    Conversational prompts (message lists) get their completions as one assistant message, as in TRL.
+    """
+    conversational = bool(prompts) and isinstance(prompts[0], list)
+    shown = [[{"role": "assistant", "content": c}] for c in completions] if conversational else completions
+    keys = set().union(*(c.keys() for c in columns)) if columns else set()
+    keys.discard("prompt")
+    kwargs = {k: [c.get(k) for c in columns] for k in keys}
+    values = reward_fn(prompts=prompts, completions=shown, completion_ids=completion_ids, **kwargs)
+    if len(values) != len(completions):
+        raise ValueError(f"reward function {getattr(reward_fn, '__name__', reward_fn)} returned {len(values)} "
+                         f"values for {len(completions)} completions")
+    return np.array([np.nan if v is None else float(v) for v in values], np.float64)
+
+
+def score(reward_functions: list[RewardFunction], prompts: list, completions: list[str],
+          completion_ids: list[list[int]], columns: list[dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Total weighted reward per completion and each function's raw rewards (None -> NaN, not counted)."""
+    components, total = {}, np.zeros(len(completions), np.float64)
+    for rf in reward_functions:
+        raw = call_reward(rf.fn, prompts, completions, completion_ids, columns)
+        components[rf.name] = raw
+        total += rf.weight * np.nan_to_num(raw, nan=0.0)
+    return total, components

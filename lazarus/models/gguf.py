@@ -19,6 +19,7 @@ Supported: `general.architecture == "llama"` (Llama, Mistral, SmolLM, TinyLlama.
 
 from __future__ import annotations
 
+from lazarus.errors import LazarusError
 import importlib.metadata
 import re
 from pathlib import Path
@@ -29,7 +30,7 @@ from mlx import nn
 from lazarus.models.quantize import save_quantized
 
 
-class GGUFError(ValueError):
+class GGUFError(LazarusError, ValueError):
     """A GGUF file this loader cannot map; the message names the file and the metadata key or tensor."""
 
 

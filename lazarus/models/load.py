@@ -6,6 +6,7 @@ through `lazarus.models.gguf`. An adapter directory in mlx-lm's format can be ap
 
 from __future__ import annotations
 
+from lazarus.errors import LazarusError
 from pathlib import Path
 
 import mlx.nn as nn
@@ -13,7 +14,7 @@ import mlx.nn as nn
 import lazarus.models  # noqa: F401  (registers LazyFox)
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(LazarusError, ValueError):
     """A model path that cannot be loaded; the message names the path and what is missing."""
 
 

@@ -10,6 +10,7 @@ mlx-lm's LoRALinear computes `base(x) + scale * (x @ A) @ B`; we expose the usua
 
 from __future__ import annotations
 
+from lazarus.errors import LazarusError
 import contextlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ ADAPTER_WEIGHTS = "adapters.safetensors"
 LORA_TYPES = (LoRALinear, LoRASwitchLinear, LoRAEmbedding)
 
 
-class AdapterError(ValueError):
+class AdapterError(LazarusError, ValueError):
     """An adapter directory that does not fit the model; the message names the file and tensor."""
 
 

@@ -9,6 +9,7 @@ scalar, so `values(model, head, input_ids)` is `[B, T]`: the value of the state 
 
 from __future__ import annotations
 
+from lazarus.errors import LazarusError
 from pathlib import Path
 
 import mlx.core as mx
@@ -21,7 +22,7 @@ from lazarus.models.io import save_safetensors
 PLAIN_HEAD_FAMILIES = ("llama", "mistral", "gemma", "starcoder2", "granite", "qwen2", "lazyfox")
 
 
-class ValueHeadError(ValueError):
+class ValueHeadError(LazarusError, ValueError):
     """A value-head file that does not fit; the message names the file and tensor."""
 
 

@@ -7,6 +7,7 @@ appends; a resumed run first calls `truncate_after(step)` so the steps it repeat
 
 from __future__ import annotations
 
+from lazarus.errors import LazarusError
 import json
 import math
 import os
@@ -30,7 +31,7 @@ TENSORBOARD_DIR = "tensorboard"
 RESERVED_KEYS = ("step", "time")
 
 
-class MetricsFileError(ValueError):
+class MetricsFileError(LazarusError, ValueError):
     """`metrics.jsonl` is corrupt or holds no records; the message names the file and line."""
 
 

@@ -86,7 +86,7 @@ def ensure_data(cfg: Config) -> None:
 
 def resolve_rewards(cfg: Config):
     from lazarus.env.rewards import resolve_reward_function
-    from lazarus.training.rl import RewardFunction
+    from lazarus.env.rewards import RewardFunction
 
     functions = []
     for i, spec in enumerate(cfg.rl.rewards):

@@ -8,6 +8,7 @@ is itself replaced atomically. A crash leaves the previous good checkpoint.
 
 from __future__ import annotations
 
+from lazarus.errors import LazarusError
 import shutil
 from pathlib import Path
 
@@ -23,7 +24,7 @@ STATE_FILE = "trainer_state.json"
 LATEST = "latest"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LazarusError, ValueError):
     """A checkpoint that cannot be resumed from; names the path and the missing piece."""
 
 

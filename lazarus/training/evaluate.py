@@ -6,6 +6,7 @@ import numpy as np
 
 from lazarus.data.records import PromptRecord
 from lazarus.data.tokenize import encode_prompt
+from lazarus.env.rewards import call_reward
 from lazarus.inference.engine import Engine
 from lazarus.inference.sampling import SamplingParams
 
@@ -23,20 +24,3 @@ def evaluate(engine: Engine, tokenizer, records: list[PromptRecord], reward_fn, 
                          [r.columns for r in records])
     return {"mean_reward": float(np.nanmean(values)), "n": len(records), "completions": texts,
             "rewards": values.tolist()}
-
-
-def call_reward(reward_fn, prompts: list, completions: list[str], completion_ids: list[list[int]],
-                columns: list[dict]) -> np.ndarray:
-    """Call a TRL-signature reward function; each row's extra columns go as keyword lists, None -> NaN.
-
-    Conversational prompts (message lists) get their completions as one assistant message, as in TRL.
-    """
-    conversational = bool(prompts) and isinstance(prompts[0], list)
-    shown = [[{"role": "assistant", "content": c}] for c in completions] if conversational else completions
-    keys = set().union(*(c.keys() for c in columns)) if columns else set()
-    kwargs = {k: [c.get(k) for c in columns] for k in keys}
-    values = reward_fn(prompts=prompts, completions=shown, completion_ids=completion_ids, **kwargs)
-    if len(values) != len(completions):
-        raise ValueError(f"reward function {getattr(reward_fn, '__name__', reward_fn)} returned {len(values)} "
-                         f"values for {len(completions)} completions")
-    return np.array([np.nan if v is None else float(v) for v in values], np.float64)

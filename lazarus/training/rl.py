@@ -30,19 +30,14 @@ from lazarus.config import Config
 from lazarus.data.batching import BatchIterator
 from lazarus.data.records import PromptRecord
 from lazarus.data.tokenize import encode_prompt
-from lazarus.data.trajectory import Trajectory
+from lazarus.data.trajectory import RolloutTask, SamplingSettings, Trajectory
+from lazarus.env.rewards import RewardFunction
+from lazarus.env.rollout import rollout
 from lazarus.inference.engine import Engine
 from lazarus.inference.sampling import SamplingParams
 from lazarus.models.lora import adapters_disabled, has_lora
 from lazarus.training.base import Trainer, pad_length
-from lazarus.training.evaluate import call_reward, evaluate
-
-
-@dataclass
-class RewardFunction:
-    name: str
-    fn: Callable  # fn(prompts, completions, **columns) -> list[float | None]
-    weight: float = 1.0
+from lazarus.training.evaluate import evaluate
 
 
 @dataclass
@@ -76,17 +71,6 @@ def collate(trajectories: list[Trajectory], pad_id: int, multiple: int = 16) -> 
     rewards = np.array([t.reward for t in trajectories], np.float32)
     return RolloutBatch(mx.array(inputs), mx.array(targets), mx.array(mask), mx.array(behavior),
                         mx.array(rewards), int(mask.sum()))
-
-
-def score(reward_functions: list[RewardFunction], prompts: list, completions: list[str],
-          completion_ids: list[list[int]], columns: list[dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Total weighted reward per completion and each function's raw rewards (None -> NaN, not counted)."""
-    components, total = {}, np.zeros(len(completions), np.float64)
-    for rf in reward_functions:
-        raw = call_reward(rf.fn, prompts, completions, completion_ids, columns)
-        components[rf.name] = raw
-        total += rf.weight * np.nan_to_num(raw, nan=0.0)
-    return total, components
 
 
 class RLTrainer(Trainer):
@@ -152,19 +136,15 @@ class RLTrainer(Trainer):
 
     def rollout(self, indices: list[int]) -> list[Trajectory]:
         """`group_size` completions for each prompt, scored, as trajectories tagged with this step."""
-        completions = self.engine.generate([self.prompt_ids[i] for i in indices], self.group_size,
-                                           self.sampling_params())
-        records = [self.prompts[indices[c.prompt_index]] for c in completions]
-        total, components = score(self.reward_functions, [r.prompt for r in records], [c.text for c in completions],
-                                  [c.token_ids for c in completions], [r.columns for r in records])
-        return [
-            Trajectory(prompt_ids=self.prompt_ids[indices[c.prompt_index]], completion_ids=c.token_ids,
-                       behavior_logprobs=c.logprobs, loss_mask=None, reward=float(total[k]),
-                       group_id=f"{self.step}:{c.prompt_index}", policy_version=self.step,
-                       finish_reason=c.finish_reason,
-                       reward_components={name: float(v[k]) for name, v in components.items()})
-            for k, c in enumerate(completions)
-        ]
+        g = self.cfg.generation
+        records = [self.prompts[i] for i in indices]
+        task = RolloutTask(task_id=f"step-{self.step}", prompts=[self.prompt_ids[i] for i in indices],
+                           rows=[{"prompt": r.prompt, **r.columns} for r in records],
+                           group_ids=[f"{self.step}:{k}" for k in range(len(indices))], group_size=self.group_size,
+                           sampling=SamplingSettings(self.temperature, g.top_p, g.top_k, g.min_p),
+                           max_tokens=g.max_new_tokens, policy_version=self.step,
+                           seed=self.cfg.training.seed * 1_000_003 + self.step)
+        return rollout(self.engine, task, self.reward_functions, policy_version=self.step, stop=list(g.stop))
 
     # --- learn ------------------------------------------------------------------------------
     def advantages(self, rewards: mx.array) -> mx.array:

@@ -151,7 +151,8 @@ def test_grpo_learns_a_simple_verifiable_reward(make_config, tmp_path):
     # given a random-init policy that rarely starts its answer with a digit
     from lazarus.data.records import read_prompts
     from lazarus.runtime.local import prepare_model
-    from lazarus.training.rl import RewardFunction, RLTrainer
+    from lazarus.env.rewards import RewardFunction
+    from lazarus.training.rl import RLTrainer
 
     cfg = make_config("grpo", "optim.learning_rate=0.003", "training.max_steps=30", "training.batch_size=8",
                       "generation.num_generations=8", "generation.max_new_tokens=4")
