@@ -163,6 +163,47 @@ class EvalConfig(Section):
     reward: str = Field("accuracy", description="Reward function whose mean is reported as accuracy.")
 
 
+class RayConfig(Section):
+    address: Optional[str] = Field(
+        None, description="Ray cluster to join: `auto` (a running `ray start`/`ray up` cluster), HOST:PORT, or "
+        "null to start a local Ray instance for this run.")
+    actor_resources: dict[str, float] = Field(
+        default_factory=lambda: {"num_cpus": 1.0},
+        description="Resources of each rollout actor: num_cpus, num_gpus and custom resources "
+        "(e.g. {num_cpus: 2, mac: 1}).")
+    learner_resource: str = Field(
+        "learner", description="Custom resource that marks the node for the learner (the driver's node when "
+        "no node has it).")
+
+
+class RuntimeConfig(Section):
+    launcher: Literal["local", "process", "ray"] = Field(
+        "local", description="local: every role in this process; process: a learner with its gRPC server plus "
+        "`actors` lazarus-actor processes on loopback; ray: learner and actors as Ray actors.")
+    actors: int = Field(1, ge=1, le=256, description="Rollout actors (process and ray launchers).")
+    mode: Literal["sync", "async"] = Field(
+        "sync", description="sync: on-policy, every trajectory of a batch was sampled at the learner's current "
+        "version; async: actors keep generating while the learner updates (bounded by max_staleness).")
+    max_staleness: int = Field(
+        1, ge=0, le=64, description="async: a trajectory whose start version is older than version - "
+        "max_staleness is dropped (and counted) at batch assembly; actors stop generating work that would arrive "
+        "that stale. Ignored (0) in sync mode.")
+    importance_cap: Optional[float] = Field(
+        2.0, gt=0, description="Off-policy correction (decoupled PPO, as AReaL/verl): the behaviour importance "
+        "weight pi_prox / pi_behaviour is truncated at this value; null = no truncation.")
+    listen: str = Field("127.0.0.1:0", description="process/ray: HOST:PORT of the learner's gRPC server (port 0 "
+                        "picks a free one). Any non-loopback host requires token_file.")
+    token_file: Optional[str] = Field(None, description="File holding the shared auth token for the gRPC server.")
+    heartbeat_s: float = Field(1.0, gt=0, le=60, description="How often actors heartbeat.")
+    lease_s: float = Field(10.0, gt=0, le=3600, description="A task whose actor has not heartbeaten for this "
+                           "long returns to the queue (dead-actor detection).")
+    prompts_per_task: int = Field(
+        0, ge=0, description="Prompts in one rollout task (0 = training.batch_size / actors, at least 1).")
+    max_queue_bytes: int = Field(1 << 30, gt=0, description="Cap on trajectory bytes waiting for the learner.")
+    env_workers: int = Field(0, ge=0, description="Score rewards in a pool of N workers (0 = in the actor).")
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+
 class DemoConfig(Section):
     sft_steps: int = Field(300, gt=0, description="`lazarus demo`: SFT steps before GRPO.")
     sft_learning_rate: float = Field(2e-3, gt=0, description="`lazarus demo`: SFT learning rate (full fine-tuning).")
@@ -185,6 +226,7 @@ class Config(Section):
     rl: RLConfig = Field(default_factory=RLConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
 
     @model_validator(mode="after")
@@ -246,10 +288,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if data.get("algorithm", algorithm) != algorithm:
             raise ConfigError(f"{source}: algorithm is {data['algorithm']!r} but `lazarus train {algorithm}` was asked")
         data["algorithm"] = algorithm
+    return load_config_dict(data, source)
+
+
+def load_config_dict(data: dict, source: str = "<config>") -> Config:
+    """Validate a config given as a dict (e.g. sent by the learner to an actor); errors name `source` and key."""
     try:
         return Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(source, e)) from None
+
+
+def to_dict(config: Config) -> dict:
+    return config.model_dump(mode="json")
 
 
 def _format_validation_error(source: str, error: ValidationError) -> str:

