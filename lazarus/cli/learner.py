@@ -39,8 +39,10 @@ def learner(
 
     cfg = load_config(config, overrides)
     if cfg.algorithm not in ("grpo", "ppo"):
-        raise LazarusError(f"{config}: algorithm {cfg.algorithm} runs with `lazarus train`; the learner runs grpo or ppo")
-    learner_role, result = serve_and_learn(cfg, resume, listen=listen, token_file=str(token_file) if token_file else None,
+        raise LazarusError(f"{config}: algorithm {cfg.algorithm} runs with `lazarus train`; "
+                           f"the learner runs grpo or ppo")
+    learner_role, result = serve_and_learn(cfg, resume, listen=listen,
+                                           token_file=str(token_file) if token_file else None,
                                            tls_cert=str(tls_cert) if tls_cert else None,
                                            tls_key=str(tls_key) if tls_key else None,
                                            echo=lambda line: print(line, flush=True))

@@ -259,12 +259,17 @@ class ExperienceHub:
             now = self.clock()
             queued = sum(1 for lease in self._tasks.values() if lease.state == "queued")
             leased = sum(1 for lease in self._tasks.values() if lease.state == "leased")
+            holding: dict[str, int] = {}
+            for lease in self._tasks.values():
+                if lease.state == "leased":
+                    holding[lease.actor_id] = holding.get(lease.actor_id, 0) + 1
             return {
                 "incarnation": self.incarnation, "policy_version": self.policy_version(), "stopped": self.stopped,
                 "tasks_queued": queued, "tasks_leased": leased, "groups_waiting": len(self._groups),
                 "queued_bytes": self._queued_bytes, "counts": vars(self.counts).copy(),
                 "actors": {a.actor_id: {"last_heartbeat_s_ago": round(now - a.last_seen, 3),
                                         "policy_version": a.policy_version, "tasks_completed": a.tasks_completed,
+                                        "tasks_leased": holding.get(a.actor_id, 0),
                                         "trajectories": a.trajectories, **a.stats}
                            for a in self.actors.values()},
                 **self.extra_status(),

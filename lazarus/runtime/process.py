@@ -58,9 +58,9 @@ def serve_and_learn(cfg: Config, resume: str | Path | None = None, *, listen: st
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     try:
         result = coordinator.run()
-        server.wait_for_actors_to_stop(timeout=3 * cfg.runtime.heartbeat_s + 2)
     finally:
-        hub.stop()
+        hub.stop()  # actors hear it in their next call (also after Ctrl-C or an error)
+        server.wait_for_actors_to_stop(timeout=3 * cfg.runtime.heartbeat_s + 2)
         server.stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
