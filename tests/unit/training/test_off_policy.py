@@ -114,5 +114,6 @@ def test_groups_are_formed_by_group_id_not_by_position(make_config):
     twin = roles(make_config, "training.max_steps=2")[1]
     learner.learn(interleaved)
     twin.learn(trajectories)
-    a, b = dict(tree_flatten(learner.model.trainable_parameters())), dict(tree_flatten(twin.model.trainable_parameters()))
+    a = dict(tree_flatten(learner.model.trainable_parameters()))
+    b = dict(tree_flatten(twin.model.trainable_parameters()))
     assert all(mx.allclose(a[k], b[k], atol=1e-6).item() for k in a)
