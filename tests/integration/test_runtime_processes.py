@@ -250,3 +250,19 @@ def test_ctrl_c_on_the_learner_stops_the_actors_cleanly(run_config, tmp_path):
     assert code == 130, out[-2000:]
     a_code, a_out = finish(actor, timeout=60)
     assert a_code == 0, a_out
+
+
+@pytest.mark.slow
+def test_lazarus_train_with_the_process_launcher_runs_its_own_actors_and_exports(run_config, tmp_path):
+    # given a config and the real CLI
+    config = run_config(training={"max_steps": 4}, lora={"enabled": True, "rank": 4})
+    # when `lazarus train --launcher process --actors 2` runs it
+    proc = subprocess.run([str(BIN / "lazarus"), "train", "grpo", "--config", str(config), "--launcher", "process",
+                           "--actors", "2"], capture_output=True, text=True, timeout=600,
+                          env={**env(), "LAZARUS_CACHE": str(tmp_path / "cache")})
+    # then the learner ran every step with both actors, and the adapter was exported
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    history = steps(tmp_path / "run")
+    assert [m["step"] for m in history] == [1, 2, 3, 4] and history[-1]["actors"] == 2
+    assert (tmp_path / "run" / "adapter" / "adapters.safetensors").exists()
+    assert proc.stdout.count("the run is over") == 2
