@@ -135,7 +135,14 @@ def ppo_loss(policy: ExpertPolicy, batch: dict[str, mx.array], config: PPOConfig
     if config.normalize_advantages:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     policy_loss, metrics = ppo_policy_loss(logprobs, batch["logprobs"], advantages, mask, config.clip_range)
-    critic_loss, value_metrics = value_loss(values, batch["values"], batch["returns"], mask, config.clip_range_value)
+    if config.clip_range_value is None:
+        # Written out rather than value_loss(..., None): its all-zero clip metric trips mx.compile (MLX 0.32).
+        value_error = mx.square(values - batch["returns"]).mean()
+        critic_loss, value_metrics = 0.5 * value_error, {"value_error": mx.stop_gradient(value_error)}
+    else:
+        critic_loss, value_metrics = value_loss(
+            values, batch["values"], batch["returns"], mask, config.clip_range_value
+        )
     entropy_mean = entropy.mean()
     loss = policy_loss + config.value_coef * critic_loss - config.entropy_coef * entropy_mean
     return loss, {
@@ -249,6 +256,7 @@ def train_to_directory(config: PPOConfig, out: str | Path, log: Callable[[str], 
     from lazarus.observe.plots import plot_run
 
     out = Path(out)
+    policy_spec(config)  # an unknown env or unusable spaces fail here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "train_config.json", config.model_dump())
     best = {"eval_return": -np.inf, "env_steps": 0}

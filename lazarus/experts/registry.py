@@ -66,12 +66,14 @@ def load_expert(name_or_dir: str | Path) -> tuple[ExpertPolicy, dict]:
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValidationError) as error:
         raise ExpertFileError(f"{config_path}: not a valid expert config ({error})".replace("\n", " ")) from None
     policy = ExpertPolicy(spec)
+    expected = {name: tuple(value.shape) for name, value in tree_flatten(policy.parameters())}
     try:
         weights = mx.load(str(directory / WEIGHTS_FILE))
+        found = {name: tuple(value.shape) for name, value in weights.items()}
+        if found != expected:
+            wrong = sorted(name for name in expected.keys() | found.keys() if found.get(name) != expected.get(name))
+            raise ValueError(f"tensors {wrong} do not match the network {config_path.name} describes")
         policy.update(tree_unflatten(list(weights.items())))
-        expected = {name: value.shape for name, value in tree_flatten(policy.parameters())}
-        if {name: value.shape for name, value in weights.items()} != expected:
-            raise ValueError(f"tensors {sorted(weights)} do not match the config's network {sorted(expected)}")
     except (OSError, RuntimeError, ValueError) as error:
         raise ExpertFileError(f"{directory / WEIGHTS_FILE}: {error}") from None
     mx.eval(policy.parameters())
