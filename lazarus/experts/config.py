@@ -110,8 +110,8 @@ PRESETS: dict[str, dict] = {
         clip_range_value=None, stop_at_return=-170.0,
     ),
     "Projectile-v0": dict(
-        total_steps=300_000, learning_rate=1e-3, gamma=0.99, entropy_coef=0.0, rollout_steps=64, chunk_length=4,
-        num_minibatches=4, update_epochs=10, init_log_std=-0.5, clip_range_value=None,
+        total_steps=200_000, learning_rate=1e-3, gamma=0.99, entropy_coef=0.0, rollout_steps=64, chunk_length=4,
+        num_minibatches=4, update_epochs=10, init_log_std=-0.5, clip_range_value=None, stop_at_return=1.0,
     ),
 }
 

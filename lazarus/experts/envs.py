@@ -57,6 +57,17 @@ def make_env(name: str, **kwargs) -> gym.Env:
     return ENVS[name](**kwargs)
 
 
+def task_schema(name: str) -> dict:
+    """JSON schema of the task `run_expert` passes to `reset(options=...)` (what a tool's arguments map to)."""
+    if name == "Projectile-v0":
+        from lazarus.experts.projectile import TASK_SCHEMA
+
+        return TASK_SCHEMA
+    if name not in ENVS:
+        raise UnknownEnvError(f"unknown env {name!r}; known: {', '.join(ENVS)}")
+    return {"type": "object", "properties": {}}  # Gymnasium's own envs take no task: a seed picks the start
+
+
 def describe_spaces(env: gym.Env) -> dict:
     """The PolicySpec fields an env fixes: obs_dim, action_kind, action_dim and (continuous) the bounds."""
     obs_space, action_space = env.observation_space, env.action_space

@@ -115,3 +115,15 @@ def test_run_expert_runs_one_episode_on_the_given_projectile_task(tmp_path):
     assert set(outcome) == {"launch_angle_deg", "landing_distance", "miss", "hit"}
     assert outcome["miss"] == pytest.approx(outcome["landing_distance"] - 37.0)
     json.dumps(result)  # JSON-ready, as a tool result must be
+
+
+def test_projectile_tasks_outside_the_schema_are_refused_naming_the_field(tmp_path):
+    from lazarus.experts.envs import task_schema
+    from lazarus.experts.projectile import ProjectileTaskError
+
+    save_expert(random_expert("Projectile-v0", "gru"), tmp_path / "aim")
+    assert task_schema("Projectile-v0")["required"] == ["target_distance", "wind"]
+    with pytest.raises(ProjectileTaskError, match="wind=9.0 is outside"):
+        run_expert(str(tmp_path / "aim"), {"target_distance": 30.0, "wind": 9.0})
+    with pytest.raises(ProjectileTaskError, match="unknown field"):
+        run_expert(str(tmp_path / "aim"), {"target": 30.0})
