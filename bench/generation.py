@@ -1,8 +1,14 @@
-"""Our engine vs mlx-lm's own batched generation, same model, prompts, batch size and max tokens.
+"""Our engine vs mlx-lm's `BatchGenerator`, and against the bare model forward, in every sampling setting.
 
-Both decode exactly `max_tokens` per sequence (EOS is disabled for the run so the work is equal) at
-temperature 1. Ours also returns the per-token logprobs; the mlx-lm baseline returns only tokens.
-Prints tokens/s for both and the ratio ours/mlx-lm per batch size. Target: ratio >= 0.95 everywhere.
+Same model, prompts, batch size and max tokens; EOS is disabled so every run decodes exactly `max_tokens`
+per sequence. Ours also returns each token's logprob; mlx-lm's generator is driven as lean as it goes
+(tokens only, its own sampler with the same temperature / top-k / top-p / min-p). Per row it prints
+tokens/s for both, `ours/mlx-lm` (target >= 1.0), and the engine's overhead beyond the model forward: the
+same prefill and decode forwards with no sampling at all, timed in the same run (target <= 15%).
+
+The `group` row is GRPO's shape: 4 prompts x 8 completions, which mlx-lm prefills 32 times and we 4.
+Runs are interleaved (mlx-lm, ours, forward) and the best of `--repeats` is kept for each: load from
+other processes on the machine only ever slows a run, so the fastest is the closest to the code's own cost.
 """
 
 from __future__ import annotations
@@ -10,19 +16,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
-import statistics
 import tempfile
 import time
 
 import lazarus  # noqa: F401  (OpenBLAS before mlx.core)
 import mlx.core as mx
-from mlx_lm.generate import batch_generate
+from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import BatchKVCache
 from mlx_lm.sample_utils import make_sampler as mlx_lm_sampler
 
 from lazarus.inference.engine import Engine
 from lazarus.inference.sampling import SamplingParams
 from lazarus.models.load import load, num_parameters
 from lazarus.models.tiny import init_model
+
+SETTINGS = {  # name -> SamplingParams fields (temperature 1 throughout)
+    "temperature": {},
+    "top-k 20": {"top_k": 20},
+    "top-p 0.95": {"top_p": 0.95},
+    "top-k 20 top-p 0.95": {"top_k": 20, "top_p": 0.95},
+    "min-p 0.05": {"min_p": 0.05},
+}
 
 
 @contextlib.contextmanager
@@ -40,21 +54,63 @@ def make_prompts(batch: int, vocab: int, seed: int = 0) -> list[list[int]]:
     return [[rng.randrange(4, vocab) for _ in range(rng.randint(8, 32))] for _ in range(batch)]
 
 
-def run_ours(engine: Engine, prompts, max_tokens: int) -> tuple[int, float]:
+def run_ours(engine: Engine, prompts, n: int, params: SamplingParams) -> float:
     start = time.perf_counter()
-    out = engine.generate(prompts, n=1, params=SamplingParams(temperature=1.0, max_tokens=max_tokens, seed=0))
+    out = engine.generate(prompts, n=n, params=params)
     elapsed = time.perf_counter() - start
-    assert all(len(c.logprobs) == len(c.token_ids) for c in out)
-    return sum(len(c.token_ids) for c in out), elapsed
+    assert all(len(c.logprobs) == len(c.token_ids) == params.max_tokens for c in out)
+    return len(out) * params.max_tokens / elapsed
 
 
-def run_mlx_lm(model, tokenizer, prompts, max_tokens: int, batch: int) -> tuple[int, float]:
+def run_mlx_lm(model, prompts, n: int, params: SamplingParams) -> float:
+    expanded = [p for p in prompts for _ in range(n)]
+    gen = BatchGenerator(model, max_tokens=params.max_tokens, completion_batch_size=len(expanded),
+                         prefill_batch_size=min(len(expanded), 16),
+                         sampler=mlx_lm_sampler(temp=params.temperature, top_p=params.top_p,
+                                                min_p=params.min_p, top_k=params.top_k))
     start = time.perf_counter()
-    out = batch_generate(model, tokenizer, prompts, max_tokens=max_tokens, return_token_ids=True,
-                         sampler=mlx_lm_sampler(temp=1.0), completion_batch_size=max(batch, 1),
-                         prefill_batch_size=min(batch, 16))
+    generated = 0
+    gen.insert(expanded)
+    while responses := gen.next_generated():
+        generated += len(responses)
     elapsed = time.perf_counter() - start
-    return sum(len(t) for t in out.token_ids), elapsed
+    gen.close()
+    assert generated == len(expanded) * params.max_tokens
+    return generated / elapsed
+
+
+def run_forward_only(model, prompts, n: int, max_tokens: int) -> float:
+    """The model's own work for the same generation: batched prefill, then `max_tokens - 1` decode forwards."""
+    expanded = [p for p in prompts for _ in range(n)]
+    longest = max(len(p) for p in expanded)
+    padding = [longest - len(p) for p in expanded]
+    start = time.perf_counter()
+    cache = [BatchKVCache(padding) for _ in model.layers]
+    logits = model(mx.array([[0] * pad + p for p, pad in zip(expanded, padding)]), cache=cache)[:, -1]
+    mx.eval(logits)
+    tokens = mx.zeros((len(expanded), 1), dtype=mx.uint32)
+    for _ in range(max_tokens - 1):  # queued one step ahead, as the engine does
+        following = model(tokens, cache=cache)[:, -1]
+        mx.async_eval(following)
+        mx.eval(logits)
+        logits = following
+    mx.eval(logits)
+    elapsed = time.perf_counter() - start
+    return len(expanded) * max_tokens / elapsed
+
+
+def measure(model, tokenizer, prompts, n: int, params: SamplingParams, repeats: int) -> tuple[float, float, float]:
+    engine = Engine(model, tokenizer, completion_batch_size=len(prompts) * n, prefill_batch_size=16)
+    warm = SamplingParams(**{**params.__dict__, "max_tokens": 4})
+    run_ours(engine, prompts, n, warm)
+    run_mlx_lm(model, prompts, n, warm)
+    run_forward_only(model, prompts, n, 4)
+    base, ours, forward = [], [], []
+    for _ in range(repeats):
+        base.append(run_mlx_lm(model, prompts, n, params))
+        ours.append(run_ours(engine, prompts, n, params))
+        forward.append(run_forward_only(model, prompts, n, params.max_tokens))
+    return max(base), max(ours), max(forward)
 
 
 def main() -> None:
@@ -62,33 +118,34 @@ def main() -> None:
     parser.add_argument("--model", help="Model directory (default: a random-init model of --size).")
     parser.add_argument("--size", default="small", choices=["micro", "tiny", "small"])
     parser.add_argument("--batch-sizes", default="1,8,32")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"Comma-separated, of: {', '.join(SETTINGS)}.")
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--no-group", dest="group", action="store_false", help="Skip the 4x8 group row.")
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     path = args.model or init_model("llama", args.size, tempfile.mkdtemp(prefix="lazarus-bench-") + "/m")
     model, tokenizer = load(path)
     vocab = model.args.vocab_size
-    print(f"model {path}: {num_parameters(model) / 1e6:.1f}M params, max_tokens {args.max_tokens}, "
+    print(f"model {path}: {num_parameters(model) / 1e6:.1f}M params, vocab {vocab}, max_tokens {args.max_tokens}, "
           f"temperature 1, float32, {mx.default_device()}")
-    print(f"{'batch':>5} {'mlx-lm tok/s':>13} {'ours tok/s':>11} {'ratio':>6}")
-    ratios = []
+    print(f"{'sampling':<20} {'batch':>7} {'mlx-lm tok/s':>13} {'ours tok/s':>11} {'ours/mlx-lm':>12} "
+          f"{'overhead vs forward':>20}")
+    ratios, overheads = [], []
+    cases = [(name, int(b), 1) for name in args.settings.split(",") for b in args.batch_sizes.split(",")]
+    if args.group:
+        cases.append(("top-k 20 top-p 0.95", 4, 8))  # GRPO's shape: 4 prompts x 8 completions
     with eos_disabled(tokenizer):
-        for batch in [int(b) for b in args.batch_sizes.split(",")]:
-            prompts = make_prompts(batch, vocab)
-            engine = Engine(model, tokenizer, completion_batch_size=max(batch, 1), prefill_batch_size=min(batch, 16))
-            run_ours(engine, prompts, 8)  # warm-up both paths
-            run_mlx_lm(model, tokenizer, prompts, 8, batch)
-            ours, base = [], []
-            for _ in range(args.repeats):  # interleave so drift hits both equally
-                n, t = run_mlx_lm(model, tokenizer, prompts, args.max_tokens, batch)
-                base.append(n / t)
-                n, t = run_ours(engine, prompts, args.max_tokens)
-                ours.append(n / t)
-            b, o = statistics.median(base), statistics.median(ours)
-            ratios.append(o / b)
-            print(f"{batch:>5} {b:>13.1f} {o:>11.1f} {o / b:>6.2f}")
-    print(f"min ratio ours/mlx-lm = {min(ratios):.2f} (target >= 0.95; ours also returns logprobs)")
+        for name, batch, n in cases:
+            params = SamplingParams(temperature=1.0, max_tokens=args.max_tokens, seed=0, **SETTINGS[name])
+            base, ours, forward = measure(model, tokenizer, make_prompts(batch, vocab), n, params, args.repeats)
+            ratios.append(ours / base)
+            overheads.append(forward / ours - 1)
+            shape = f"{batch}" if n == 1 else f"group {batch}x{n}"
+            print(f"{name:<20} {shape:>7} {base:>13.1f} {ours:>11.1f} {ours / base:>12.2f} {overheads[-1]:>19.1%}",
+                  flush=True)
+    print(f"largest engine overhead beyond the model forward {max(overheads):.1%} (target <= 15%)")
+    print(f"min ratio ours/mlx-lm = {min(ratios):.2f} (target >= 1.0; ours also returns logprobs)")
 
 
 if __name__ == "__main__":

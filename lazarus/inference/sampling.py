@@ -10,7 +10,7 @@ does exactly one transcendental pass over the vocabulary, `w = exp(x - max x)`, 
 - the draw is by inverse CDF (cumsum of `w`, one uniform number per row) instead of Gumbel-max, which
   would cost two logs and a random number per vocabulary entry;
 - top-k takes the k largest by partition (no sort of the vocabulary); top-p then sorts only those k
-  (a full sort only when top-p is used without top-k) and renormalizes within them, as HF does;
+  (the vocabulary only when top-p is used without top-k) and renormalizes within them, as HF does;
 - min-p compares `w` with `min_p` directly: the most likely token has `w` = 1 exactly.
 """
 
@@ -68,19 +68,21 @@ def sample_tokens(logits: mx.array, params: SamplingParams, key: mx.array) -> tu
         candidates = mx.argpartition(-x, params.top_k - 1, axis=-1)[:, : params.top_k]
         weights = mx.take_along_axis(weights, candidates, axis=-1)
     if params.top_p < 1.0:
-        order = mx.argsort(-weights, axis=-1)
-        candidates = order if candidates is None else mx.take_along_axis(candidates, order, axis=-1)
-        weights = mx.take_along_axis(weights, order, axis=-1)
-        mass_before = mx.cumsum(weights, axis=-1) - weights
-        # keep the most likely tokens until they hold top_p of the (top-k) mass; the first always stays
-        weights = mx.where(mass_before < params.top_p * weights.sum(axis=-1, keepdims=True), weights, 0.0)
+        # the nucleus: the most likely tokens until they hold top_p of the (top-k) mass, the first always;
+        # found on sorted weights, then applied as a threshold so the candidates need no reordering
+        ordered = -mx.sort(-weights, axis=-1)
+        cumulative = mx.cumsum(ordered, axis=-1)
+        in_nucleus = cumulative - ordered < params.top_p * cumulative[:, -1:]
+        threshold = mx.where(in_nucleus, ordered, mx.inf).min(axis=-1, keepdims=True)
+        weights = mx.where(weights >= threshold, weights, 0.0)
     if params.min_p > 0.0:
         weights = mx.where(weights >= params.min_p, weights, 0.0)
 
-    # Inverse-CDF draw: the first column whose cumulative weight exceeds u * total (u uniform in [0, 1)).
+    # Inverse-CDF draw: the first column whose cumulative weight reaches u * total. u > 0, so that column
+    # has weight > 0 (truncated tokens are never drawn), and u * total <= total, so there is one.
     cdf = mx.cumsum(weights, axis=-1)
-    u = mx.random.uniform(shape=(x.shape[0], 1), key=key)
-    column = mx.minimum((cdf <= u * cdf[:, -1:]).sum(axis=-1), cdf.shape[-1] - 1)
+    u = mx.random.uniform(low=1e-12, high=1.0, shape=(x.shape[0], 1), key=key)
+    column = (cdf < u * cdf[:, -1:]).sum(axis=-1)
     tokens = column if candidates is None else _gather(candidates, column)
     return tokens, _gather(x, tokens) - log_z
 
