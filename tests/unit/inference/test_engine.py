@@ -100,3 +100,103 @@ def test_bad_sampling_params_name_the_field():
         SamplingParams(top_p=0)
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=-1)
+
+
+class CountingModel:
+    """The real model, recording how many rows and tokens each forward call is given."""
+
+    def __init__(self, model):
+        self.model = model
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, inputs, cache=None, **kwargs):
+        self.calls.append(tuple(inputs.shape))
+        return self.model(inputs, cache=cache, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def test_each_prompt_is_prefilled_once_for_its_whole_group(tiny_model):
+    # given two prompts and a group of 4 completions each
+    model, tokenizer = tiny_model
+    counting = CountingModel(model)
+    prompts = [[5, 6, 7, 8, 9], [10, 11]]
+    # when generating
+    out = Engine(counting, tokenizer).generate(prompts, 4, SamplingParams(max_tokens=6, seed=0))
+    # then one prefill call saw 2 rows (not 8), and every decode step fed one token to each running row
+    prefills = [c for c in counting.calls if c[1] > 1]
+    assert prefills == [(2, 5)]
+    assert all(c[0] <= 8 and c[1] == 1 for c in counting.calls if c not in prefills)
+    # and the shared prefill still gives each completion the logprobs of its own full forward
+    for c in out:
+        expected = forward_logprobs(model, prompts[c.prompt_index], c.token_ids)
+        assert mx.abs(expected - mx.array(c.logprobs)).max().item() < 1e-4
+
+
+def test_groups_join_the_batch_as_rows_free_up(tiny_model):
+    # given room for only one group of 2 at a time and three prompts
+    model, tokenizer = tiny_model
+    prompts = [tokenizer.encode("What is 12 + 7?"), tokenizer.encode("Hi"), tokenizer.encode("The sum of")]
+    params = SamplingParams(temperature=0, max_tokens=8)
+    narrow = Engine(model, tokenizer, completion_batch_size=2).generate(prompts, 2, params)
+    wide = Engine(model, tokenizer, completion_batch_size=64).generate(prompts, 2, params)
+    # then the results are those of one wide batch, prompt-major
+    assert [c.prompt_index for c in narrow] == [0, 0, 1, 1, 2, 2]
+    assert [c.token_ids for c in narrow] == [c.token_ids for c in wide]
+    assert [c.finish_reason for c in narrow] == [c.finish_reason for c in wide]
+
+
+def test_keep_cache_reports_how_many_tokens_the_cache_holds(tiny_model):
+    model, tokenizer = tiny_model
+    prompt = [5, 6, 7]
+    out = Engine(model, tokenizer).generate([prompt], 3, SamplingParams(max_tokens=5, seed=1), keep_cache=True)
+    for c in out:
+        assert c.cache is not None
+        # the cache holds the prompt and every token but possibly the last one (never fed to the model)
+        assert len(prompt) + len(c.token_ids) - 1 <= c.cached_tokens <= len(prompt) + len(c.token_ids)
+    plain = Engine(model, tokenizer).generate([prompt], 1, SamplingParams(max_tokens=5, seed=1))
+    assert plain[0].cache is None and plain[0].cached_tokens == 0
+
+
+def test_continuing_from_a_cache_equals_reprefilling_the_whole_history(tiny_model):
+    # given a first turn of two episodes with different prompt lengths, caches kept
+    model, tokenizer = tiny_model
+    engine = Engine(model, tokenizer)
+    prompts = [tokenizer.encode("What is 12 + 7?"), tokenizer.encode("Hi")]
+    first = engine.generate(prompts, 1, SamplingParams(max_tokens=6, seed=0), keep_cache=True)
+    observations = [tokenizer.encode(" tool says 19."), tokenizer.encode(" ok")]
+    histories = [prompts[i] + first[i].token_ids + observations[i] for i in range(2)]
+    # when the second turn continues from each cache with what it lacks (unfed tokens, then the observation)
+    suffixes = [h[c.cached_tokens:] for h, c in zip(histories, first)]
+    params = SamplingParams(temperature=0.9, top_k=30, max_tokens=8, seed=2)
+    second = engine.generate(suffixes, 1, params, caches=[c.cache for c in first])
+    # then each token's logprob is that of one forward pass over the whole history
+    for h, c in zip(histories, second):
+        expected = forward_logprobs(model, h, c.token_ids, temperature=0.9)
+        assert mx.abs(expected - mx.array(c.logprobs)).max().item() < 1e-4
+    # and the caches were not consumed: the same continuation again gives the same tokens
+    again = engine.generate(suffixes, 1, params, caches=[c.cache for c in first])
+    assert [c.token_ids for c in again] == [c.token_ids for c in second]
+
+
+def test_a_continued_cache_can_be_kept_again_for_a_third_turn(tiny_model):
+    model, tokenizer = tiny_model
+    engine = Engine(model, tokenizer)
+    params = SamplingParams(temperature=0, max_tokens=4)
+    history = [5, 6, 7]
+    turn = engine.generate([history], 1, params, keep_cache=True)[0]
+    for observation in ([20, 21], [30]):
+        history = history + turn.token_ids
+        suffix = history[turn.cached_tokens:] + observation
+        history = history + observation
+        turn = engine.generate([suffix], 1, params, caches=[turn.cache], keep_cache=True)[0]
+    # then the third turn is what greedy decoding of the whole history gives
+    fresh = engine.generate([history], 1, params)[0]
+    assert turn.token_ids == fresh.token_ids
+
+
+def test_caches_must_match_the_prompts(tiny_model):
+    model, tokenizer = tiny_model
+    with pytest.raises(ValueError, match="caches"):
+        Engine(model, tokenizer).generate([[5, 6], [7]], 1, SamplingParams(max_tokens=2), caches=[None])
