@@ -30,7 +30,12 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
+from lazarus.errors import LazarusError
 from lazarus.inference.sampling import SamplingParams, fresh_seed, sample_tokens
+
+
+class UnsupportedModelError(LazarusError, ValueError):
+    """The model needs a KV cache the engine cannot batch (sliding-window, recurrent or quantized caches)."""
 
 
 class SequenceCache:
@@ -83,6 +88,11 @@ class Engine:
         self.completion_batch_size = completion_batch_size
         self.prefill_batch_size = prefill_batch_size
         self.prefill_step_size = prefill_step_size
+        kinds = {type(c).__name__ for c in make_prompt_cache(model)}
+        if kinds != {"KVCache"}:
+            raise UnsupportedModelError(f"model {type(model).__name__} uses {', '.join(sorted(kinds))} caches; "
+                                        "the engine batches models whose layers all use a plain KVCache")
+        self.num_layers = len(model.layers)
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -240,12 +250,11 @@ class Engine:
         Prompts of different lengths are right-padded; `finalize` then turns the padding into left padding,
         which the attention mask hides, so each row continues exactly as if it had been alone.
         """
-        layers = len(make_prompt_cache(self.model))
         for c in caches:
             if c is not None and not isinstance(c, SequenceCache):
                 raise TypeError(f"caches must hold Completion.cache values, got {type(c).__name__}")
         batch_cache = [BatchKVCache.merge([c.layers[layer] if c is not None else KVCache() for c in caches])
-                       for layer in range(layers)]
+                       for layer in range(self.num_layers)]
         lengths = [len(p) for p in prompts]
         longest = max(lengths)
         padding = [longest - length for length in lengths]
