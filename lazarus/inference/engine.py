@@ -9,7 +9,8 @@ The decode loop is our own, on mlx-lm's models and batched KV caches:
 - group prefix sharing: each prompt is prefilled once, and its cache rows are repeated for its `n`
   completions, whose first tokens are all drawn from that one prefill's logits;
 - continuous batching in whole groups: as sequences finish, their rows leave the batch and the next
-  prompts' groups join it, up to `completion_batch_size` rows;
+  prompts' groups join it, up to `completion_batch_size` rows (a group larger than that joins in
+  slices, each prefilled once);
 - one host sync per step (the sampled tokens and their logprobs, which stopping needs), made while the
   next step's forward is already queued, so bookkeeping overlaps the model;
 - sampling is `sampling.sample_tokens`: one pass of exp over the vocabulary per step.
@@ -172,8 +173,10 @@ class Engine:
                 raise ValueError(f"prompt {i} is empty")
         stop_ids = set(self.eos_token_ids) | set(params.stop_token_ids)
         key = mx.random.key(params.seed if params.seed is not None else fresh_seed())
-        capacity = max(self.completion_batch_size, n)
-        waiting = deque(range(len(prompts)))
+        # What joins the batch: (prompt, first sample, samples) slices of whole groups, split only when a
+        # group alone is larger than the batch; each slice is prefilled once.
+        capacity = max(self.completion_batch_size, 1)
+        waiting = deque((i, j, min(n - j, capacity)) for i in range(len(prompts)) for j in range(0, n, capacity))
         produced: list[list[int]] = [[] for _ in range(len(prompts) * n)]
         stops = params.stop
         window = 4 * max((len(x) for x in stops), default=0) + 4  # enough tokens to hold any stop string
@@ -183,14 +186,14 @@ class Engine:
 
         while waiting or rows:
             admitted = []
-            while waiting and len(rows) + (len(admitted) + 1) * n <= capacity:
+            while waiting and len(rows) + sum(a[2] for a in admitted) + waiting[0][2] <= capacity:
                 admitted.append(waiting.popleft())
             for start in range(0, len(admitted), self.prefill_batch_size):
-                group = admitted[start : start + self.prefill_batch_size]
-                cache, logits = self._prefill([prompts[i] for i in group],
-                                              [caches[i] if caches is not None else None for i in group])
-                if n > 1:  # the group shares its prompt's prefill: repeat its rows, not its compute
-                    shared = mx.array([g for g in range(len(group)) for _ in range(n)])
+                slices = admitted[start : start + self.prefill_batch_size]
+                cache, logits = self._prefill([prompts[i] for i, _, _ in slices],
+                                              [caches[i] if caches is not None else None for i, _, _ in slices])
+                if any(count > 1 for _, _, count in slices):  # share each prefill: repeat rows, not compute
+                    shared = mx.array([k for k, (_, _, count) in enumerate(slices) for _ in range(count)])
                     for c in cache:
                         c.filter(shared)
                     logits = logits[shared]
@@ -203,7 +206,7 @@ class Engine:
                         mine.extend(theirs)
                     next_tokens = mx.concatenate([next_tokens, drawn])
                     next_logprobs = mx.concatenate([next_logprobs, drawn_logprobs])
-                rows += [i * n + j for i in group for j in range(n)]
+                rows += [i * n + j for i, first, count in slices for j in range(first, first + count)]
 
             # Queue the next step before looking at this one, unless every row ends here by length.
             tokens, token_logprobs = next_tokens, next_logprobs

@@ -200,3 +200,16 @@ def test_caches_must_match_the_prompts(tiny_model):
     model, tokenizer = tiny_model
     with pytest.raises(ValueError, match="caches"):
         Engine(model, tokenizer).generate([[5, 6], [7]], 1, SamplingParams(max_tokens=2), caches=[None])
+
+
+def test_a_group_larger_than_the_batch_joins_in_slices(tiny_model):
+    # given a batch of 3 rows and a group of 8
+    model, tokenizer = tiny_model
+    counting = CountingModel(model)
+    params = SamplingParams(temperature=0, max_tokens=4, stop_token_ids=[])
+    out = Engine(counting, tokenizer, completion_batch_size=3).generate([[5, 6, 7]], 8, params)
+    # then no forward ever saw more than 3 rows, the group was prefilled once per slice (3 + 3 + 2),
+    # and all 8 greedy completions agree
+    assert max(rows for rows, _ in counting.calls) <= 3
+    assert len([c for c in counting.calls if c[1] > 1]) == 3
+    assert len(out) == 8 and len({tuple(c.token_ids) for c in out}) == 1
