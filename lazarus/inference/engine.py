@@ -32,7 +32,7 @@ import mlx.nn as nn
 from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
 from lazarus.errors import LazarusError
-from lazarus.inference.sampling import SamplingParams, fresh_seed, sample_tokens
+from lazarus.inference.sampling import SamplingParams, Uniforms, fresh_seed, sample_tokens
 
 
 class UnsupportedModelError(LazarusError, ValueError):
@@ -172,10 +172,10 @@ class Engine:
             if not p:
                 raise ValueError(f"prompt {i} is empty")
         stop_ids = set(self.eos_token_ids) | set(params.stop_token_ids)
-        key = mx.random.key(params.seed if params.seed is not None else fresh_seed())
         # What joins the batch: (prompt, first sample, samples) slices of whole groups, split only when a
         # group alone is larger than the batch; each slice is prefilled once.
         capacity = max(self.completion_batch_size, 1)
+        uniforms = Uniforms(params.seed if params.seed is not None else fresh_seed(), capacity)
         waiting = deque((i, j, min(n - j, capacity)) for i in range(len(prompts)) for j in range(0, n, capacity))
         produced: list[list[int]] = [[] for _ in range(len(prompts) * n)]
         stops = params.stop
@@ -197,8 +197,7 @@ class Engine:
                     for c in cache:
                         c.filter(shared)
                     logits = logits[shared]
-                key, sub = mx.random.split(key)
-                drawn, drawn_logprobs = sample_tokens(logits, params, sub)
+                drawn, drawn_logprobs = sample_tokens(logits, params, uniforms.next(logits.shape[0]))
                 if batch_cache is None:
                     batch_cache, next_tokens, next_logprobs = cache, drawn, drawn_logprobs
                 else:
@@ -212,8 +211,7 @@ class Engine:
             tokens, token_logprobs = next_tokens, next_logprobs
             if any(len(produced[s]) + 1 < params.max_tokens for s in rows):
                 logits = self.model(tokens[:, None], cache=batch_cache)[:, -1, :]
-                key, sub = mx.random.split(key)
-                next_tokens, next_logprobs = sample_tokens(logits, params, sub)
+                next_tokens, next_logprobs = sample_tokens(logits, params, uniforms.next(len(rows)))
                 mx.async_eval(next_tokens, next_logprobs)
             else:
                 next_tokens = next_logprobs = None

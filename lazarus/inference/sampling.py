@@ -50,9 +50,13 @@ class SamplingParams:
         return self.temperature == 0
 
 
-def sample_tokens(logits: mx.array, params: SamplingParams, key: mx.array) -> tuple[mx.array, mx.array]:
-    """One token per row of `logits` [B, V], and its logprob under log-softmax(logits / T): ([B], [B])."""
-    x = logits.astype(mx.float32)
+def sample_tokens(logits: mx.array, params: SamplingParams, uniforms: mx.array) -> tuple[mx.array, mx.array]:
+    """One token per row of `logits` [B, V], and its logprob under log-softmax(logits / T): ([B], [B]).
+
+    `uniforms` [B, 1] are the draw's randomness, in (0, 1): the caller makes them in blocks (`Uniforms`),
+    as one small random draw per step costs more than the rest of a small batch's sampling.
+    """
+    x = logits if logits.dtype == mx.float32 else logits.astype(mx.float32)
     if params.greedy:
         tokens = mx.argmax(x, axis=-1)
         return tokens, _gather(x, tokens) - mx.logsumexp(x, axis=-1)
@@ -81,14 +85,31 @@ def sample_tokens(logits: mx.array, params: SamplingParams, key: mx.array) -> tu
     # Inverse-CDF draw: the first column whose cumulative weight reaches u * total. u > 0, so that column
     # has weight > 0 (truncated tokens are never drawn), and u * total <= total, so there is one.
     cdf = mx.cumsum(weights, axis=-1)
-    u = mx.random.uniform(low=1e-12, high=1.0, shape=(x.shape[0], 1), key=key)
-    column = (cdf < u * cdf[:, -1:]).sum(axis=-1)
+    column = (cdf < uniforms * cdf[:, -1:]).sum(axis=-1)
     tokens = column if candidates is None else _gather(candidates, column)
     return tokens, _gather(x, tokens) - log_z
 
 
 def _gather(rows: mx.array, columns: mx.array) -> mx.array:
-    return mx.take_along_axis(rows, columns[:, None].astype(mx.int32), axis=-1).squeeze(-1)
+    return mx.take_along_axis(rows, columns[:, None], axis=-1).squeeze(-1)
+
+
+class Uniforms:
+    """Uniform numbers in (0, 1) for `sample_tokens`, drawn `steps` rows at a time from a seeded key chain."""
+
+    def __init__(self, seed: int, width: int, steps: int = 64):
+        self._key = mx.random.key(seed)
+        self._shape = (steps, max(width, 1))
+        self._block, self._row = None, steps
+
+    def next(self, rows: int) -> mx.array:
+        """[rows, 1] fresh uniforms (rows <= width)."""
+        if self._row == self._shape[0]:
+            self._key, sub = mx.random.split(self._key)
+            # low > 0: a draw of exactly 0 could pick a truncated (zero-weight) first column
+            self._block, self._row = mx.random.uniform(low=1e-12, high=1.0, shape=self._shape, key=sub), 0
+        self._row += 1
+        return self._block[self._row - 1, :rows, None]
 
 
 def fresh_seed() -> int:

@@ -5,7 +5,7 @@ import math
 import mlx.core as mx
 import pytest
 
-from lazarus.inference.sampling import SamplingParams, sample_tokens
+from lazarus.inference.sampling import SamplingParams, Uniforms, sample_tokens
 
 LOGITS = [2.0, 1.0, 0.5, 0.0, -1.0, -3.0]  # softmax ~ [.56, .21, .13, .08, .03, .004]
 DRAWS = 20000
@@ -14,7 +14,7 @@ DRAWS = 20000
 def draw(params: SamplingParams, seed: int = 0, logits=LOGITS) -> tuple[list[float], mx.array]:
     """Empirical frequency of each token over DRAWS rows of the same logits, and the logprobs returned."""
     rows = mx.broadcast_to(mx.array(logits), (DRAWS, len(logits)))
-    tokens, logprobs = sample_tokens(rows, params, mx.random.key(seed))
+    tokens, logprobs = sample_tokens(rows, params, Uniforms(seed, DRAWS).next(DRAWS))
     counts = mx.zeros(len(logits)).at[tokens].add(1.0)
     return (counts / DRAWS).tolist(), (tokens, logprobs)
 
