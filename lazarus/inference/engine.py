@@ -39,6 +39,32 @@ class UnsupportedModelError(LazarusError, ValueError):
     """The model needs a KV cache the engine cannot batch (sliding-window, recurrent or quantized caches)."""
 
 
+class _BatchCache(BatchKVCache):
+    """mlx-lm's batched KV cache, which also knows on the host whether any row is left-padded: when none
+    is (one sequence, or prompts of one length), attention runs without a mask array."""
+
+    def __init__(self, left_padding: list[int]):
+        super().__init__(left_padding)
+        self.padded = any(p > 0 for p in left_padding)
+
+    def make_mask(self, N: int, return_array: bool = False, **kwargs):
+        if self.padded or return_array or kwargs.get("window_size") is not None:
+            return super().make_mask(N, return_array=return_array, **kwargs)
+        return None if N == 1 else "causal"
+
+    def finalize(self):
+        self.padded = self.padded or self._right_padding is not None
+        super().finalize()
+
+    def filter(self, batch_indices):
+        super().filter(batch_indices)
+        self.padded = max(self.left_padding.tolist(), default=0) > 0
+
+    def extend(self, other):
+        super().extend(other)
+        self.padded = max(self.left_padding.tolist(), default=0) > 0
+
+
 class SequenceCache:
     """The KV cache of one sequence, one entry per layer (opaque to callers; pass it back via `caches=`)."""
 
@@ -181,7 +207,7 @@ class Engine:
         stops = params.stop
         window = 4 * max((len(x) for x in stops), default=0) + 4  # enough tokens to hold any stop string
         rows: list[int] = []  # the sequence in each batch row
-        batch_cache: Optional[list[BatchKVCache]] = None
+        batch_cache: Optional[list[_BatchCache]] = None
         next_tokens = next_logprobs = None  # drawn for each row, not yet fed to the model
 
         while waiting or rows:
@@ -254,8 +280,11 @@ class Engine:
         for c in caches:
             if c is not None and not isinstance(c, SequenceCache):
                 raise TypeError(f"caches must hold Completion.cache values, got {type(c).__name__}")
-        batch_cache = [BatchKVCache.merge([c.layers[layer] if c is not None else KVCache() for c in caches])
-                       for layer in range(self.num_layers)]
+        if all(c is None for c in caches):
+            batch_cache = [_BatchCache([0] * len(prompts)) for _ in range(self.num_layers)]
+        else:
+            batch_cache = [_BatchCache.merge([c.layers[layer] if c is not None else KVCache() for c in caches])
+                           for layer in range(self.num_layers)]
         lengths = [len(p) for p in prompts]
         longest = max(lengths)
         padding = [longest - length for length in lengths]

@@ -213,3 +213,18 @@ def test_a_group_larger_than_the_batch_joins_in_slices(tiny_model):
     assert max(rows for rows, _ in counting.calls) <= 3
     assert len([c for c in counting.calls if c[1] > 1]) == 3
     assert len(out) == 8 and len({tuple(c.token_ids) for c in out}) == 1
+
+
+def test_unpadded_batches_attend_without_a_mask_and_match_padded_ones(tiny_model):
+    # given two prompts of one length (no row padded) and the same two next to a longer one (padded)
+    model, tokenizer = tiny_model
+    engine = Engine(model, tokenizer)
+    same_length = [[5, 6, 7, 8], [9, 10, 11, 12]]
+    params = SamplingParams(temperature=0, max_tokens=6)
+    alone = engine.generate(same_length, 1, params)
+    padded = engine.generate(same_length + [[13, 14, 15, 16, 17, 18, 19]], 1, params)
+    # then the unpadded batch's results equal the padded batch's for those prompts, and a forward pass's
+    assert [c.token_ids for c in alone] == [c.token_ids for c in padded[:2]]
+    for c in alone:
+        expected = forward_logprobs(model, same_length[c.prompt_index], c.token_ids)
+        assert mx.abs(expected - mx.array(c.logprobs)).max().item() < 1e-4
