@@ -228,3 +228,27 @@ def test_unpadded_batches_attend_without_a_mask_and_match_padded_ones(tiny_model
     for c in alone:
         expected = forward_logprobs(model, same_length[c.prompt_index], c.token_ids)
         assert mx.abs(expected - mx.array(c.logprobs)).max().item() < 1e-4
+
+
+def test_a_group_joins_next_to_rows_still_decoding(tiny_model):
+    # given three prompts, room for two groups of 2, and a stop token that ends prompt 0's group early
+    model, tokenizer = tiny_model
+    prompts = [tokenizer.encode("2 + 2 ="), tokenizer.encode("Hello"), tokenizer.encode("red blue")]
+    greedy = SamplingParams(temperature=0, max_tokens=10, stop_token_ids=[])
+    free = Engine(model, tokenizer).generate(prompts, 1, greedy)
+    later = set(free[1].token_ids) | set(free[2].token_ids)
+    stop = next(t for t in free[0].token_ids if t not in later)
+    params = SamplingParams(temperature=0, max_tokens=10, stop_token_ids=[stop])
+    counting = CountingModel(model)
+    # when generating with a batch of 4 rows
+    narrow = Engine(counting, tokenizer, completion_batch_size=4).generate(prompts, 2, params)
+    # then prompt 2's group was prefilled while prompt 1's rows were mid-decode, and joined them (4 rows)
+    third = counting.calls.index((1, len(prompts[2])))
+    assert counting.calls[third + 1] == (4, 1)
+    # and every completion is what a wide batch gives, with the logprobs of its own forward pass
+    wide = Engine(model, tokenizer).generate(prompts, 2, params)
+    assert [c.token_ids for c in narrow] == [c.token_ids for c in wide]
+    assert narrow[0].finish_reason == "stop" and narrow[0].token_ids[-1] == stop
+    for c in narrow:
+        expected = forward_logprobs(model, prompts[c.prompt_index], c.token_ids)
+        assert mx.abs(expected - mx.array(c.logprobs)).max().item() < 1e-4
