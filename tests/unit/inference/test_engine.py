@@ -16,6 +16,13 @@ def forward_logprobs(model, prompt, completion, temperature=1.0):
     return mx.take_along_axis(logprobs, mx.array(completion)[:, None], axis=-1).squeeze(-1)
 
 
+def assert_logprobs_match_forward(model, prompts, completions, temperature=1.0):
+    """Each completion's logprobs are those of one separate forward pass over its prompt + tokens."""
+    for c in completions:
+        expected = forward_logprobs(model, prompts[c.prompt_index], c.token_ids, temperature)
+        assert mx.abs(expected - mx.array(c.logprobs)).max().item() < 1e-4
+
+
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 20, 0.9), (0.0, 0, 1.0)])
 def test_logprobs_equal_a_separate_forward_pass(tiny_model, temperature, top_k, top_p):
     # given prompts of different lengths (left-padded together in one batch)
@@ -129,9 +136,7 @@ def test_each_prompt_is_prefilled_once_for_its_whole_group(tiny_model):
     assert prefills == [(2, 5)]
     assert all(c[0] <= 8 and c[1] == 1 for c in counting.calls if c not in prefills)
     # and the shared prefill still gives each completion the logprobs of its own full forward
-    for c in out:
-        expected = forward_logprobs(model, prompts[c.prompt_index], c.token_ids)
-        assert mx.abs(expected - mx.array(c.logprobs)).max().item() < 1e-4
+    assert_logprobs_match_forward(model, prompts, out)
 
 
 def test_groups_join_the_batch_as_rows_free_up(tiny_model):
@@ -225,9 +230,7 @@ def test_unpadded_batches_attend_without_a_mask_and_match_padded_ones(tiny_model
     padded = engine.generate(same_length + [[13, 14, 15, 16, 17, 18, 19]], 1, params)
     # then the unpadded batch's results equal the padded batch's for those prompts, and a forward pass's
     assert [c.token_ids for c in alone] == [c.token_ids for c in padded[:2]]
-    for c in alone:
-        expected = forward_logprobs(model, same_length[c.prompt_index], c.token_ids)
-        assert mx.abs(expected - mx.array(c.logprobs)).max().item() < 1e-4
+    assert_logprobs_match_forward(model, same_length, alone)
 
 
 def test_a_group_joins_next_to_rows_still_decoding(tiny_model):
@@ -249,6 +252,4 @@ def test_a_group_joins_next_to_rows_still_decoding(tiny_model):
     wide = Engine(model, tokenizer).generate(prompts, 2, params)
     assert [c.token_ids for c in narrow] == [c.token_ids for c in wide]
     assert narrow[0].finish_reason == "stop" and narrow[0].token_ids[-1] == stop
-    for c in narrow:
-        expected = forward_logprobs(model, prompts[c.prompt_index], c.token_ids)
-        assert mx.abs(expected - mx.array(c.logprobs)).max().item() < 1e-4
+    assert_logprobs_match_forward(model, prompts, narrow)

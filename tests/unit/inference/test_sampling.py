@@ -21,7 +21,7 @@ def draw(params: SamplingParams, seed: int = 0, logits=LOGITS) -> tuple[list[flo
 
 def tempered_softmax(logits, temperature=1.0, keep=None):
     keep = keep if keep is not None else range(len(logits))
-    weights = [math.exp(l / temperature) if i in keep else 0.0 for i, l in enumerate(logits)]
+    weights = [math.exp(logit / temperature) if i in keep else 0.0 for i, logit in enumerate(logits)]
     return [w / sum(weights) for w in weights]
 
 
