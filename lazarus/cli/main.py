@@ -139,7 +139,7 @@ def _mount_subcommands() -> None:
                 continue
             raise
         app.add_typer(sub.app, name=name)
-    for module, fn in (("lazarus.cli.plot", "plot"), ("lazarus.cli.train", "register")):
+    for module, fn in (("lazarus.cli.plot", "plot"), ("lazarus.cli.train", "register"), ("lazarus.cli.convert", "register")):  # noqa: E501
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

