@@ -23,13 +23,14 @@ import numpy as np
 
 from lazarus.algorithms.advantages import (group_normalized_advantages, reinforce_pp_advantages,
                                            rloo_advantages)
-from lazarus.algorithms.logprobs import masked_mean, token_entropy, token_logprobs
+from lazarus.algorithms.logprobs import masked_mean
 from lazarus.algorithms.policy_gradient import policy_gradient_loss
 from lazarus.config import Config
 from lazarus.data.records import PromptRecord
 from lazarus.data.trajectory import SamplingSettings, Trajectory
 from lazarus.env.rewards import RewardFunction
 from lazarus.errors import LazarusError
+from lazarus.models.forward import policy_token_logprobs
 from lazarus.models.lora import adapters_disabled, has_lora
 from lazarus.training.base import Trainer, pad_length
 from lazarus.training.evaluate import evaluate
@@ -191,25 +192,25 @@ class RLLearner(Trainer):
                        advantage_abs_max=mx.abs(advantages).max().item(), skipped_update=0.0, **base)
         return summary
 
-    def policy_logprobs(self, model, inputs, targets):
-        logits = model(inputs)
-        return logits, token_logprobs(logits, targets, self.temperature)
+    def policy_logprobs(self, model, inputs, targets, with_entropy: bool = False):
+        """Selected-token logprobs (and entropy) in chunks over the sequence: never a full [B, L, V] tensor."""
+        return policy_token_logprobs(model, inputs, targets, self.temperature, with_entropy=with_entropy)
 
     def loss(self, model, inputs, targets, mask, behavior_logprobs, advantages, ref_logprobs=None,
              proximal_logprobs=None):
         rl = self.cfg.rl
-        logits, logprobs = self.policy_logprobs(model, inputs, targets)
+        logprobs, entropy = self.policy_logprobs(model, inputs, targets, with_entropy=True)
         loss, metrics = policy_gradient_loss(
             logprobs, behavior_logprobs, advantages, mask, epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high,
             loss_type=rl.loss_type, importance_sampling_level=rl.importance_sampling_level,
             max_completion_length=self.cfg.generation.max_new_tokens, ref_logprobs=ref_logprobs, beta=rl.beta,
             kl_estimator=rl.kl_estimator, proximal_logprobs=proximal_logprobs,
             importance_cap=self.cfg.runtime.importance_cap)
-        metrics["entropy"] = masked_mean(mx.stop_gradient(token_entropy(logits, self.temperature)), mask)
+        metrics["entropy"] = masked_mean(mx.stop_gradient(entropy), mask)
         return loss, metrics
 
     def _frozen_logprobs(self, model, batch: RolloutBatch) -> mx.array:
-        _, logprobs = self.policy_logprobs(model, batch.inputs, batch.targets)
+        logprobs, _ = self.policy_logprobs(model, batch.inputs, batch.targets)
         logprobs = mx.stop_gradient(logprobs)
         mx.eval(logprobs)
         return logprobs
