@@ -118,3 +118,61 @@ def test_learner_and_actor_say_not_yet_available():
     for script in ("lazarus-learner", "lazarus-actor"):
         proc = subprocess.run([str(Path(sys.executable).parent / script)], capture_output=True, text=True)
         assert proc.returncode == 2 and "not yet available" in proc.stderr
+
+
+def test_init_model_refuses_to_replace_a_non_empty_directory_without_force(tmp_path):
+    # given a directory holding the user's files
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    # when init-model is pointed at it without --force
+    proc = run("init-model", "--size", "micro", "--out", out, check=False)
+    # then it refuses in one line (exit 2) and the files are untouched
+    assert proc.returncode == 2 and "--force" in proc.stderr and "Traceback" not in proc.stderr
+    assert (out / "notes.txt").read_text() == "precious"
+    # and with --force it replaces the directory with a model
+    run("init-model", "--size", "micro", "--out", out, "--force")
+    assert (out / "config.json").exists() and not (out / "notes.txt").exists()
+
+
+def test_init_model_refuses_to_replace_a_file_without_force(tmp_path):
+    out = tmp_path / "model.bin"
+    out.write_bytes(b"precious")
+    proc = run("init-model", "--size", "micro", "--out", out, check=False)
+    assert proc.returncode == 2 and out.read_bytes() == b"precious"
+
+
+def test_init_model_writes_into_an_empty_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    run("init-model", "--size", "micro", "--out", tmp_path / "empty")
+    assert (tmp_path / "empty" / "config.json").exists()
+
+
+def test_sigterm_unwinds_like_ctrl_c_with_exit_130():
+    # given the real CLI entry point running a command that is busy (a 60 s sleep stands in for training)
+    import signal
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys, time
+        from lazarus.cli import main as cli
+
+        @cli.app.command("nap")
+        def nap():
+            try:
+                print("ready", flush=True)
+                time.sleep(60)
+            finally:
+                print("cleaned up", flush=True)
+
+        sys.argv = ["lazarus", "nap"]
+        cli.main()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout.readline().strip() == "ready"
+    # when it gets SIGTERM
+    proc.send_signal(signal.SIGTERM)
+    # then it unwinds like Ctrl-C: `finally` blocks run, exit 130 (not -15, killed by the signal)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "cleaned up" in out, err
