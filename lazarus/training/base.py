@@ -7,17 +7,20 @@ the plumbing around them.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from lazarus.config import Config, to_yaml
+from lazarus.config import Config, to_dict, to_yaml
+from lazarus.data.io import atomic_writer
 from lazarus.observe.memory import peak_memory_gb
 from lazarus.observe.metrics import MetricsLogger
 from lazarus.observe.progress import Progress
-from lazarus.training.checkpoint import load_checkpoint, save_checkpoint
+from lazarus.training.checkpoint import load_checkpoint, model_fingerprint, resume_changes, save_checkpoint
 from lazarus.training.optim import build_optimizer
+from lazarus.training.rundir import lock_run_dir, remove_stale_temp
 from lazarus.training.step import Stepper
 
 
@@ -52,25 +55,48 @@ class Trainer:
 
     # --- run lifecycle -------------------------------------------------------------------------
     def open(self, resume: str | Path | None = None) -> dict:
-        """Restore from `resume` (checkpoint or run dir) if given; open metrics and progress."""
-        state = {}
-        if resume is not None:
-            state = load_checkpoint(resume, self.model, self.optimizer, self.extra_modules,
-                                    optimizer_target=self.optimizer_target)
-            self.step = int(state["step"])
-        (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
-        self.logger = MetricsLogger(self.run_dir)
-        if resume is not None:
-            self.logger.truncate_after(self.step)
-        self.progress = Progress(self.cfg.training.max_steps, description=self.name,
-                                 enabled=self.cfg.training.progress, start_step=self.step)
+        """Lock the run dir; restore from `resume` (checkpoint or run dir) if given; open metrics and progress.
+
+        `config.yaml` is written only once the resume (if any) has succeeded: a refused run leaves the
+        directory as it was. A second run in the same directory is refused while this one holds the lock.
+        """
+        self._run_lock = lock_run_dir(self.run_dir)
+        try:
+            remove_stale_temp(self.run_dir)
+            for stepper in vars(self).values():  # every Stepper the trainer made follows training.on_nonfinite
+                if isinstance(stepper, Stepper):
+                    stepper.on_nonfinite = self.cfg.training.on_nonfinite
+            state = {}
+            if resume is not None:
+                state = load_checkpoint(resume, self.model, self.optimizer, self.extra_modules,
+                                        optimizer_target=self.optimizer_target, fingerprint=self.fingerprint())
+                self.step = int(state["step"])
+                for note in resume_changes(state.get("config"), to_dict(self.cfg)):
+                    warnings.warn(f"resume: {note}", stacklevel=2)
+            with atomic_writer(self.run_dir / "config.yaml") as f:
+                f.write(to_yaml(self.cfg))
+            self.logger = MetricsLogger(self.run_dir)
+            if resume is not None:
+                self.logger.truncate_after(self.step)
+            self.progress = Progress(self.cfg.training.max_steps, description=self.name,
+                                     enabled=self.cfg.training.progress, start_step=self.step)
+        except BaseException:
+            self.close()
+            raise
         return state
+
+    def fingerprint(self) -> dict:
+        return model_fingerprint(self.model, self.cfg.algorithm, self.extra_modules)
 
     def close(self) -> None:
         if self.progress:
             self.progress.close()
         if self.logger:
             self.logger.close()
+        lock = getattr(self, "_run_lock", None)
+        if lock is not None:
+            self._run_lock = None
+            lock.release()
 
     def log(self, metrics: dict) -> None:
         metrics = {**metrics, "peak_memory_gb": peak_memory_gb(),
@@ -83,18 +109,22 @@ class Trainer:
         return {}
 
     def finish(self, state: dict) -> dict:
-        """After the last step: final evaluation (logged), final checkpoint; returns the evaluation."""
+        """After the last step: final checkpoint, then the final evaluation (logged); returns the evaluation.
+
+        The checkpoint comes first so that an evaluation that fails cannot lose the trained weights.
+        """
+        self.checkpoint(state, force=True)
         final = self.evaluate()
         if final:
             self.logger.log(self.step, final)
-        self.checkpoint(state, force=True)
         return final
 
     def checkpoint(self, state: dict, force: bool = False) -> Path | None:
         every = self.cfg.training.save_every
         if force or (every and self.step % every == 0):
             return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer,
-                                   {**state, "algorithm": self.cfg.algorithm}, self.extra_modules)
+                                   {**state, "algorithm": self.cfg.algorithm, "fingerprint": self.fingerprint(),
+                                    "config": to_dict(self.cfg)}, self.extra_modules)
         return None
 
     def seed_step(self) -> None:
