@@ -176,3 +176,25 @@ def test_sigterm_unwinds_like_ctrl_c_with_exit_130():
     # then it unwinds like Ctrl-C: `finally` blocks run, exit 130 (not -15, killed by the signal)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "cleaned up" in out, err
+
+
+def test_every_resume_failure_is_one_line_exit_2(tmp_path):
+    # given a valid small SFT setup (generated data, random-init micro model)
+    common = ["--set", f"model.path={tmp_path}/model", "--set", "model.init_arch=llama", "--set", "model.init_size=micro",
+              "--set", f"data.train={tmp_path}/data/sft_train.jsonl", "--set", "data.generate_math={train: 16, eval: 4}",
+              "--set", f"training.run_dir={tmp_path}/run", "--set", "training.max_steps=1", "--set", "training.batch_size=2",
+              "--set", "training.progress=false"]
+    half_deleted = tmp_path / "elsewhere" / "checkpoints" / "step_000001"
+    half_deleted.mkdir(parents=True)
+    (half_deleted / "trainer_state.json").write_text('{"step": 1, "files": {"model.safetensors": 10}}')
+    truncated = tmp_path / "old" / "checkpoints" / "step_000001"  # an old-style checkpoint, weights cut short
+    truncated.mkdir(parents=True)
+    (truncated / "trainer_state.json").write_text('{"step": 1}')
+    (truncated / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    (truncated / "optimizer.safetensors").write_bytes(b"")
+    for resume in (tmp_path / "missing", tmp_path / "elsewhere", half_deleted, truncated):
+        # when a run is resumed from something that is not a complete checkpoint
+        proc = run("train", "sft", *common, "--resume", resume, check=False)
+        # then it is one line naming it, exit 2
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and str(resume) in proc.stderr
