@@ -19,7 +19,8 @@ from lazarus.training.rundir import lock_run_dir, remove_stale_temp
 KILLS = 20
 
 # Saves a checkpoint after every (real) optimizer step as fast as it can, continuing from the newest
-# checkpoint: every moment of its life after "ready" is inside a save, a prune, or a step between them.
+# checkpoint; says "ready" after its first save, so every moment after that is inside a save, a prune, or
+# a step between them.
 SAVER = textwrap.dedent("""
     import sys
     import lazarus
@@ -38,12 +39,14 @@ SAVER = textwrap.dedent("""
         step = load_checkpoint(run_dir, model, optimizer)["step"]
     ids = mx.array([[1, 2, 3, 4, 5, 6, 7, 8]])
     loss_and_grad = nn.value_and_grad(model, lambda m: nn.losses.cross_entropy(m(ids[:, :-1]), ids[:, 1:]).mean())
-    print("ready", step, flush=True)
+    resumed_at = step
     while True:
         _, grads = loss_and_grad(model)
         optimizer.update(model, grads)
         step += 1
         save_checkpoint(run_dir, step, model, optimizer, {"data": {"position": step}}, keep=2)
+        if step == resumed_at + 1:
+            print("ready", resumed_at, flush=True)  # from here on, every moment is in the save/prune loop
 """)
 
 
