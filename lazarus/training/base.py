@@ -69,7 +69,9 @@ class Trainer:
             state = {}
             if resume is not None:
                 state = load_checkpoint(resume, self.model, self.optimizer, self.extra_modules,
-                                        optimizer_target=self.optimizer_target, fingerprint=self.fingerprint())
+                                        optimizer_target=self.optimizer_target,
+                                        fingerprint=model_fingerprint(self.model, self.cfg.algorithm,
+                                                                      self.extra_modules))
                 self.step = int(state["step"])
                 for note in resume_changes(state.get("config"), to_dict(self.cfg)):
                     warnings.warn(f"resume: {note}", stacklevel=2)
@@ -84,9 +86,6 @@ class Trainer:
             self.close()
             raise
         return state
-
-    def fingerprint(self) -> dict:
-        return model_fingerprint(self.model, self.cfg.algorithm, self.extra_modules)
 
     def close(self) -> None:
         if self.progress:
@@ -123,8 +122,10 @@ class Trainer:
         every = self.cfg.training.save_every
         if force or (every and self.step % every == 0):
             return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer,
-                                   {**state, "algorithm": self.cfg.algorithm, "fingerprint": self.fingerprint(),
-                                    "config": to_dict(self.cfg)}, self.extra_modules)
+                                   {**state, "algorithm": self.cfg.algorithm, "config": to_dict(self.cfg),
+                                    "fingerprint": model_fingerprint(self.model, self.cfg.algorithm,
+                                                                     self.extra_modules)},
+                                   self.extra_modules)
         return None
 
     def seed_step(self) -> None:

@@ -1,5 +1,6 @@
 """Kill drill: `kill -9` at seeded random moments while checkpoints are saved and pruned, 20 times over one
-run directory. After every kill, resuming finds a complete checkpoint (never a half-written or
+run directory (half of the kills at a random time, half the instant a prune is seen to start: a prune
+takes milliseconds, so random times alone rarely land in one). After every kill, resuming finds a complete checkpoint (never a half-written or
 half-deleted one), every visible `step_*` is complete, and the next start cleans what the kill left."""
 
 import os
@@ -50,6 +51,14 @@ SAVER = textwrap.dedent("""
 """)
 
 
+def wait_for_a_prune(checkpoints, deadline: float) -> None:
+    """Return as soon as a checkpoint is being pruned (renamed to `.step_*.pruned`), or at the deadline."""
+    while time.monotonic() < deadline:
+        with os.scandir(checkpoints) as entries:
+            if any(e.name.endswith(".pruned") for e in entries):
+                return
+
+
 def test_kill_9_during_save_and_prune_never_leaves_a_checkpoint_that_resume_accepts_half_done(
         tiny_model_dir, tmp_path):
     rng = random.Random(14)
@@ -62,8 +71,11 @@ def test_kill_9_during_save_and_prune_never_leaves_a_checkpoint_that_resume_acce
         ready = proc.stdout.readline().split()
         assert ready and ready[0] == "ready", proc.stderr.read()
         assert int(ready[1]) >= last_step  # it resumed from the newest complete checkpoint
-        # when it is killed -9 at a seeded random moment
-        time.sleep(rng.uniform(0.05, 1.5))
+        # when it is killed -9 at a seeded random moment, or the moment a prune starts
+        if kill % 2 == 0:
+            time.sleep(rng.uniform(0.05, 1.5))
+        else:
+            wait_for_a_prune(run_dir / "checkpoints", deadline=time.monotonic() + 20)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         debris_seen += [p.name.rsplit(".", 1)[-1] for p in (run_dir / "checkpoints").iterdir()
