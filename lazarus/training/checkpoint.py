@@ -311,7 +311,8 @@ def _prune(checkpoints: Path, keep: int, current: Path) -> None:
 
 
 def remove_checkpoint(path: Path) -> None:
-    """Rename out of the `step_*` namespace, then delete: a kill leaves a hidden `.pruned` dir, not a half checkpoint."""
+    """Rename out of the `step_*` namespace, then delete: a kill leaves a hidden `.pruned` dir, never a
+    half-deleted checkpoint."""
     hidden = path.parent / f".{path.name}.{os.getpid()}{PRUNED_SUFFIX}"
     try:
         os.replace(path, hidden)

@@ -180,10 +180,11 @@ def test_sigterm_unwinds_like_ctrl_c_with_exit_130():
 
 def test_every_resume_failure_is_one_line_exit_2(tmp_path):
     # given a valid small SFT setup (generated data, random-init micro model)
-    common = ["--set", f"model.path={tmp_path}/model", "--set", "model.init_arch=llama", "--set", "model.init_size=micro",
-              "--set", f"data.train={tmp_path}/data/sft_train.jsonl", "--set", "data.generate_math={train: 16, eval: 4}",
-              "--set", f"training.run_dir={tmp_path}/run", "--set", "training.max_steps=1", "--set", "training.batch_size=2",
-              "--set", "training.progress=false"]
+    settings = [f"model.path={tmp_path}/model", "model.init_arch=llama", "model.init_size=micro",
+                f"data.train={tmp_path}/data/sft_train.jsonl", "data.generate_math={train: 16, eval: 4}",
+                f"training.run_dir={tmp_path}/run", "training.max_steps=1", "training.batch_size=2",
+                "training.progress=false"]
+    common = [arg for setting in settings for arg in ("--set", setting)]
     half_deleted = tmp_path / "elsewhere" / "checkpoints" / "step_000001"
     half_deleted.mkdir(parents=True)
     (half_deleted / "trainer_state.json").write_text('{"step": 1, "files": {"model.safetensors": 10}}')

@@ -1,7 +1,8 @@
 """Kill drill: `kill -9` at seeded random moments while checkpoints are saved and pruned, 20 times over one
 run directory (half of the kills at a random time, half the instant a prune is seen to start: a prune
-takes milliseconds, so random times alone rarely land in one). After every kill, resuming finds a complete checkpoint (never a half-written or
-half-deleted one), every visible `step_*` is complete, and the next start cleans what the kill left."""
+takes milliseconds, so random times alone rarely land in one). After every kill, resuming finds a complete
+checkpoint (never a half-written or half-deleted one), every visible `step_*` is complete, and the next
+start cleans what the kill left."""
 
 import os
 import random

@@ -16,7 +16,8 @@ from lazarus.data.trajectory import (MAX_BYTES, RolloutTask, SamplingSettings, T
 
 HOSTILE_SCALARS = st.one_of(
     st.none(), st.booleans(), st.sampled_from([0, 1, -1, 2**31, 2**62, 2**63 - 1, -(2**63), 2**64 - 1]),
-    st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20), st.binary(max_size=20),
+    st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
+    st.binary(max_size=20),
 )
 HOSTILE = st.recursive(HOSTILE_SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)

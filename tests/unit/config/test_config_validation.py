@@ -32,7 +32,8 @@ def test_non_finite_number_in_any_float_field_is_refused_naming_the_key(override
     ("training.seed=-1", "training.seed"), ("training.seed=99999999999999999999", "training.seed"),
     ("model.init_arch=gpt5", "model.init_arch"), ("data.max_length=1", "data.max_length"),
     ("model.quantize_group_size=7", "model.quantize_group_size"), ("eval.max_new_tokens=0", "eval.max_new_tokens"),
-    ("eval.max_new_tokens=-5", "eval.max_new_tokens"), ("data.special_tokens_in_text=maybe", "data.special_tokens_in_text"),
+    ("eval.max_new_tokens=-5", "eval.max_new_tokens"),
+    ("data.special_tokens_in_text=maybe", "data.special_tokens_in_text"),
     ("training.on_nonfinite=ignore", "training.on_nonfinite"),
 ])
 def test_value_that_passes_its_type_but_fails_later_is_refused_up_front(override, key):

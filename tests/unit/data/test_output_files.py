@@ -11,7 +11,7 @@ import textwrap
 import mlx.core as mx
 import pytest
 
-from lazarus.data.io import WriteError, atomic_writer, write_jsonl
+from lazarus.data.io import atomic_writer, write_jsonl
 from lazarus.models.io import atomic_dir, save_safetensors, write_json
 
 

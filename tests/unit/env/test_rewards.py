@@ -73,10 +73,12 @@ def test_rows_without_the_column_a_reward_needs_are_refused_naming_column_file_a
     from lazarus.env.rewards import RewardColumnError, RewardFunction, accuracy_reward, check_reward_columns
 
     # given an RL dataset whose second row has no `answer`
-    path = _prompt_file(tmp_path, [{"prompt": "1+1?", "answer": "2"}, {"prompt": "2+2?"}, {"prompt": "3+3?", "answer": "6"}])
+    path = _prompt_file(tmp_path, [{"prompt": "1+1?", "answer": "2"}, {"prompt": "2+2?"},
+                                   {"prompt": "3+3?", "answer": "6"}])
     rows = read_prompts(path)
     # when the accuracy reward's columns are checked, then it is refused naming column, file and line
-    with pytest.raises(RewardColumnError, match=r"rl.jsonl:2: reward function 'accuracy' needs column 'answer'.*1 of 3"):
+    with pytest.raises(RewardColumnError,
+                       match=r"rl.jsonl:2: reward function 'accuracy' needs column 'answer'.*1 of 3"):
         check_reward_columns([RewardFunction("accuracy", accuracy_reward)], rows, str(path))
 
 

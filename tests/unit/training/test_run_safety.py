@@ -183,7 +183,8 @@ def test_fresh_run_into_a_directory_with_a_previous_run_is_refused_and_changes_n
         prepare_run_dir(make_config("sft", "optim.learning_rate=0.01"))
     # then nothing changed, and the message says how to go on
     assert "--force" in str(e.value)
-    assert {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before
 
 
 def test_force_starts_over_and_resume_continues(make_config, tmp_path):
