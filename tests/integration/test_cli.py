@@ -199,3 +199,36 @@ def test_every_resume_failure_is_one_line_exit_2(tmp_path):
         # then it is one line naming it, exit 2
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and str(resume) in proc.stderr
+
+
+def test_second_train_in_the_same_run_dir_is_refused_naming_the_first_which_sigterm_stops_cleanly(tmp_path):
+    # given a long SFT run in progress
+    import signal
+    import time
+
+    settings = [f"model.path={tmp_path}/model", "model.init_arch=llama", "model.init_size=micro",
+                f"data.train={tmp_path}/data/sft_train.jsonl", "data.generate_math={train: 64, eval: 4}",
+                f"training.run_dir={tmp_path}/run", "training.max_steps=100000", "training.batch_size=2",
+                "training.save_every=5", "training.progress=false"]
+    args = [LAZARUS, "train", "sft", *[a for s in settings for a in ("--set", s)]]
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "run" / "checkpoints" / "latest").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.poll() else ""
+            time.sleep(0.5)
+        # when a second run starts in the same directory
+        second = run("train", "sft", *[a for s in settings for a in ("--set", s)], check=False)
+        # then it is refused in one line naming the process that holds the directory
+        assert second.returncode == 2 and f"pid {first.pid}" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        # and SIGTERM stops the first like Ctrl-C: exit 130, lock released, no temp directories left
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+    assert first.returncode == 130
+    leftovers = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+    from lazarus.training.rundir import lock_run_dir
+
+    lock_run_dir(tmp_path / "run").release()
