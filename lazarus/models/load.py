@@ -79,6 +79,10 @@ def load(path: str | Path, adapter: str | Path | None = None, lazy: bool = False
             model, tokenizer = mlx_load(str(path), lazy=lazy)
         except ValueError as e:
             raise ModelLoadError(f"{path}: {e}") from None
+        except (RuntimeError, OSError) as e:  # MLX: truncated or corrupt weights
+            raise ModelLoadError(f"{path}: cannot load the weights: {e}") from None
+        except (KeyError, TypeError) as e:  # a config.json without a field the model family needs
+            raise ModelLoadError(f"{path}/config.json: missing or bad field {e}") from None
     else:
         raise ModelLoadError(f"{path} is neither a model directory nor a .gguf file")
     _maybe_dequantize(model, path, dequantize)

@@ -52,7 +52,7 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     echo(f"[3/4] GRPO {grpo.training.max_steps} steps, {grpo.training.batch_size} prompts x "
          f"{grpo.generation.num_generations} completions, LoRA rank {grpo.lora.rank}")
     t_train = time.perf_counter()
-    run_training(grpo)
+    run_training(grpo, force=True)
     train_s = time.perf_counter() - t_train
 
     tuned = evaluate(str(run_root / "grpo" / "adapter"))

@@ -17,8 +17,19 @@ from lazarus.runtime.build import (build_learner, build_trainer, ensure_data, ne
                                    prepare_model, resolve_rewards)
 
 
-def run_training(cfg: Config, resume: str | Path | None = None) -> dict:
-    """Train per `cfg`; export the result to `run_dir/adapter` (LoRA) or `run_dir/model` (full)."""
+def run_training(cfg: Config, resume: str | Path | None = None, force: bool = False) -> dict:
+    """Train per `cfg`; export the result to `run_dir/adapter` (LoRA) or `run_dir/model` (full).
+
+    The run directory is locked for the run; one that holds a previous run needs `resume` (continue it) or
+    `force` (start over), checked before anything is written.
+    """
+    from lazarus.training.rundir import prepare_run_dir
+
+    with prepare_run_dir(cfg, resume, force):
+        return _run(cfg, resume)
+
+
+def _run(cfg: Config, resume: str | Path | None) -> dict:
     if cfg.algorithm in ("grpo", "ppo"):
         launcher = cfg.runtime.launcher
         if launcher == "process":

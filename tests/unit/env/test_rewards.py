@@ -63,3 +63,57 @@ def test_resolve_reward_function_finds_builtins_and_module_functions():
 def test_resolve_reward_function_names_a_bad_spec(spec, message):
     with pytest.raises(ValueError, match=message):
         resolve_reward_function(spec)
+
+
+# --- columns a reward function needs are checked when the dataset is loaded (issue 14, item 18) ------
+
+
+def _prompt_file(tmp_path, rows):
+    import json
+
+    path = tmp_path / "rl.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_rows_without_the_column_a_reward_needs_are_refused_naming_column_file_and_line(tmp_path):
+    import pytest
+
+    from lazarus.data.records import read_prompts
+    from lazarus.env.rewards import RewardColumnError, RewardFunction, accuracy_reward, check_reward_columns
+
+    # given an RL dataset whose second row has no `answer`
+    path = _prompt_file(tmp_path, [{"prompt": "1+1?", "answer": "2"}, {"prompt": "2+2?"},
+                                   {"prompt": "3+3?", "answer": "6"}])
+    rows = read_prompts(path)
+    # when the accuracy reward's columns are checked, then it is refused naming column, file and line
+    with pytest.raises(RewardColumnError,
+                       match=r"rl.jsonl:2: reward function 'accuracy' needs column 'answer'.*1 of 3"):
+        check_reward_columns([RewardFunction("accuracy", accuracy_reward)], rows, str(path))
+
+
+def test_dataset_where_no_row_has_the_column_is_refused_before_any_reward_is_computed(tmp_path):
+    import pytest
+
+    from lazarus.data.records import read_prompts
+    from lazarus.env.rewards import RewardColumnError, RewardFunction, accuracy_reward, check_reward_columns
+
+    path = _prompt_file(tmp_path, [{"prompt": "1+1?"}, {"prompt": "2+2?"}])
+    with pytest.raises(RewardColumnError, match="no row has it"):
+        check_reward_columns([RewardFunction("accuracy", accuracy_reward)], read_prompts(path), str(path))
+
+
+def test_rewards_that_need_no_column_and_complete_datasets_pass(tmp_path):
+    from lazarus.data.records import read_prompts
+    from lazarus.env.rewards import RewardFunction, accuracy_reward, check_reward_columns, format_reward
+
+    def kwargs_only(prompts, completions, **kwargs):
+        return [0.0] * len(completions)
+
+    def optional_column(prompts, completions, hint=None, **kwargs):
+        return [0.0] * len(completions)
+
+    path = _prompt_file(tmp_path, [{"prompt": "1+1?", "answer": "2"}])
+    rewards = [RewardFunction(n, f) for n, f in (("accuracy", accuracy_reward), ("format", format_reward),
+                                                 ("kw", kwargs_only), ("opt", optional_column))]
+    check_reward_columns(rewards, read_prompts(path), str(path))

@@ -91,3 +91,23 @@ def test_a_quantized_directory_loads_as_float32_on_the_cpu_unless_told_never(tin
 def test_an_unknown_dequantize_mode_names_the_choices(tiny_model_dir):
     with pytest.raises(ModelLoadError, match="auto, always, never"):
         load(tiny_model_dir, dequantize="sometimes")
+
+
+def test_truncated_weights_or_incomplete_config_are_model_load_errors_naming_the_path(micro_model_dir, tmp_path):
+    # given copies of a model with truncated weights, and with a config.json that lacks its fields
+    import json
+    import shutil
+
+    from lazarus.models.load import ModelLoadError
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(micro_model_dir, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    fieldless = tmp_path / "fieldless"
+    shutil.copytree(micro_model_dir, fieldless)
+    (fieldless / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    # when they are loaded, then each is one ModelLoadError naming the directory
+    for path in (truncated, fieldless):
+        with pytest.raises(ModelLoadError, match=str(path)):
+            load(path)
