@@ -14,11 +14,11 @@ train_app = typer.Typer(help="Train with SFT, DPO, GRPO (also RLOO, REINFORCE++)
 
 
 def _train(algorithm: str, config: Optional[Path], overrides: List[str], resume: Optional[Path],
-           launcher: Optional[str] = None, actors: Optional[int] = None) -> None:
+           launcher: Optional[str] = None, actors: Optional[int] = None, address: Optional[str] = None) -> None:
     from lazarus.config import load_config
     from lazarus.runtime.local import run_training
 
-    cfg = apply_launcher(load_config(config, overrides, algorithm=algorithm), launcher, actors)
+    cfg = apply_launcher(load_config(config, overrides, algorithm=algorithm), launcher, actors, address)
     result = run_training(cfg, resume=resume)
     run_dir = Path(cfg.training.run_dir)
     for key, value in result.items():
@@ -34,8 +34,10 @@ def _command(algorithm: str):
         launcher: Optional[str] = typer.Option(None, "--launcher", help="RL: local (one process), process "
                                                "(learner + lazarus-actor processes) or ray (runtime.launcher)."),
         actors: Optional[int] = typer.Option(None, "--actors", help="RL: rollout actors (runtime.actors)."),
+        address: Optional[str] = typer.Option(None, "--address", help="RL, ray launcher: the Ray cluster to join, "
+                                              "auto or HOST:PORT (runtime.ray.address; none starts a local one)."),
     ):
-        _train(algorithm, config, overrides, resume, launcher, actors)
+        _train(algorithm, config, overrides, resume, launcher, actors, address)
 
     command.__doc__ = f"Train with {algorithm.upper()} (config reference: `lazarus config show {algorithm}`)."
     return command
@@ -67,9 +69,11 @@ class UsageError(LazarusError):
     """A bad flag combination; printed as one line."""
 
 
-def apply_launcher(cfg, launcher: str | None, actors: int | None):
-    """`--launcher`/`--actors` flags over `runtime.launcher`/`runtime.actors` (the flags win when given)."""
+def apply_launcher(cfg, launcher: str | None, actors: int | None, address: str | None = None):
+    """`--launcher`/`--actors`/`--address` over `runtime.launcher`/`runtime.actors`/`runtime.ray.address`."""
     updates = {}
+    if address is not None:
+        updates["ray"] = {**cfg.runtime.ray.model_dump(mode="json"), "address": address}
     if launcher is not None:
         updates["launcher"] = launcher
     if actors is not None:
@@ -81,7 +85,7 @@ def apply_launcher(cfg, launcher: str | None, actors: int | None):
     data = to_dict(cfg)
     data.setdefault("runtime", {}).update(updates)
     try:
-        return load_config_dict(data, source="--launcher/--actors")
+        return load_config_dict(data, source="--launcher/--actors/--address")
     except ConfigError as e:
         raise UsageError(str(e)) from None
 
