@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,7 +127,9 @@ class RolloutRole:
         import ray
 
         self.actor_id = actor_id
-        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        with warnings.catch_warnings():  # Ray deprecates the property but has no other public way to ask
+            warnings.simplefilter("ignore")
+            self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
 
     def where(self) -> tuple[int, str, bool]:
         """(pid, node IP, whether Ray restarted this actor): for the driver's log and for tests."""
@@ -158,8 +161,9 @@ def connect(ray, cfg: Config, echo: Callable[[str], None]) -> bool:
     kwargs = {"runtime_env": runtime_env, "log_to_driver": True}
     try:
         if rc.address:
-            if rc.node_ip_address:
-                kwargs["_node_ip_address"] = rc.node_ip_address
+            node_ip = rc.node_ip_address or ("127.0.0.1" if rc.address.rpartition(":")[0] in LOOPBACK else None)
+            if node_ip:
+                kwargs["_node_ip_address"] = node_ip
             ray.init(address=rc.address, **kwargs)
             echo(f"ray: joined the cluster at {rc.address} ({_describe(ray.cluster_resources())})")
             return False
