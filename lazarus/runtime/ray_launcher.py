@@ -279,3 +279,40 @@ def _unwrap(ray, call):
 def _cause(error):
     cause = getattr(error, "cause", None)
     return cause if cause is not None else error
+
+
+# --- the env worker pool under Ray -------------------------------------------------------------------------
+
+
+class ScoringWorker:
+    """One worker of the Ray scoring pool: calls what it is given (reward scoring) in its own process."""
+
+    def call(self, fn, *args):
+        return fn(*args)
+
+
+class RayScoringPool:
+    """An executor over N Ray actors (round robin) for `lazarus.env.pool.PooledScorer`: `submit` -> Future."""
+
+    def __init__(self, workers: int, options: dict | None = None):
+        ray = import_ray()
+        worker_cls = ray.remote(max_restarts=-1, max_task_retries=-1)(ScoringWorker)
+        self._ray = ray
+        self.actors = [worker_cls.options(**(options or {"num_cpus": 0})).remote() for _ in range(workers)]
+        self._next = 0
+
+    def submit(self, fn, *args):
+        actor = self.actors[self._next % len(self.actors)]
+        self._next += 1
+        return actor.call.remote(fn, *args).future()
+
+    def shutdown(self, wait: bool = False, cancel_futures: bool = True) -> None:
+        for actor in self.actors:
+            self._ray.kill(actor, no_restart=True)
+
+
+def ray_scorer(workers: int):
+    """`runtime.env_workers` under the Ray launcher: a `PooledScorer` over N Ray scoring actors."""
+    from lazarus.env.pool import PooledScorer
+
+    return PooledScorer(RayScoringPool(workers), workers)
