@@ -47,8 +47,8 @@ class Namespace:
     """A loopback-only network namespace held open by a sleeping process; `enter(cmd)` runs a command in it."""
 
     def __init__(self):
-        self.holder = subprocess.Popen(["unshare", "-n", "bash", "-c", "ip link set lo up && echo up && exec sleep 3600"],
-                                       stdout=subprocess.PIPE, text=True)
+        hold = "ip link set lo up && echo up && exec sleep 3600"
+        self.holder = subprocess.Popen(["unshare", "-n", "bash", "-c", hold], stdout=subprocess.PIPE, text=True)
         if self.holder.stdout.readline().strip() != "up":
             raise RuntimeError("could not bring lo up in a new network namespace")
 
@@ -251,5 +251,39 @@ def test_a_hand_started_lazarus_actor_joins_a_ray_launched_learner(ray_head, run
     assert f"joined learner 127.0.0.1:{port}" in hand_out
     tasks = int(re.search(r"the run is over \((\d+) tasks", hand_out).group(1))
     assert tasks >= 1, hand_out[-2000:]
-    assert "ray: actor ray-actor-0 exited 0" in run.output
+    assert "ray: actor ray-actor-0 started as pid" in run.output, run.output[-4000:]
     assert [m["step"] for m in steps(tmp_path / "run")] == list(range(1, 7))
+
+
+SCORING_SCRIPT = """
+import json, os, sys
+import ray
+from lazarus.env.rewards import RewardFunction, score
+from lazarus.runtime.ray_launcher import ray_scorer
+import runtime_rewards
+
+ray.init(address=sys.argv[1], _node_ip_address="127.0.0.1", log_to_driver=False)
+functions = [RewardFunction("digit", runtime_rewards.starts_with_a_digit)]
+completions = [f"{i} apples" if i % 3 else f"apples {i}" for i in range(10)]
+rows = [{"prompt": "count"} for _ in completions]
+scorer = ray_scorer(2)
+pooled, parts = scorer(functions, ["count"] * 10, completions, [[i] for i in range(10)], rows)
+plain, _ = score(functions, ["count"] * 10, completions, [[i] for i in range(10)], rows)
+workers = sorted({ray.get(a.call.remote(os.getpid)) for a in scorer.executor.actors})
+scorer.close()
+print(json.dumps({"pooled": pooled.tolist(), "plain": plain.tolist(), "workers": workers, "driver": os.getpid()}))
+"""
+
+
+def test_the_ray_scoring_pool_scores_in_ray_actors_exactly_as_in_process(ray_head):
+    # given the session's Ray head and a reward function importable by its workers
+    ns, ray_address = ray_head
+    # when a driver scores 10 completions through a pool of 2 Ray scoring actors
+    out = subprocess.run(ns.enter([sys.executable, "-c", SCORING_SCRIPT, ray_address]), capture_output=True,
+                         text=True, env=env(), timeout=300)
+    # then the totals equal in-process scoring, and two worker processes (not the driver) did the work
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["pooled"] == result["plain"]
+    assert sorted(set(result["plain"])) == [0.0, 1.0]
+    assert len(result["workers"]) == 2 and result["driver"] not in result["workers"]
