@@ -1,10 +1,11 @@
 """The Ray launcher as a user runs it, on a real local Ray instance inside a loopback-only network namespace.
 
 Ray listens on every interface and probes 8.8.8.8, so nothing of Ray runs in this machine's network: a
-session fixture holds a fresh network namespace with only `lo` up (`unshare -n`), starts ONE Ray head in it
-(`ray start --head`, dashboard and usage stats off, auth off), and every process of a test — `lazarus train
---launcher ray --address ...`, a hand-started `lazarus-actor`, `lazarus status` — enters that namespace with
-`nsenter`. PIDs are shared, so the test can SIGKILL a Ray actor's process by the pid the launcher printed.
+session fixture holds a fresh network namespace with only `lo` up (`unshare -n`) and starts ONE Ray head in
+it (`ray start --head`, dashboard and usage stats off, auth off; stopped at the end by the pids in that
+namespace). Every process of a test (`lazarus train --launcher ray --address ...`, a hand-started
+`lazarus-actor`, `lazarus status`) enters that namespace with `nsenter`. PIDs are shared, so the test can
+SIGKILL a Ray actor's process by the pid the launcher printed.
 
 Each run is GRPO on a micro random-init llama learning a reward it gets in a few dozen steps (the
 completion starts with a digit), as in test_runtime_processes.py.
@@ -55,7 +56,30 @@ class Namespace:
     def enter(self, command: list[str]) -> list[str]:
         return ["nsenter", "-t", str(self.holder.pid), "-n", *command]
 
+    def processes(self) -> list[int]:
+        """Every process in this namespace but its holder: exactly what this session started in it."""
+        net = os.readlink(f"/proc/{self.holder.pid}/ns/net")
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != self.holder.pid:
+                try:
+                    if os.readlink(entry / "ns" / "net") == net:
+                        found.append(int(entry.name))
+                except OSError:
+                    pass
+        return found
+
     def close(self) -> None:
+        """Stop what runs in the namespace (SIGTERM, then SIGKILL), by pid, then the holder."""
+        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            for pid in self.processes():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + grace
+            while self.processes() and time.monotonic() < deadline:
+                time.sleep(0.2)
         self.holder.kill()
         self.holder.wait()
 
@@ -82,8 +106,7 @@ def ray_head():
     try:
         yield ns, f"127.0.0.1:{RAY_PORT}"
     finally:
-        subprocess.run(ns.enter([str(BIN / "ray"), "stop", "--force"]), capture_output=True, env=env(), timeout=120)
-        ns.close()
+        ns.close()  # Ray's own `ray stop` would stop every Ray on the machine by name; this stops ours by pid
 
 
 class Run:
