@@ -143,7 +143,7 @@ def train(launcher: str, workdir: Path, steps: int) -> float:
                "--set", f"data.eval={workdir / 'data/rl_eval.jsonl'}", "--set", f"training.max_steps={steps}",
                "--set", "training.batch_size=4", "--set", f"training.run_dir={run_dir}",
                "--set", "training.progress=false", "--set", "training.save_every=0",
-               "--set", "generation.max_new_tokens=16", "--set", "eval.num_prompts=0"]
+               "--set", "generation.max_new_tokens=16", "--set", "eval.num_prompts=1"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "LAZARUS_CACHE": str(workdir / "cache")}
     out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800, cwd=workdir)

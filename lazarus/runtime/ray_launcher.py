@@ -167,7 +167,8 @@ def connect(ray, cfg: Config, echo: Callable[[str], None]) -> bool:
             ray.init(address=rc.address, **kwargs)
             echo(f"ray: joined the cluster at {rc.address} ({_describe(ray.cluster_resources())})")
             return False
-        ray.init(num_cpus=local_num_cpus(cfg), include_dashboard=False, _node_ip_address="127.0.0.1",
+        # address="local": a new instance even when a `ray start` cluster on this machine would be found
+        ray.init(address="local", num_cpus=local_num_cpus(cfg), include_dashboard=False, _node_ip_address="127.0.0.1",
                  resources={rc.learner_resource: 1}, **kwargs)
     except ConnectionError as e:
         raise RayLaunchError(f"runtime.ray.address: cannot join the Ray cluster at {rc.address}: {e}") from None

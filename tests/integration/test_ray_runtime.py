@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -107,6 +108,9 @@ def ray_head():
         yield ns, f"127.0.0.1:{RAY_PORT}"
     finally:
         ns.close()  # Ray's own `ray stop` would stop every Ray on the machine by name; this stops ours by pid
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # what `ray stop` would remove
+        if current.exists() and current.read_text().strip() == f"127.0.0.1:{RAY_PORT}":
+            current.unlink()
 
 
 class Run:
