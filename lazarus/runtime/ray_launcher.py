@@ -50,8 +50,9 @@ def worker_env() -> dict[str, str]:
     """Environment variables of every Ray worker: the BLAS preload and thread count of `lazarus.platform`."""
     from lazarus.platform import preload_env
 
-    env = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", str(os.cpu_count() or 1)),
-           "PYTHONUNBUFFERED": "1"}
+    threads = str(os.cpu_count() or 1)
+    env = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", threads),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads), "PYTHONUNBUFFERED": "1"}
     env.update(preload_env())
     return env
 
