@@ -234,7 +234,7 @@ def _drive(ray, cfg: Config, resume: str | None, echo: Callable[[str], None]) ->
             if not ready:
                 continue
             ref = ready[0]
-            if ref is result_ref:
+            if ref == result_ref:
                 result = _unwrap(ray, lambda: ray.get(result_ref))
                 break
             if ref in placed:
