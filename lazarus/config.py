@@ -205,6 +205,9 @@ class RayConfig(Section):
     learner_resource: str = Field(
         "learner", description="Custom resource that marks the node for the learner (the driver's node when "
         "no node has it).")
+    node_ip_address: Optional[str] = Field(
+        None, description="The driver's IP in the cluster when joining one (`address` set) and Ray's own guess is "
+        "wrong; a local instance always uses 127.0.0.1.")
 
 
 class RuntimeConfig(Section):

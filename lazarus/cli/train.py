@@ -19,7 +19,7 @@ def _train(algorithm: str | None, config: Optional[Path], overrides: List[str], 
     from lazarus.config import load_config
     from lazarus.runtime.local import run_training
 
-    cfg = apply_launcher(load_config(config, overrides, algorithm=algorithm), launcher, actors)
+    cfg = apply_launcher(load_config(config, overrides, algorithm=algorithm), launcher, actors, address)
     result = run_training(cfg, resume=resume, force=force)
     run_dir = Path(cfg.training.run_dir)
     for key, value in result.items():
@@ -37,8 +37,10 @@ def _command(algorithm: str):
         actors: Optional[int] = typer.Option(None, "--actors", help="RL: rollout actors (runtime.actors)."),
         force: bool = typer.Option(False, "--force", help="Start over in a run directory that holds a previous "
                                    "run (removes only that run's outputs)."),
+        address: Optional[str] = typer.Option(None, "--address", help="RL, ray launcher: the Ray cluster to join, "
+                                              "auto or HOST:PORT (runtime.ray.address; none starts a local one)."),
     ):
-        _train(algorithm, config, overrides, resume, launcher, actors, force)
+        _train(algorithm, config, overrides, resume, launcher, actors, force, address)
 
     command.__doc__ = f"Train with {algorithm.upper()} (config reference: `lazarus config show {algorithm}`)."
     return command
@@ -58,6 +60,7 @@ def train_from_config(
     launcher: Optional[str] = typer.Option(None, "--launcher", help="RL: local, process or ray."),
     actors: Optional[int] = typer.Option(None, "--actors", help="RL: rollout actors (runtime.actors)."),
     force: bool = typer.Option(False, "--force", help="Start over in a run directory that holds a previous run."),
+    address: Optional[str] = typer.Option(None, "--address", help="RL, ray launcher: auto or HOST:PORT."),
 ):
     """`lazarus train --config C` trains what the config's `algorithm` says."""
     if ctx.invoked_subcommand is not None:
@@ -65,7 +68,7 @@ def train_from_config(
     if config is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
-    _train(None, config, overrides, resume, launcher, actors, force)
+    _train(None, config, overrides, resume, launcher, actors, force, address)
 
 
 def eval_command(
@@ -100,9 +103,11 @@ class UsageError(LazarusError):
     """A bad flag combination; printed as one line."""
 
 
-def apply_launcher(cfg, launcher: str | None, actors: int | None):
-    """`--launcher`/`--actors` flags over `runtime.launcher`/`runtime.actors` (the flags win when given)."""
+def apply_launcher(cfg, launcher: str | None, actors: int | None, address: str | None = None):
+    """`--launcher`/`--actors`/`--address` over `runtime.launcher`/`runtime.actors`/`runtime.ray.address`."""
     updates = {}
+    if address is not None:
+        updates["ray"] = {**cfg.runtime.ray.model_dump(mode="json"), "address": address}
     if launcher is not None:
         updates["launcher"] = launcher
     if actors is not None:
@@ -114,7 +119,7 @@ def apply_launcher(cfg, launcher: str | None, actors: int | None):
     data = to_dict(cfg)
     data.setdefault("runtime", {}).update(updates)
     try:
-        return load_config_dict(data, source="--launcher/--actors")
+        return load_config_dict(data, source="--launcher/--actors/--address")
     except ConfigError as e:
         raise UsageError(str(e)) from None
 
