@@ -253,7 +253,7 @@ def local_pump(hub: ExperienceHub, actors: list) -> Callable[[], bool]:
 def run_local(cfg: Config, resume: str | Path | None = None, echo: Callable[[str], None] = print):
     """RL with every role in this process: the coordinator pumps one actor that shares the learner's model."""
     from lazarus.runtime.build import build_learner, ensure_data, read_rl_prompts
-    from lazarus.runtime.roles import RolloutActor, SharedWeights
+    from lazarus.runtime.roles import RolloutActor, SharedWeights, env_worker_scorer
 
     ensure_data(cfg)
     learner = build_learner(cfg)
@@ -262,8 +262,13 @@ def run_local(cfg: Config, resume: str | Path | None = None, echo: Callable[[str
                         max_queue_bytes=cfg.runtime.max_queue_bytes)
     actor = RolloutActor("local", learner.model, learner.tokenizer, learner.reward_functions,
                          SharedWeights(lambda: learner.policy_version), stop=list(cfg.generation.stop),
-                         completion_batch_size=cfg.training.batch_size * cfg.generation.num_generations)
+                         completion_batch_size=cfg.training.batch_size * cfg.generation.num_generations,
+                         scorer=env_worker_scorer(cfg.runtime.env_workers))
     coordinator = Coordinator(cfg, learner, TaskSource(cfg, records, prompt_ids, "local"), hub,
                               pump=local_pump(hub, [actor]), echo=echo, actors=1)
-    result = coordinator.run(resume)
+    try:
+        result = coordinator.run(resume)
+    finally:
+        if hasattr(actor.scorer, "close"):
+            actor.scorer.close()
     return learner, result
