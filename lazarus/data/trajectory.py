@@ -204,7 +204,8 @@ class RolloutTask:
             raise TrajectoryDecodeError(f"task {self.task_id}: group_size {self.group_size} is outside "
                                         f"[1, {MAX_GROUP_SIZE}]")
         if not 1 <= self.max_tokens <= MAX_TOKENS:
-            raise TrajectoryDecodeError(f"task {self.task_id}: max_tokens {self.max_tokens} is outside [1, {MAX_TOKENS}]")
+            raise TrajectoryDecodeError(f"task {self.task_id}: max_tokens {self.max_tokens} is outside "
+                                        f"[1, {MAX_TOKENS}]")
         if not 0 <= self.seed < (1 << 63):
             raise TrajectoryDecodeError(f"task {self.task_id}: seed {self.seed} is outside [0, 2^63)")
 

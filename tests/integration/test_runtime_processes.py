@@ -277,7 +277,8 @@ def test_runtime_env_workers_score_in_a_pool_of_worker_processes(run_config, tmp
                         eval={"num_prompts": 4, "reward": "digit_in_worker_process"})
     proc = subprocess.run([str(BIN / "lazarus"), "train", "--config", str(config), "--launcher", "process",
                            "--actors", "1"], capture_output=True, text=True, timeout=600,
-                          env={**env(), "LAZARUS_CACHE": str(tmp_path / "cache"), "LAZARUS_TEST_SCORER_PIDS": str(pids)})
+                          env={**env(), "LAZARUS_CACHE": str(tmp_path / "cache"),
+                               "LAZARUS_TEST_SCORER_PIDS": str(pids)})
     # then the run completes, and the rewards were computed in two processes other than the learner and actor
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert [m["step"] for m in steps(tmp_path / "run")] == [1, 2, 3]
