@@ -62,6 +62,9 @@ def test_register_then_list_then_eval_by_name(trained):
     assert re.search(r"^cartpole@v1\s+env=CartPole-v1\s+arch=gru", listed.stdout, re.MULTILINE), listed.stdout
     by_name = experts("eval", "cartpole@v1", "--episodes", "2", registry=registry)
     assert MEAN_RETURN.search(by_name.stdout), by_name.stderr
+    ran = experts("run", "cartpole", "--seed", "3", registry=registry)
+    result = json.loads(ran.stdout)
+    assert result["env"] == "CartPole-v1" and result["return"] == result["steps"] > 0, ran.stdout
 
 
 def test_bad_arguments_are_one_line_errors_with_exit_2(trained, tmp_path):
