@@ -63,3 +63,12 @@ def test_resolve_reward_function_finds_builtins_and_module_functions():
 def test_resolve_reward_function_names_a_bad_spec(spec, message):
     with pytest.raises(ValueError, match=message):
         resolve_reward_function(spec)
+
+
+def test_an_eval_reward_that_is_not_a_known_reward_is_a_config_error_naming_the_key():
+    from lazarus.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"eval.*'acuracy' is not a known reward"):
+        load_config(None, ["eval.reward=acuracy"])
+    assert load_config(None, ["eval.reward=accuracy_strict"]).eval.reward == "accuracy_strict"
+    assert load_config(None, ["eval.reward=my_rewards:score"]).eval.reward == "my_rewards:score"
