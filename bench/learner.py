@@ -154,8 +154,8 @@ def main() -> None:
           "(estimated FLOPs; higher is better)")
     rows, length = PROMPTS * GROUP, 128
     peaks = logprob_memory(work / f"llama-{sizes[-1]}", rows, length)
-    print(f"policy log-probs value-and-grad, {sizes[-1]}, {rows} x {length} tokens: peak {peaks['full']:.1f} MB with "
-          f"full logits, {peaks['chunked']:.1f} MB chunked "
+    print(f"policy log-probs value-and-grad, {sizes[-1]}, {rows} x {length} tokens: peak {peaks['full']:.1f} MB "
+          f"with full logits, {peaks['chunked']:.1f} MB chunked "
           f"(ratio {peaks['chunked'] / peaks['full']:.2f}, lower is better)")
 
 

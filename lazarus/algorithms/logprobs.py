@@ -103,6 +103,78 @@ def chunked_token_logprobs(hidden: mx.array, targets: mx.array, project: Callabl
     return logprobs, (mx.concatenate(entropy_chunks, axis=1) if with_entropy else None)
 
 
+def linear_token_logprobs(hidden: mx.array, weight: mx.array, targets: mx.array, temperature: float = 1.0,
+                          chunk_size: int = 32, with_entropy: bool = False, weight_grad: bool = True,
+                          ) -> tuple[mx.array, mx.array | None]:
+    """Token logprobs (and entropies) under logits = hidden @ weight.T, chunk by chunk, forward and backward.
+
+    `hidden` [B,T,H], `weight` [V,H] (the LM head, or the tied embedding), `targets` [B,T]. The same
+    numbers as `token_logprobs(hidden @ weight.T, targets, temperature)` (and `token_entropy`); the
+    gradient is written out per chunk, d z = (onehot - p) g_logprob - p (log p + H) g_entropy with
+    z = logits / temperature, and the chunks are chained in both passes, so at most one [B, chunk_size, V]
+    block of logits (and one of its gradient) is live at a time: the full [B, T, V] logits exist neither
+    in the forward nor in the backward pass. `weight_grad=False` (a frozen head, as under LoRA) skips
+    the [V, H] weight gradient, which is then returned as zeros.
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if hidden.shape[:2] != targets.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} differ in [B, T]")
+    if targets.shape[1] == 0:
+        empty = mx.zeros(targets.shape, mx.float32)
+        return empty, (empty if with_entropy else None)
+    inv_t = 1.0 / temperature
+    spans = [(s, min(s + chunk_size, targets.shape[1])) for s in range(0, targets.shape[1], chunk_size)]
+
+    def log_softmax_chunk(h, w):
+        z = (h @ w.T).astype(mx.float32) * inv_t
+        return z - mx.logsumexp(z, axis=-1, keepdims=True)
+
+    @mx.custom_function
+    def forward(h, w, t):
+        logprobs, entropies = [], []
+        for start, end in spans:
+            h_chunk = h[:, start:end]
+            if logprobs:  # one chunk after another (see `chunked_token_logprobs`)
+                h_chunk = mx.depends(h_chunk, logprobs[-1])
+            logp = log_softmax_chunk(h_chunk, w)
+            logprobs.append(mx.take_along_axis(logp, t[:, start:end, None], axis=-1).squeeze(-1))
+            if with_entropy:
+                entropies.append(-(mx.exp(logp) * logp).sum(axis=-1))
+        logprobs = mx.concatenate(logprobs, axis=1)
+        return (logprobs, mx.concatenate(entropies, axis=1)) if with_entropy else logprobs
+
+    @forward.vjp
+    def forward_vjp(primals, cotangents, outputs):
+        h, w, t = primals
+        if with_entropy:
+            (g_logprob, g_entropy), entropy = cotangents, outputs[1]
+        else:
+            g_logprob = cotangents[0] if isinstance(cotangents, (list, tuple)) else cotangents
+        grad_h, grad_w = [], mx.zeros(w.shape, mx.float32)
+        for start, end in spans:
+            h_chunk = h[:, start:end]
+            if grad_h:
+                h_chunk = mx.depends(h_chunk, [grad_h[-1], grad_w] if weight_grad else grad_h[-1])
+            logp = log_softmax_chunk(h_chunk, w)
+            p = mx.exp(logp)
+            onehot = mx.arange(p.shape[-1])[None, None, :] == t[:, start:end, None]
+            grad_z = (onehot.astype(mx.float32) - p) * g_logprob[:, start:end, None]
+            if with_entropy:
+                grad_z = grad_z - p * (logp + entropy[:, start:end, None]) * g_entropy[:, start:end, None]
+            grad_logits = (grad_z * inv_t).astype(w.dtype)
+            grad_h.append((grad_logits @ w).astype(h.dtype))
+            if weight_grad:
+                grad_w = grad_w + (grad_logits.reshape(-1, grad_logits.shape[-1]).T
+                                   @ h_chunk.reshape(-1, h_chunk.shape[-1])).astype(mx.float32)
+        return mx.concatenate(grad_h, axis=1), grad_w.astype(w.dtype), mx.zeros_like(t)
+
+    out = forward(hidden, weight, targets.astype(mx.int32))
+    return (out[0], out[1]) if with_entropy else (out, None)
+
+
 def masked_sum(x: mx.array, mask: mx.array, axis: int | None = None) -> mx.array:
     """sum(x * mask) over `axis` (all axes when None); masked-out entries may hold inf or NaN."""
     return mx.where(mask.astype(mx.bool_), x, 0.0).sum(axis=axis)

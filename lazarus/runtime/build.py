@@ -19,17 +19,17 @@ def prepare_model(cfg: Config, for_reference: bool = False, for_actor: bool = Fa
     `for_actor`: the same architecture (LoRA applied as the learner's, so its adapters can be loaded) in
     eval mode; `for_reference`: frozen, with a given adapter fused in.
     """
-    from lazarus.models.load import load
+    from lazarus.models.load import load, resolve_model_path
     from lazarus.models.lora import apply_lora, fuse_lora, load_adapter
 
-    path = Path(cfg.model.path)
+    path = Path(cfg.model.path) if cfg.model.init_arch else resolve_model_path(cfg.model.path)
     if not path.exists():
         if not cfg.model.init_arch:
             raise ConfigError(f"model.path: {path} does not exist (set model.init_arch to create a random-init model)")
         from lazarus.models.tiny import init_model
 
         init_model(cfg.model.init_arch, cfg.model.init_size, path, seed=cfg.training.seed)
-    model, tokenizer = load(path)
+    model, tokenizer = load(path, dequantize=cfg.model.dequantize)
     if cfg.model.quantize_bits:
         from lazarus.models.quantize import quantize
 

@@ -39,7 +39,7 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     def evaluate(adapter: str | None) -> dict:
         return run_eval(model_path, adapter, cfg.data.eval, cfg.eval.reward, cfg.eval.num_prompts,
                         cfg.eval.max_new_tokens or cfg.generation.max_new_tokens, cfg.eval.temperature,
-                        cfg.data.use_chat_template)
+                        cfg.data.use_chat_template, progress=echo, dequantize=cfg.model.dequantize)
 
     base = evaluate(None)
     before = base["mean_reward"]

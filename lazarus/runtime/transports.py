@@ -56,7 +56,9 @@ class LearnerServer:
         trainable = [name for name, _ in tree_flatten(model.trainable_parameters())]
         self.store = ParameterStore(dict(tree_flatten(model.parameters())), trainable, version=version)
         self.model = model
-        model_path = Path(cfg.model.path)
+        from lazarus.models.load import resolve_model_path
+
+        model_path = resolve_model_path(cfg.model.path)
         adapter = Path(cfg.model.adapter) if cfg.model.adapter else None
         self.run = RunSpec.from_paths(json.dumps(to_dict(cfg)).encode(), model_path, adapter, cfg.runtime.heartbeat_s)
         host, port = parse_address(listen)

@@ -103,8 +103,12 @@ def test_train_sft_then_grpo_then_eval_and_plot(tmp_path, micro_model_dir):
     records = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
     out = run("eval", "--model", tmp_path / "sft" / "model", "--adapter", tmp_path / "grpo" / "adapter",
-              "--data", tmp_path / "math" / "rl_eval.jsonl", "--num-prompts", "8", "--max-new-tokens", "8")
+              "--data", tmp_path / "math" / "rl_eval.jsonl", "--num-prompts", "8", "--max-new-tokens", "8",
+              "--show", "2")
     assert "accuracy:" in out.stdout and "over 8 prompts" in out.stdout
+    # --show 2: two completions, each with its prompt, extracted and gold answer and reward; progress on stderr
+    assert out.stdout.count("--- extracted ") == 2 and "gold " in out.stdout
+    assert "eval: 8/8 prompts" in out.stderr
     run("plot", tmp_path / "grpo")
     assert (tmp_path / "grpo" / "plots" / "overview.png").stat().st_size > 1000
 

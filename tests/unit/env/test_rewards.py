@@ -117,3 +117,12 @@ def test_rewards_that_need_no_column_and_complete_datasets_pass(tmp_path):
     rewards = [RewardFunction(n, f) for n, f in (("accuracy", accuracy_reward), ("format", format_reward),
                                                  ("kw", kwargs_only), ("opt", optional_column))]
     check_reward_columns(rewards, read_prompts(path), str(path))
+
+
+def test_an_eval_reward_that_is_not_a_known_reward_is_a_config_error_naming_the_key():
+    from lazarus.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"eval.*'acuracy' is not a known reward"):
+        load_config(None, ["eval.reward=acuracy"])
+    assert load_config(None, ["eval.reward=accuracy_strict"]).eval.reward == "accuracy_strict"
+    assert load_config(None, ["eval.reward=my_rewards:score"]).eval.reward == "my_rewards:score"

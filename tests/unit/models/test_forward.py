@@ -6,7 +6,12 @@ import pytest
 from mlx import nn
 from mlx.utils import tree_flatten
 
-from lazarus.algorithms.logprobs import chunked_token_logprobs, token_entropy, token_logprobs
+from lazarus.algorithms.logprobs import (
+    chunked_token_logprobs,
+    linear_token_logprobs,
+    token_entropy,
+    token_logprobs,
+)
 from lazarus.models.forward import policy_token_logprobs
 from lazarus.models.load import load
 from lazarus.models.lora import apply_lora
@@ -98,4 +103,56 @@ def test_chunked_logprobs_use_less_peak_memory_forward_and_backward():
     chunked_peak, chunked_value = peak(chunked)
     # then: the same value, and at most half the peak memory of the full-logits version
     assert chunked_value == pytest.approx(full_value, rel=1e-5)
+    assert chunked_peak < 0.5 * full_peak, (chunked_peak, full_peak)
+
+
+@pytest.mark.parametrize("with_entropy", [False, True])
+def test_linear_token_logprobs_values_and_gradients_equal_the_full_logits_ones_under_compile(with_entropy):
+    # given: hidden states, an LM head, targets, and upstream gradients for both outputs
+    rng = np.random.default_rng(0)
+    hidden = mx.array(rng.normal(size=(3, 37, 16)).astype(np.float32))
+    weight = mx.array(rng.normal(size=(50, 16)).astype(np.float32))
+    targets = mx.array(rng.integers(0, 50, (3, 37)))
+    g_logprob, g_entropy = (mx.array(rng.normal(size=(3, 37)).astype(np.float32)) for _ in range(2))
+
+    def full(h, w):
+        logits = h @ w.T
+        value = (token_logprobs(logits, targets, 0.7) * g_logprob).sum()
+        return value + ((token_entropy(logits, 0.7) * g_entropy).sum() if with_entropy else 0.0)
+
+    def chunked(h, w):
+        logprobs, entropy = linear_token_logprobs(h, w, targets, 0.7, chunk_size=8, with_entropy=with_entropy)
+        assert (entropy is not None) == with_entropy
+        return (logprobs * g_logprob).sum() + ((entropy * g_entropy).sum() if with_entropy else 0.0)
+
+    # when
+    expected, (expected_dh, expected_dw) = mx.value_and_grad(full, argnums=(0, 1))(hidden, weight)
+    value, (dh, dw) = mx.compile(mx.value_and_grad(chunked, argnums=(0, 1)))(hidden, weight)
+    # then
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert mx.abs(dh - expected_dh).max().item() < 1e-4
+    assert mx.abs(dw - expected_dw).max().item() < 1e-4
+
+
+def test_linear_token_logprobs_use_less_peak_memory_than_the_full_logits():
+    # given: 8 x 256 positions over a 32k vocabulary (each full [B, T, V] float32: 268 MB)
+    mx.random.seed(0)
+    hidden = mx.random.normal((8, 256, 64))
+    weight = mx.random.normal((32768, 64)) * 0.1
+    targets = mx.random.randint(0, 32768, (8, 256))
+    mx.eval(hidden, weight, targets)
+
+    def peak(loss) -> tuple[float, float]:
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        value, grad = mx.value_and_grad(loss)(hidden)
+        mx.eval(value, grad)
+        return mx.get_peak_memory(), value.item()
+
+    # when
+    full_peak, full_value = peak(lambda h: token_logprobs(h @ weight.T, targets).sum())
+    chunked_peak, value = peak(lambda h: linear_token_logprobs(h, weight, targets, chunk_size=16,
+                                                               weight_grad=False)[0].sum())
+    # then
+    assert value == pytest.approx(full_value, rel=1e-5)
     assert chunked_peak < 0.5 * full_peak, (chunked_peak, full_peak)
