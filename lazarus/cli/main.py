@@ -131,7 +131,7 @@ def _mount_subcommands() -> None:
     """Sub-apps that live in their own modules."""
     import importlib
 
-    for name, module in (("ps", "lazarus.cli.ps"), ("data", "lazarus.cli.data")):
+    for name, module in (("ps", "lazarus.cli.ps"), ("data", "lazarus.cli.data"), ("tools", "lazarus.cli.tools")):
         try:
             sub = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -143,7 +143,8 @@ class RLTrainer(Trainer):
                            group_ids=[f"{self.step}:{k}" for k in range(len(indices))], group_size=self.group_size,
                            sampling=SamplingSettings(self.temperature, g.top_p, g.top_k, g.min_p),
                            max_tokens=g.max_new_tokens, policy_version=self.step,
-                           seed=self.cfg.training.seed * 1_000_003 + self.step)
+                           seed=self.cfg.training.seed * 1_000_003 + self.step,
+                           env=self.cfg.env.model_dump() if self.cfg.env.name else {})
         return rollout(self.engine, task, self.reward_functions, policy_version=self.step, stop=list(g.stop))
 
     # --- learn ------------------------------------------------------------------------------
