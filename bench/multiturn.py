@@ -1,7 +1,7 @@
 """Multi-turn rollout throughput: KV-cache reuse vs re-prefilling the whole history every turn.
 
 Runs batched episodes of a random-init model against an env that answers every turn with a short tool
-message, for `--turns` turns, twice on the same tasks: once re-prefilling prompt + all earlier turns at each
+message, for `--turns` turns of about `--tokens-per-turn` tokens each, twice on the same tasks: once re-prefilling prompt + all earlier turns at each
 turn (works with any engine), once continuing each episode from its KV cache (only when the engine's
 `generate` accepts `caches=`/`keep_cache=`). Prints model tokens/s for each and `ratio R` = cache / re-prefill
 (higher is better). The single-turn baseline (the same number of model tokens in one generate call per
@@ -41,7 +41,7 @@ def measure(engine, task, params, turns, reuse) -> dict:
     seconds = time.perf_counter() - start
     model_tokens = sum(sum(e.mask) for e, _ in results)
     return {"seconds": seconds, "model_tokens": model_tokens, "tokens_per_s": model_tokens / seconds,
-            "turns": max(e.turns for e, _ in results)}
+            "turns_mean": sum(e.turns for e, _ in results) / len(results)}
 
 
 def main() -> None:
@@ -66,19 +66,17 @@ def main() -> None:
     prompts = [prompt_ids(tokenizer, [{"role": "user", "content": r["prompt"]}]) for r in rows]
     task = RolloutTask("bench", prompts, rows, [f"g{i}" for i in range(len(rows))], 1, SamplingSettings(),
                        max_tokens=args.tokens_per_turn, policy_version=0)
-    # No EOS or stop: every turn is exactly tokens_per_turn long, so both runs do the same work.
-    params = SamplingParams(max_tokens=args.tokens_per_turn, seed=0, stop_token_ids=[])
-    engine_eos = engine.eos_token_ids
-    engine.tokenizer.eos_token_ids = []  # let every turn run to its length
-    try:
-        measure(engine, task, params, 1, False)  # warm-up (compiles)
-        reprefill = measure(engine, task, params, args.turns, False)
-        cached = measure(engine, task, params, args.turns, True) if supports_cache_reuse(engine) else None
-        single_start = time.perf_counter()
-        single = engine.generate(prompts, 1, SamplingParams(max_tokens=args.tokens_per_turn * args.turns, seed=0))
-        single_s = time.perf_counter() - single_start
-    finally:
-        engine.tokenizer.eos_token_ids = engine_eos
+    # A turn ends at any of 1/tokens_per_turn of the vocabulary (stop token ids), so turns average about
+    # tokens_per_turn tokens, end with "stop" and the episode goes on; the same seed gives both runs the same work.
+    vocab = len(tokenizer.get_vocab()) if hasattr(tokenizer, "get_vocab") else 512
+    stops = list(range(7, vocab, args.tokens_per_turn))
+    params = SamplingParams(max_tokens=8 * args.tokens_per_turn, seed=0, stop_token_ids=stops)
+    measure(engine, task, params, 1, False)  # warm-up (compiles)
+    reprefill = measure(engine, task, params, args.turns, False)
+    cached = measure(engine, task, params, args.turns, True) if supports_cache_reuse(engine) else None
+    single_start = time.perf_counter()
+    single = engine.generate(prompts, 1, SamplingParams(max_tokens=args.tokens_per_turn * args.turns, seed=0))
+    single_s = time.perf_counter() - single_start
     single_tps = sum(len(c.token_ids) for c in single) / single_s
     result = {"episodes": args.episodes, "turns": args.turns, "tokens_per_turn": args.tokens_per_turn,
               "reprefill": reprefill, "cache": cached, "single_turn_tokens_per_s": single_tps,
@@ -88,9 +86,11 @@ def main() -> None:
         return
     print(f"multi-turn rollout: {args.episodes} episodes x {args.turns} turns x {args.tokens_per_turn} model tokens "
           f"({args.size} model)")
-    print(f"  re-prefill every turn  {reprefill['tokens_per_s']:9.1f} model tokens/s  ({reprefill['seconds']:.2f}s)")
+    print(f"  re-prefill every turn  {reprefill['tokens_per_s']:9.1f} model tokens/s  ({reprefill['seconds']:.2f}s, "
+          f"{reprefill['model_tokens']} model tokens, {reprefill['turns_mean']:.1f} turns per episode)")
     if cached:
-        print(f"  KV-cache reuse         {cached['tokens_per_s']:9.1f} model tokens/s  ({cached['seconds']:.2f}s)")
+        print(f"  KV-cache reuse         {cached['tokens_per_s']:9.1f} model tokens/s  ({cached['seconds']:.2f}s, "
+              f"{cached['model_tokens']} model tokens, {cached['turns_mean']:.1f} turns per episode)")
         print(f"  ratio {result['ratio_cache_over_reprefill']:.2f}  (KV-cache reuse / re-prefill, higher is better)")
     else:
         print("  KV-cache reuse         not measured: this engine's generate() takes no caches= (re-prefill only)")
