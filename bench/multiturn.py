@@ -1,7 +1,8 @@
 """Multi-turn rollout throughput: KV-cache reuse vs re-prefilling the whole history every turn.
 
 Runs batched episodes of a random-init model against an env that answers every turn with a short tool
-message, for `--turns` turns of about `--tokens-per-turn` tokens each, twice on the same tasks: once re-prefilling prompt + all earlier turns at each
+message, for `--turns` turns of about `--tokens-per-turn` tokens each, twice on the same tasks: once
+re-prefilling prompt + all earlier turns at each
 turn (works with any engine), once continuing each episode from its KV cache (only when the engine's
 `generate` accepts `caches=`/`keep_cache=`). Prints model tokens/s for each and `ratio R` = cache / re-prefill
 (higher is better). The single-turn baseline (the same number of model tokens in one generate call per

@@ -38,6 +38,7 @@ def _toolbox(mcp: Optional[str], timeout_s: float):
     return Toolbox([calculator, python_tool()])
 
 
+ARGS_HELP = "Arguments as a JSON object, e.g. '{\"expression\": \"2+2\"}'."
 MCP_HELP = 'Use the tools of this MCP server (a command started over stdio, e.g. "lazarus tools serve-mcp").'
 
 
@@ -53,7 +54,7 @@ def list_tools(mcp: Optional[str] = typer.Option(None, "--mcp", help=MCP_HELP),
 
 @app.command("call")
 def call_tool(name: str = typer.Argument(..., help="Tool name (see `lazarus tools list`)."),
-              args: str = typer.Option("{}", "--args", help='Arguments as a JSON object, e.g. \'{"expression": "2+2"}\'.'),
+              args: str = typer.Option("{}", "--args", help=ARGS_HELP),
               mcp: Optional[str] = typer.Option(None, "--mcp", help=MCP_HELP),
               timeout_s: float = typer.Option(30.0, "--timeout", help="Deadline of the call in seconds.")):
     """Call one tool and print its result (or its error) on one line."""

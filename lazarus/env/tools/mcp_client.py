@@ -47,7 +47,8 @@ class MCPServerTools:
             listed = ready.result(timeout=start_timeout_s)
         except FutureTimeout:
             self.close()
-            raise ToolError(f"mcp server {command!r}: no tool list within {start_timeout_s:.0f}s", "tool_error") from None
+            raise ToolError(f"mcp server {command!r}: no tool list within {start_timeout_s:.0f}s",
+                            "tool_error") from None
         except Exception as e:
             self.close()
             raise ToolError(f"mcp server {command!r} did not start: {_describe(e)}", "tool_error") from None
@@ -93,7 +94,8 @@ class MCPServerTools:
         except FutureTimeout:
             future.cancel()
             log.warning("mcp server %r: %s timed out after %.0fs", self.command, name, self.timeout_s)
-            raise ToolError(f"{name}: the MCP server did not answer within {self.timeout_s:.0f}s", "tool_error") from None
+            raise ToolError(f"{name}: the MCP server did not answer within {self.timeout_s:.0f}s",
+                            "tool_error") from None
         except Exception as e:
             log.warning("mcp server %r: %s failed: %s", self.command, name, _describe(e))
             raise ToolError(f"{name}: MCP call failed: {_describe(e)}", "tool_error") from None

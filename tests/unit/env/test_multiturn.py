@@ -82,7 +82,8 @@ def test_three_turn_episode_equals_a_by_hand_construction(tiny_model):
         history, expected, expected_mask = list(episode.prompt_ids), [], []
         for turn in range(1, 4):
             (c,) = engine.generate([history], 1, params)
-            env_ids = [] if turn == 3 else [eos] + continuation_ids(tokenizer, [{"role": "tool", "content": f"result {turn}"}])
+            tool_message = [{"role": "tool", "content": f"result {turn}"}]
+            env_ids = [] if turn == 3 else [eos] + continuation_ids(tokenizer, tool_message)
             if c.token_ids[-1:] == [eos] and env_ids:
                 env_ids = env_ids[1:]
             expected += c.token_ids + env_ids
@@ -158,8 +159,9 @@ def test_rollout_dispatches_to_the_tool_env_and_rewards_the_final_answer(tiny_mo
 def test_trajectories_of_marks_env_tokens_with_mask_zero(tiny_model):
     model, tokenizer = tiny_model
     task = make_task(tokenizer, [{"prompt": "x", "turns": 2}], 2, 1.0)
-    results = run_episodes(Engine(model, tokenizer), task, [], ScriptedEnv, SamplingParams(max_tokens=24, stop=STOPS, seed=2),
-                           max_turns=2, max_total_tokens=400, observation_max_tokens=16)
+    params = SamplingParams(max_tokens=24, stop=STOPS, seed=2)
+    results = run_episodes(Engine(model, tokenizer), task, [], ScriptedEnv, params, max_turns=2,
+                           max_total_tokens=400, observation_max_tokens=16)
     for t, (e, _) in zip(trajectories_of(results, task, policy_version=0, actor_id="x", end_version=0), results):
         assert t.loss_mask.tolist() == e.mask and t.num_model_tokens == sum(e.mask)
         assert (t.behavior_logprobs[t.loss_mask == 0] == 0).all()

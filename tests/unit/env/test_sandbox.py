@@ -29,7 +29,8 @@ def test_sandbox_stops_a_memory_bomb():
 
 
 def test_sandbox_stops_a_fork_bomb_and_leaves_no_process_behind():
-    code = "import os, time\nfor _ in range(200):\n    try:\n        os.fork()\n    except OSError:\n        pass\ntime.sleep(60)"
+    code = ("import os, time\nfor _ in range(200):\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+            "time.sleep(60)")
     result = run_python(code, LIMITS)
     assert result.timed_out  # the wall clock ended it: the whole process group is killed
     leftover = os.popen("ps -eo args | grep -c '[m]ain.py'").read().strip()
