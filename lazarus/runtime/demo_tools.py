@@ -123,6 +123,7 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     grpo = cfg.model_copy(deep=True)
     grpo.model.path, grpo.model.init_arch = sft_model, None
     grpo.lora.enabled = False
+    grpo.data.eval = None  # the trainer's own eval is single-turn; the demo scores whole episodes below
     grpo.training.run_dir = str(run_root / "grpo")
     run_training(grpo)
     after = evaluate_episodes(str(run_root / "grpo" / "model"), cfg, held_out)
