@@ -121,6 +121,9 @@ def run_episodes(engine, task: RolloutTask, reward_functions: list[RewardFunctio
                 e.done, e.finish_reason = True, "length"
                 continue
             e.add(observation, None, is_model=False)
+        for e in running:
+            if e.done:
+                e.cache = None  # a finished episode's KV cache is not needed again
     for e in episodes:
         if not e.done:
             e.done, e.finish_reason = True, "max_turns"

@@ -165,3 +165,27 @@ def test_trajectories_of_marks_env_tokens_with_mask_zero(tiny_model):
     for t, (e, _) in zip(trajectories_of(results, task, policy_version=0, actor_id="x", end_version=0), results):
         assert t.loss_mask.tolist() == e.mask and t.num_model_tokens == sum(e.mask)
         assert (t.behavior_logprobs[t.loss_mask == 0] == 0).all()
+
+
+def test_kv_cache_continuation_gives_the_same_episodes_as_re_prefilling(tiny_model):
+    # given an engine that can continue from a sequence's KV cache (skipped where it cannot)
+    from lazarus.env.multiturn import supports_cache_reuse
+
+    model, tokenizer = tiny_model
+    engine = Engine(model, tokenizer)
+    if not supports_cache_reuse(engine):
+        pytest.skip("this engine's generate() takes no caches=")
+    task = make_task(tokenizer, [{"prompt": "What is 12 * 7?"}, {"prompt": "Hello there"}], 2, 0.0)
+    params = SamplingParams(temperature=0.0, max_tokens=24, stop=STOPS)
+
+    def episodes(reuse):
+        results = run_episodes(engine, task, [], ScriptedEnv, params, max_turns=3, max_total_tokens=400,
+                               observation_max_tokens=16, reuse_cache=reuse)
+        return [(e.tokens, e.mask) for e, _ in results], [e.logprobs for e, _ in results]
+
+    # when the same greedy episodes run from the cache and by re-prefilling the history
+    (cached, cached_logprobs), (reprefilled, reprefilled_logprobs) = episodes(True), episodes(False)
+    # then the ids and masks are the same, and the logprobs agree
+    assert cached == reprefilled
+    for a, b in zip(cached_logprobs, reprefilled_logprobs):
+        assert np.abs(np.array(a) - np.array(b)).max() < 1e-4
