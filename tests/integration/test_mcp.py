@@ -2,6 +2,7 @@
 the `lazarus tools` CLI, and a server that dies in the middle of an episode."""
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -47,10 +48,11 @@ def test_tool_env_runs_calls_through_mcp_and_validates_arguments_against_the_ser
 
 
 def test_cli_calls_a_tool_through_the_mcp_server_from_any_directory(tmp_path):
-    # given `lazarus tools call` with --mcp pointing at `lazarus tools serve-mcp`, run from an empty directory
+    # given `lazarus tools call --mcp "lazarus tools serve-mcp"` from an empty directory, the virtualenv not on PATH
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([LAZARUS, "tools", "call", "calculator", "--args", '{"expression": "347 * 29"}',
-                           "--mcp", f"{LAZARUS} tools serve-mcp"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+                           "--mcp", "lazarus tools serve-mcp"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env=env)
     # then it prints the result on one line
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "10063"

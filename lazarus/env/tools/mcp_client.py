@@ -15,9 +15,12 @@ import asyncio
 import logging
 import os
 import shlex
+import shutil
+import sys
 import threading
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
 
 from lazarus.env.tools.registry import Tool, ToolError
 
@@ -60,7 +63,7 @@ class MCPServerTools:
 
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
         env.update({k: v for k, v in os.environ.items() if k.startswith("LAZARUS_")})
-        params = StdioServerParameters(command=argv[0], args=argv[1:], env=env)
+        params = StdioServerParameters(command=_executable(argv[0]), args=argv[1:], env=env)
         self._closing = asyncio.Event()
         try:
             async with Client(params, read_timeout_seconds=self.timeout_s) as client:
@@ -128,6 +131,15 @@ class MCPServerTools:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _executable(name: str) -> str:
+    """`name` as given when PATH finds it, else this Python's scripts directory's copy (so
+    `lazarus tools serve-mcp` works from a virtualenv that is not activated)."""
+    if os.sep in name or shutil.which(name):
+        return name
+    sibling = Path(sys.executable).parent / name
+    return str(sibling) if sibling.is_file() else name
 
 
 def _describe(e: BaseException) -> str:
