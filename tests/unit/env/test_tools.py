@@ -87,3 +87,16 @@ def test_a_good_call_returns_the_result_as_a_tool_message_and_an_answer_ends_the
 def test_parse_finds_several_calls_in_order():
     text = call('{"name": "a", "arguments": {}}') + " and " + call('{"name": "b", "arguments": {"x": 1}}')
     assert [(c.name, c.arguments) for c in parse_tool_calls(text)] == [("a", {}), ("b", {"x": 1})]
+
+
+def test_reward_functions_are_the_trivial_one_step_env():
+    from lazarus.env.protocol import RewardEnv
+    from lazarus.env.rewards import RewardFunction, accuracy_reward, format_reward
+
+    env = RewardEnv([RewardFunction("accuracy", accuracy_reward), RewardFunction("format", format_reward, 0.5)])
+    env.reset({"prompt": "What is 2 * 3?", "answer": "6"})
+    right = env.step("2 * 3 = 6\nAnswer: 6")
+    env.reset({"prompt": "What is 2 * 4?", "answer": "8"})
+    wrong = env.step("Answer: 9")
+    assert right.done and right.reward == 1.5 and right.info["reward_components"] == {"accuracy": 1.0, "format": 1.0}
+    assert wrong.done and wrong.reward == 0.5
