@@ -9,6 +9,8 @@ observation the model can read), never a crash. MCP servers' tools are `Tool`s t
 from __future__ import annotations
 
 import inspect
+import json
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,9 +46,14 @@ _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", 
 
 def _json_type(annotation) -> dict:
     origin = typing.get_origin(annotation)
-    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+    if origin is typing.Union or origin is types.UnionType:
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _json_type(options[0]) if len(options) == 1 else {}
+        if len(options) != 1:
+            return {}
+        schema = _json_type(options[0])
+        if "type" in schema and len(options) < len(typing.get_args(annotation)):  # Optional[X]: X or null
+            schema["type"] = [schema["type"], "null"]
+        return schema
     if origin is typing.Literal:
         return {"enum": list(typing.get_args(annotation))}
     if origin in (list, tuple):
@@ -140,8 +147,6 @@ class Toolbox:
 
 
 def _json_text(value) -> str:
-    import json
-
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return json.dumps(value, ensure_ascii=False) if not isinstance(value, (int, float)) else str(value)
