@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast protos bench bench-experts lint clean
+.PHONY: install demo demo-tools test test-fast protos bench bench-experts lint clean
 
 install: $(STAMP)
 
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml scripts/install-blas.sh
 
 demo: install
 	$(VENV)/bin/lazarus demo
+
+demo-tools: install
+	$(VENV)/bin/lazarus demo tools
 
 test: install
 	$(VENV)/bin/pytest -q

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lazarus.errors import LazarusError
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -228,6 +228,33 @@ class RuntimeConfig(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
 
 
+class EnvConfig(Section):
+    name: Optional[str] = Field(
+        None, description="The env episodes run in: null = single-turn (the completion is scored by rl.rewards); "
+        "`tools` = multi-turn tool use (the model calls env.tools until it answers); or `module:factory`, a "
+        "function (settings: dict, toolbox) -> Env of your own.")
+    tools: list[Union[str, dict[str, str]]] = Field(
+        default_factory=lambda: ["calculator"],
+        description="Tools the model may call: `calculator`, `python` (the sandbox), `module:attr` (a `@tool`), "
+        "or {mcp: \"COMMAND ARGS\"} for every tool of an MCP server started over stdio.")
+    max_turns: int = Field(4, ge=1, le=64, description="Model turns per episode (the last one should answer).")
+    max_total_tokens: int = Field(
+        512, gt=0, description="Cap on an episode's completion tokens (model + env); the episode ends there.")
+    observation_max_tokens: int = Field(
+        128, gt=0, description="A tool result longer than this many tokens is truncated (with a marker).")
+    describe_tools: bool = Field(
+        True, description="Render the tools into the prompt (the template's tools=, else a system message). "
+        "Off: the prompt is the dataset's, for a model that already knows its tools (e.g. after SFT).")
+    turn_penalty: float = Field(0.0, ge=0, description="Subtracted from the reward for every tool-calling turn.")
+    failed_call_penalty: float = Field(
+        0.0, ge=0, description="Subtracted for every malformed, unknown-tool, invalid-argument or failed call.")
+    format_reward: float = Field(0.0, ge=0, description="Added for every well-formed call of a known tool.")
+    tool_timeout_s: float = Field(30.0, gt=0, le=3600, description="Deadline of one MCP tool call.")
+    sandbox_cpu_s: int = Field(5, gt=0, le=600, description="python tool: CPU seconds per run.")
+    sandbox_memory_mb: int = Field(512, ge=64, description="python tool: address-space limit per run.")
+    sandbox_wall_s: float = Field(10.0, gt=0, le=600, description="python tool: wall-clock limit per run.")
+
+
 class DemoConfig(Section):
     sft_steps: int = Field(300, gt=0, description="`lazarus demo`: SFT steps before GRPO.")
     sft_learning_rate: float = Field(2e-3, gt=0, description="`lazarus demo`: SFT learning rate (full fine-tuning).")
@@ -252,6 +279,7 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -135,7 +135,8 @@ def _mount_subcommands() -> None:
     """Sub-apps that live in their own modules."""
     import importlib
 
-    for name, module in (("ps", "lazarus.cli.ps"), ("data", "lazarus.cli.data"), ("experts", "lazarus.cli.experts")):
+    for name, module in (("ps", "lazarus.cli.ps"), ("data", "lazarus.cli.data"), ("experts", "lazarus.cli.experts"),
+                         ("tools", "lazarus.cli.tools")):
         try:
             sub = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -5,6 +5,10 @@ of a `RolloutTask` in one batched call, scores them with the reward functions (T
 returns one trajectory per completion, tagged with the task, the actor, the sampling settings and the
 policy versions at the start and end of generation. It knows nothing of processes or transports: the
 local launcher, `lazarus-actor` and the Ray actors all call this same function.
+
+When `task.env` names an env (`{"name": "tools", ...}`, the config's `env` section as `cfg.env.model_dump()`),
+the same call runs batched multi-turn episodes instead (`lazarus.env.multiturn`): each trajectory holds the
+whole episode, model and env tokens in order, loss mask 0 and logprob 0 on env tokens.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ def rollout(engine: Engine, task: RolloutTask, reward_functions: list[RewardFunc
     asked after generation for the learner's version then, recorded as `policy_version_end`. `scorer` has
     the signature of `rewards.score` (e.g. `env.pool.PooledScorer` for `runtime.env_workers`).
     """
+    if task.env.get("name"):
+        return _multi_turn(engine, task, reward_functions, policy_version, actor_id, stop, current_version)
     completions = engine.generate(task.prompts, task.group_size, sampling_params(task, stop))
     rows = [task.rows[c.prompt_index] for c in completions]
     total, components = scorer(reward_functions, [r.get("prompt") for r in rows], [c.text for c in completions],
@@ -46,3 +52,15 @@ def rollout(engine: Engine, task: RolloutTask, reward_functions: list[RewardFunc
                    reward_components={name: float(v[k]) for name, v in components.items()})
         for k, c in enumerate(completions)
     ]
+
+
+def _multi_turn(engine, task, reward_functions, policy_version, actor_id, stop, current_version) -> list[Trajectory]:
+    from lazarus.env.build import env_factory, env_settings
+    from lazarus.env.multiturn import run_episodes, trajectories_of
+
+    settings = env_settings(task.env)
+    results = run_episodes(engine, task, reward_functions, env_factory(settings), sampling_params(task, stop),
+                           max_turns=settings.max_turns, max_total_tokens=settings.max_total_tokens,
+                           observation_max_tokens=settings.observation_max_tokens)
+    end_version = max(policy_version, current_version()) if current_version is not None else policy_version
+    return trajectories_of(results, task, policy_version=policy_version, actor_id=actor_id, end_version=end_version)
