@@ -21,9 +21,12 @@ from __future__ import annotations
 
 from lazarus.errors import LazarusError
 import collections
+import errno
 import itertools
 import queue
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
@@ -39,6 +42,7 @@ from mlx.utils import tree_flatten
 
 from lazarus.data.trajectory import Trajectory, TrajectoryDecodeError
 from lazarus.distributed import auth, codec, experience_pb2_grpc
+from lazarus.distributed.guard import CallGuard, MethodLimit
 from lazarus.distributed import experience_pb2 as xpb
 from lazarus.distributed import parameter_server_pb2 as pb
 from lazarus.models.io import atomic_dir, read_json, save_safetensors, write_json
@@ -320,11 +324,15 @@ def _unflatten_optimizer_state(flat: dict[str, mx.array]) -> dict:
 
 
 class ParameterService:
-    """RPC handlers over a `ParameterStore`. PullWeights answers with pre-serialized messages."""
+    """RPC handlers over a `ParameterStore`. PullWeights answers with pre-serialized messages.
 
-    def __init__(self, store: ParameterStore, watch_poll_s: float = 1.0):
+    A WatchVersions stream ends by itself after `watch_window_s` (the client reopens it), so it never
+    reaches the server-side deadline at which the guard would cancel it.
+    """
+
+    def __init__(self, store: ParameterStore, watch_poll_s: float = 1.0, watch_window_s: float = 60.0):
         self.store = store
-        self.watch_poll_s = watch_poll_s
+        self.watch_poll_s, self.watch_window_s = watch_poll_s, watch_window_s
 
     def GetServerInfo(self, request, context):
         store = self.store
@@ -342,9 +350,12 @@ class ParameterService:
         yield from self.store.snapshot(request.scope).parts
 
     def WatchVersions(self, request, context):
-        last = request.after_version
+        last, end = request.after_version, time.monotonic() + self.watch_window_s
         while context.is_active() and not self.store._closed:
-            version = self.store.wait_for_version(last, self.watch_poll_s)
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            version = self.store.wait_for_version(last, min(self.watch_poll_s, left))
             if version is not None:
                 yield pb.VersionEvent(version=version).SerializeToString()
                 last = version
@@ -464,13 +475,17 @@ class ExperienceService(experience_pb2_grpc.ExperienceServicer):
 # -- the server ----------------------------------------------------------------------------------------
 
 
+class BindError(LazarusError, OSError):
+    """The server could not listen on its address; names the address and the reason."""
+
+
 class RunningServer:
     """A started gRPC server; `port` is the bound port (useful after binding port 0)."""
 
     def __init__(self, server: grpc.Server, store: ParameterStore, hub: ExperienceHub,
-                 health_servicer: health.HealthServicer, host: str, port: int):
+                 health_servicer: health.HealthServicer, host: str, port: int, guard: CallGuard | None = None):
         self.server, self.store, self.hub, self.health = server, store, hub, health_servicer
-        self.host, self.port = host, port
+        self.host, self.port, self.guard = host, port, guard
 
     @property
     def address(self) -> str:
@@ -481,6 +496,8 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         self.store.close()
         self.server.stop(grace).wait()
+        if self.guard is not None:
+            self.guard.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.server.wait_for_termination(timeout)
@@ -494,30 +511,66 @@ class RunningServer:
 
 def serve(store: ParameterStore, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
           tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
-          hub: ExperienceHub | None = None, max_workers: int = 32,
-          max_message_bytes: int = auth.MAX_MESSAGE_BYTES) -> RunningServer:
-    """Start serving `store` (and the Experience service) on host:port; port 0 lets the OS pick."""
+          hub: ExperienceHub | None = None, max_workers: int = 48,
+          max_message_bytes: int = auth.MAX_MESSAGE_BYTES,
+          limits: Mapping[str, MethodLimit] | None = None) -> RunningServer:
+    """Start serving `store` (and the Experience service) on host:port; port 0 lets the OS pick.
+
+    Every call but health's runs under `guard.CallGuard`: per-method concurrency `limits` (merged over
+    `guard.DEFAULT_LIMITS`), a server-side deadline and idle timeout, and a few of the `max_workers`
+    threads kept free for health checks. The port is bound without SO_REUSEPORT, so a second server on
+    the same port fails with "address already in use" instead of sharing its clients.
+    """
     auth.check_bind(host, token)
     codec.keep_message_buffers()
     if (tls_cert is None) != (tls_key is None):
-        raise ValueError("TLS needs both a certificate and a key file")
-    interceptors = [auth.TokenInterceptor(token)] if token else []
+        raise auth.TLSFileError("TLS needs both a certificate and a key file")
+    credentials = auth.server_credentials(tls_cert, tls_key) if tls_cert is not None else None
+    guard = CallGuard(max_workers, limits)
+    # The guard runs first, so it also sees (and logs) the calls the token interceptor refuses.
+    interceptors = [guard] + ([auth.TokenInterceptor(token)] if token else [])
+    options = auth.message_options(max_message_bytes) + [
+        ("grpc.so_reuseport", 0),
+    ]
+    # maximum_concurrent_rpcs bounds what gRPC queues for the pool; past it gRPC answers RESOURCE_EXHAUSTED.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lazarus-ps"),
-                         interceptors=interceptors, options=auth.message_options(max_message_bytes))
-    server.add_generic_rpc_handlers((ParameterService(store).handler(),))
+                         interceptors=interceptors, options=options, maximum_concurrent_rpcs=8 * max_workers)
+    watch_window_s = min(60.0, guard.limits["WatchVersions"].deadline_s / 2)
+    server.add_generic_rpc_handlers((ParameterService(store, watch_window_s=watch_window_s).handler(),))
     hub = hub or ExperienceHub(policy_version=lambda: store.version)
     experience_pb2_grpc.add_ExperienceServicer_to_server(ExperienceService(hub), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        if tls_cert is not None:
-            bound = server.add_secure_port(bind, auth.server_credentials(tls_cert, tls_key))
+        if credentials is not None:
+            bound = server.add_secure_port(bind, credentials)
         else:
             bound = server.add_insecure_port(bind)
-    except RuntimeError as e:
-        raise OSError(f"cannot bind {bind}: {e}") from None
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        guard.stop()
+        raise BindError(f"cannot listen on {bind}: {_bind_failure(host, port)}")
     server.start()
     for service in ("", SERVICE, "lazarus.v1.Experience"):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, store, hub, health_servicer, host, bound)
+    return RunningServer(server, store, hub, health_servicer, host, bound, guard)
+
+
+def _bind_failure(host: str, port: int) -> str:
+    """Why gRPC could not bind (it only says that it failed): try the same bind with a plain socket."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return f"cannot resolve {host} ({e.strerror})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does, so TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return "address already in use (is another server running on that port?)"
+            return e.strerror or str(e)
+    return "gRPC refused the address (the port is free to a plain socket)"
