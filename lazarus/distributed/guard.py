@@ -50,7 +50,7 @@ DEFAULT_LIMITS: dict[str, MethodLimit] = {
     "PushGradients": MethodLimit(limit=4, deadline_s=600.0, idle_s=30.0),
     "WatchVersions": MethodLimit(limit=8, deadline_s=120.0, idle_s=None),
     "GetServerInfo": MethodLimit(limit=8, deadline_s=30.0, idle_s=None),
-    "MapSnapshot": MethodLimit(limit=8, deadline_s=30.0, idle_s=None),
+    "ShareWeights": MethodLimit(limit=8, deadline_s=30.0, idle_s=None),
 }
 OTHER = MethodLimit(limit=8, deadline_s=60.0, idle_s=None)
 

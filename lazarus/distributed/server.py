@@ -14,7 +14,8 @@ With a `state_dir`, the store checkpoints weights, optimizer state and version a
 waiting for a sync step are not checkpointed: after a restart, workers push them again.
 
 `serve()` puts the store (and an `ExperienceHub`) behind a gRPC server with the health service, the
-token interceptor and the size limits of `auth`.
+token interceptor and the size limits of `auth`, every call under the limits of `guard`; clients on the
+same host get each version through sealed shared memory (`shared`) instead of a stream.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from mlx.utils import tree_flatten
 from lazarus.data.trajectory import Trajectory, TrajectoryDecodeError
 from lazarus.distributed import auth, codec, experience_pb2_grpc
 from lazarus.distributed.guard import CallGuard, MethodLimit
+from lazarus.distributed.shared import SharedSnapshots
 from lazarus.distributed import experience_pb2 as xpb
 from lazarus.distributed import parameter_server_pb2 as pb
 from lazarus.models.io import atomic_dir, read_json, save_safetensors, write_json
@@ -327,12 +329,14 @@ class ParameterService:
     """RPC handlers over a `ParameterStore`. PullWeights answers with pre-serialized messages.
 
     A WatchVersions stream ends by itself after `watch_window_s` (the client reopens it), so it never
-    reaches the server-side deadline at which the guard would cancel it.
+    reaches the server-side deadline at which the guard would cancel it. ShareWeights hands a loopback
+    peer the current snapshot in sealed shared memory (`shared`), one copy per version for the host.
     """
 
     def __init__(self, store: ParameterStore, watch_poll_s: float = 1.0, watch_window_s: float = 60.0):
         self.store = store
         self.watch_poll_s, self.watch_window_s = watch_poll_s, watch_window_s
+        self.shared = SharedSnapshots(store.snapshot)
 
     def GetServerInfo(self, request, context):
         store = self.store
@@ -348,6 +352,17 @@ class ParameterService:
             yield codec.unchanged_header(version, request.scope)
             return
         yield from self.store.snapshot(request.scope).parts
+
+    def ShareWeights(self, request, context):
+        if request.scope not in (pb.SCOPE_FULL, pb.SCOPE_TRAINABLE):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown scope {request.scope}")
+        if not _is_loopback_peer(context.peer()):
+            return pb.SharedSnapshot(available=False, reason="shared memory is for callers on the server's host")
+        version = self.store.version
+        if request.have_version >= version:
+            return pb.SharedSnapshot(available=True, header=pb.SnapshotHeader(
+                version=version, scope=request.scope, unchanged=True))
+        return self.shared.share(request.scope)
 
     def WatchVersions(self, request, context):
         last, end = request.after_version, time.monotonic() + self.watch_window_s
@@ -396,10 +411,21 @@ class ParameterService:
                 self.PullWeights, request_deserializer=pb.PullRequest.FromString),
             "WatchVersions": grpc.unary_stream_rpc_method_handler(
                 self.WatchVersions, request_deserializer=pb.WatchRequest.FromString),
+            "ShareWeights": grpc.unary_unary_rpc_method_handler(
+                self.ShareWeights, request_deserializer=pb.PullRequest.FromString,
+                response_serializer=pb.SharedSnapshot.SerializeToString),
             "PushGradients": grpc.stream_unary_rpc_method_handler(
                 self.PushGradients, request_deserializer=None,  # raw: the codec reads chunks without copies
                 response_serializer=pb.PushResult.SerializeToString),
         })
+
+
+def _is_loopback_peer(peer: str) -> bool:
+    """Whether a gRPC peer string (ipv4:127.0.0.1:5000, ipv6:[::1]:5000) is this host's loopback."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return False
+    return auth.is_loopback(rest.rsplit(":", 1)[0].strip("[]"))
 
 
 # -- gRPC: Experience (skeleton: queues the runtime fills and drains) ---------------------------------
@@ -483,9 +509,10 @@ class RunningServer:
     """A started gRPC server; `port` is the bound port (useful after binding port 0)."""
 
     def __init__(self, server: grpc.Server, store: ParameterStore, hub: ExperienceHub,
-                 health_servicer: health.HealthServicer, host: str, port: int, guard: CallGuard | None = None):
+                 health_servicer: health.HealthServicer, host: str, port: int, guard: CallGuard | None = None,
+                 shared: SharedSnapshots | None = None):
         self.server, self.store, self.hub, self.health = server, store, hub, health_servicer
-        self.host, self.port, self.guard = host, port, guard
+        self.host, self.port, self.guard, self.shared = host, port, guard, shared
 
     @property
     def address(self) -> str:
@@ -498,6 +525,8 @@ class RunningServer:
         self.server.stop(grace).wait()
         if self.guard is not None:
             self.guard.stop()
+        if self.shared is not None:
+            self.shared.close()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.server.wait_for_termination(timeout)
@@ -536,7 +565,8 @@ def serve(store: ParameterStore, host: str = "127.0.0.1", port: int = 0, token: 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lazarus-ps"),
                          interceptors=interceptors, options=options, maximum_concurrent_rpcs=8 * max_workers)
     watch_window_s = min(60.0, guard.limits["WatchVersions"].deadline_s / 2)
-    server.add_generic_rpc_handlers((ParameterService(store, watch_window_s=watch_window_s).handler(),))
+    parameters = ParameterService(store, watch_window_s=watch_window_s)
+    server.add_generic_rpc_handlers((parameters.handler(),))
     hub = hub or ExperienceHub(policy_version=lambda: store.version)
     experience_pb2_grpc.add_ExperienceServicer_to_server(ExperienceService(hub), server)
     health_servicer = health.HealthServicer()
@@ -555,7 +585,7 @@ def serve(store: ParameterStore, host: str = "127.0.0.1", port: int = 0, token: 
     server.start()
     for service in ("", SERVICE, "lazarus.v1.Experience"):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, store, hub, health_servicer, host, bound, guard)
+    return RunningServer(server, store, hub, health_servicer, host, bound, guard, parameters.shared)
 
 
 def _bind_failure(host: str, port: int) -> str:
