@@ -97,7 +97,8 @@ class SharedSnapshots:
             if self._closed:
                 return pb.SharedSnapshot(available=False, reason="server is stopping")
             segment = self._segments.get(scope)
-            if segment is None or segment.header.sha256 != encoded.header.sha256:
+            key = (encoded.header.version, encoded.header.sha256)  # a new version, even of equal bytes, is new
+            if segment is None or (segment.header.version, segment.header.sha256) != key:
                 if segment is not None:
                     segment.close()
                 self._segments[scope] = segment = _Segment(encoded)

@@ -101,6 +101,10 @@ def test_a_new_version_replaces_the_segment_and_a_stale_answer_is_refused_not_mi
             read_shared(stale)
         # and the new one reads as version 1
         assert mx.array_equal(read_shared(fresh)["embed.weight"], weights["embed.weight"] + 1).item()
+        # and a version with the same bytes as the last is still a new version to its pullers
+        store.publish({"embed.weight": weights["embed.weight"] + 1})
+        with ParameterClient(server.address, timeout=10) as client:
+            assert client.pull_if_newer(1).version == 2
 
 
 def test_stopping_the_server_leaves_no_shared_memory_behind():
