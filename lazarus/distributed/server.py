@@ -572,24 +572,27 @@ def serve(store: ParameterStore, host: str = "127.0.0.1", port: int = 0, token: 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        if credentials is not None:
-            bound = server.add_secure_port(bind, credentials)
-        else:
-            bound = server.add_insecure_port(bind)
-    except RuntimeError:
-        bound = 0
-    if not bound:
+    # Try the address with a plain socket first: gRPC only says that binding failed (and logs a line of its own).
+    cause = _bind_failure(host, port) if port else None
+    bound = 0
+    if cause is None:
+        try:
+            bound = server.add_secure_port(bind, credentials) if credentials else server.add_insecure_port(bind)
+        except RuntimeError:
+            pass
+        if not bound:
+            cause = _bind_failure(host, port) or "gRPC refused the address (a plain socket could bind it)"
+    if cause is not None:
         guard.stop()
-        raise BindError(f"cannot listen on {bind}: {_bind_failure(host, port)}")
+        raise BindError(f"cannot listen on {bind}: {cause}")
     server.start()
     for service in ("", SERVICE, "lazarus.v1.Experience"):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, store, hub, health_servicer, host, bound, guard, parameters.shared)
 
 
-def _bind_failure(host: str, port: int) -> str:
-    """Why gRPC could not bind (it only says that it failed): try the same bind with a plain socket."""
+def _bind_failure(host: str, port: int) -> str | None:
+    """Why binding host:port fails for a plain socket (as gRPC binds it), or None if it does not."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
@@ -603,4 +606,4 @@ def _bind_failure(host: str, port: int) -> str:
             if e.errno == errno.EADDRINUSE:
                 return "address already in use (is another server running on that port?)"
             return e.strerror or str(e)
-    return "gRPC refused the address (the port is free to a plain socket)"
+    return None
