@@ -2,8 +2,9 @@
 
 Every call has a deadline (the client's `timeout` unless given). Transient failures (server down or
 restarting, connection reset mid-stream) are retried with exponential backoff and jitter until the
-retries or the deadline run out; the channel reconnects on its own once the server is back. A push
-carries a unique id, so a retried push is applied once.
+retries or the deadline run out (a call the server refused as busy, until the deadline); the channel
+reconnects on its own once the server is back. A push carries a unique id, so a retried push is
+applied once.
 
 A client of a server on this host (a loopback address) pulls through the server's sealed shared memory
 (`shared`): the same versions, header and checksums, one copy of the snapshot for all the host's
@@ -233,7 +234,7 @@ class ParameterClient:
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     continue
-                if e.code() not in TRANSIENT or failures >= self.retries:
+                if not _busy(e) and (e.code() not in TRANSIENT or failures >= self.retries):
                     raise _error("WatchVersions", self.address, e) from None
                 failures += 1
                 time.sleep(self._delay(failures, deadline))
@@ -265,21 +266,26 @@ class ParameterClient:
 
     def _retrying(self, method: str, timeout: float | None, call: Callable[[float], T]) -> T:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        attempt = 0
+        attempt, last = 0, ""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ServerUnavailable(f"{self.address}: {method} got no answer within the deadline "
-                                        f"({attempt} attempts)", grpc.StatusCode.DEADLINE_EXCEEDED)
+                                        f"({attempt} attempts{last})", grpc.StatusCode.DEADLINE_EXCEEDED)
             try:
                 return call(remaining)
             except grpc.RpcError as e:
-                attempt += 1
-                if e.code() not in TRANSIENT or attempt > self.retries:
+                attempt, last = attempt + 1, f"; last: {e.details()}"
+                if not _busy(e) and (e.code() not in TRANSIENT or attempt > self.retries):
                     raise _error(method, self.address, e) from None
                 time.sleep(self._delay(attempt, deadline))
             except codec.CodecError as e:
                 raise ParameterServerError(f"{self.address}: {method}: {e}") from None
+
+
+def _busy(e: grpc.RpcError) -> bool:
+    """The server shed this call at its concurrency limit (`guard`): retried until the deadline, not counted."""
+    return e.code() == grpc.StatusCode.UNAVAILABLE and (e.details() or "").startswith("server busy")
 
 
 class _Stream(Exception):

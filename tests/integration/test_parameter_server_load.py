@@ -110,6 +110,30 @@ def test_calls_over_a_method_limit_are_refused_as_busy_and_health_still_answers(
         assert store.version == 0
 
 
+def test_a_client_refused_as_busy_retries_until_its_deadline_and_gets_through_when_a_slot_frees():
+    # given a server allowing one push at a time, held by a stalled push
+    weights = small_weights()
+    store = ParameterStore(weights, mode="async", max_staleness=1)
+    limits = {"PushGradients": MethodLimit(limit=1, deadline_s=60, idle_s=60)}
+    release = threading.Event()
+    with serve(store, limits=limits) as server, grpc.insecure_channel(server.address) as channel:
+        stalled = stalled_push(channel, push_header(weights), release)
+        assert settles(lambda: server.guard.running("PushGradients") == 1)
+        # when a client that allows no retries for failures pushes, and the stall ends a moment later
+        results = []
+        with ParameterClient(server.address, timeout=30, retries=0) as client:
+            pushing = threading.Thread(target=lambda: results.append(
+                client.push_gradients({k: mx.zeros_like(v) for k, v in weights.items()}, 0)))
+            pushing.start()
+            time.sleep(0.5)
+            release.set()
+            pushing.join()
+        # then its push went through: busy is back-pressure, retried until the deadline, not a failure
+        assert results and results[0].applied and store.version == 1
+        with pytest.raises(grpc.RpcError):
+            stalled.result(timeout=10)
+
+
 def test_a_watch_is_ended_at_its_server_deadline_and_the_client_reopens_it():
     # given a server whose watches last at most 1 s
     store = ParameterStore(small_weights(), mode="async", max_staleness=1)

@@ -3,6 +3,10 @@ replaced per version, nothing left behind."""
 
 import errno
 import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import mlx.core as mx
@@ -117,3 +121,18 @@ def test_stopping_the_server_leaves_no_shared_memory_behind():
     # when it stops, then its segment is closed (the kernel frees it with the last reader)
     server.stop(grace=0)
     assert lazarus_memfds() == before
+
+
+@pytest.mark.slow
+def test_the_weights_bench_prints_the_stream_vs_tcp_rows_and_the_broadcast_ratio():
+    # given the broadcast benchmark in quick mode (8 MB, 1 and 2 clients)
+    bench = Path(__file__).resolve().parents[2] / "bench" / "weights.py"
+    # when it runs as its own process
+    result = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=600,
+                            cwd=bench.parent.parent)
+    assert result.returncode == 0, result.stderr[-4000:]
+    # then it prints a one-client steady row against raw TCP and the broadcast ratio, both positive
+    steady = re.search(r"^\s*1\s+steady\s.*\s([0-9.]+)$", result.stdout, re.MULTILINE)
+    ratio = re.search(r"broadcast 2 clients vs 1: time ratio ([0-9.]+)", result.stdout)
+    assert steady and float(steady.group(1)) > 0, result.stdout
+    assert ratio and float(ratio.group(1)) > 0, result.stdout
