@@ -297,8 +297,8 @@ def test_soak_64_clients_mixing_pulls_pushes_stalls_and_garbage_never_starve_hea
                                 pass
                     except ParameterServerError as e:
                         with lock:
-                            if e.code == grpc.StatusCode.UNAVAILABLE and "busy" in str(e):
-                                busy[0] += 1  # shed under load after the client's retries: allowed
+                            if "server busy" in str(e):
+                                busy[0] += 1  # shed under load until the client's deadline: allowed
                             elif e.code != grpc.StatusCode.FAILED_PRECONDITION:  # too stale: a legitimate refusal
                                 errors.append(f"{action}: {e}")
                     except AssertionError as e:
