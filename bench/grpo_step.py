@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import resource
 import statistics
 import subprocess
@@ -201,7 +202,8 @@ def run_trl(python: Path, prepared: tuple[Path, Path, Path], steps: int, samplin
                "--data", str(data), "--out", str(work / "trl"), "--steps", str(steps), "--prompts", str(PROMPTS),
                "--group", str(GROUP), "--new-tokens", str(NEW_TOKENS), "--lora-rank", str(LORA_RANK),
                "--top-k", knobs.get("generation.top_k", "0"), "--top-p", knobs.get("generation.top_p", "1.0")]
-    done = subprocess.run(command, capture_output=True, text=True)
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # nothing to fetch
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **offline})
     lines = [line for line in done.stdout.splitlines() if line.startswith("{\"step_s\"")]
     if done.returncode or not lines:
         raise SystemExit(f"TRL peer failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -244,12 +246,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Micro model, 2 steps (a smoke run).")
     parser.add_argument("--peer", choices=["trl"], help="Also run this peer on the same step, in this run.")
     parser.add_argument("--peer-python", type=Path, default=PEERS_PYTHON, help="Python of the peers venv.")
+    parser.add_argument("--threads", type=int, help="BLAS/OpenMP threads for every process of the run (both "
+                        "frameworks); on a machine shared with other work, 1 avoids threads waiting on each other")
     args = parser.parse_args()
+    if args.threads:  # the measured processes are spawned after this, so they start with it
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(args.threads)
     sizes = ["micro"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
     steps = 2 if args.quick else args.steps
     if args.peer == "trl":
         print(f"GRPO step, Lazarus vs TRL: {PROMPTS} prompts x {GROUP} completions x {NEW_TOKENS} new tokens, "
-              f"LoRA r{LORA_RANK}, beta 0, float32, {steps} steps per size and sampling", flush=True)
+              f"LoRA r{LORA_RANK}, beta 0, float32, {steps} steps per size and sampling, "
+              f"{args.threads or 'default'} threads", flush=True)
         compare_with_trl(sizes, steps, args.peer_python)
         return
     baseline_repeats = 1 if args.quick else 3
