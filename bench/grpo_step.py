@@ -11,7 +11,8 @@ Baseline in the same process: the step's 32 completions generated in one batch (
 vs the same engine limited to 4 sequences at a time (how mlx-lm-lora generates); the ratio printed is
 batched tokens/s / 4-at-a-time tokens/s (higher is better).
 
-The reward is a stand-in that differs between completions of a prompt (the share of digits in the text):
+The reward is a stand-in that differs between completions of a prompt (the share of digits in the text,
+plus a small length term):
 a random-init model never answers right, and a batch whose groups all score alike skips the update.
 
 Then, for the update's forward pass on the step's batch shape: its time, the time of the same model's
@@ -71,8 +72,9 @@ PEERS = {
 
 
 def digit_share(prompts, completions, **_) -> list[float]:
-    """Stand-in reward that differs between completions of one prompt: the share of digits in the text."""
-    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+    """Stand-in reward that differs between completions of one prompt: the share of digits in the text, plus a
+    term of 0.001 per 100 characters so that a group with no digits at all (likely under top-k) still varies."""
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) + 1e-5 * len(c) for c in completions]
 
 
 def peak_rss_gb() -> float:

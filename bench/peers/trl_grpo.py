@@ -3,10 +3,10 @@
 Runs in the separate peers venv (`make bench-peers`: torch on the CPU, TRL, transformers, peft), never in
 the project's: it imports nothing of Lazarus. Same model directory (our random-init llama, which
 transformers loads as a LlamaForCausalLM), same prompts (the `prompt` column through the same chat
-template), same reward (the share of digits in the completion), same settings: 4 prompts x 8 completions
-x 32 new tokens (EOS cannot end a completion early), LoRA rank 8 / alpha 16 on every linear layer,
-float32, beta 0, temperature 1, optional top-k / top-p. Prints one JSON line: seconds per step (median
-of the steps after the first) and the process's peak RSS.
+template), same reward (the share of digits in the completion, plus a small length term), same
+settings: 4 prompts x 8 completions x 32 new tokens (EOS cannot end a completion early), LoRA rank 8 /
+alpha 16 on every linear layer, float32, beta 0, temperature 1, optional top-k / top-p. Prints one JSON
+line: seconds per step (median of the steps after the first) and the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import time
 
 
 def digit_share(prompts, completions, **_) -> list[float]:
-    """The share of digits in each completion's text (conversational completions are message lists)."""
+    """grpo_step.py's reward: the share of digits in each completion's text plus 0.001 per 100 characters
+    (conversational completions are message lists)."""
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-    return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
+    return [sum(ch.isdigit() for ch in t) / max(len(t), 1) + 1e-5 * len(t) for t in texts]
 
 
 def main() -> None:
