@@ -52,3 +52,12 @@ lint: install
 
 clean:
 	rm -rf runs .pytest_cache
+
+# TRL's GRPOTrainer (torch on the CPU) in a separate venv, for `bench/grpo_step.py --peer trl`: the same GRPO
+# step side by side in one run. Never a project dependency.
+PEERS_VENV ?= .venv-peers
+.PHONY: bench-peers
+bench-peers: install
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q torch trl transformers peft datasets
+	$(PY) bench/grpo_step.py --peer trl --peer-python $(PEERS_VENV)/bin/python

@@ -11,7 +11,8 @@ Baseline in the same process: the step's 32 completions generated in one batch (
 vs the same engine limited to 4 sequences at a time (how mlx-lm-lora generates); the ratio printed is
 batched tokens/s / 4-at-a-time tokens/s (higher is better).
 
-The reward is a stand-in that differs between completions of a prompt (the share of digits in the text):
+The reward is a stand-in that differs between completions of a prompt (the share of digits in the text,
+plus a small length term):
 a random-init model never answers right, and a batch whose groups all score alike skips the update.
 
 Then, for the update's forward pass on the step's batch shape: its time, the time of the same model's
@@ -19,15 +20,23 @@ matmuls alone (and their GFLOP/s), and `exp` per element in MLX against NumPy. O
 backend has no SIMD transcendental functions, so softmax, SiLU and log-softmax cost far more than their
 matmuls there (Apple silicon runs them vectorized, or on the GPU).
 
-The peers' figures are fixed constants measured earlier on this machine, not in this run.
+Without `--peer`, the peers' figures are fixed constants measured earlier on this machine, not in this run.
+With `--peer trl`, TRL's GRPOTrainer (torch on the CPU, from the separate venv that `make bench-peers`
+builds, never a project dependency) runs the same step in the same run: the same model directory,
+prompts, reward and settings (bench/peers/trl_grpo.py), with and without top-k 20 / top-p 0.95, each
+size and setting in fresh processes; it prints `ratio lazarus/trl` for seconds per step and peak RSS
+(lower is better for Lazarus).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,8 +72,9 @@ PEERS = {
 
 
 def digit_share(prompts, completions, **_) -> list[float]:
-    """Stand-in reward that differs between completions of one prompt: the share of digits in the text."""
-    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+    """Stand-in reward that differs between completions of one prompt: the share of digits in the text, plus a
+    term of 0.001 per 100 characters so that a group with no digits at all (likely under top-k) still varies."""
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) + 1e-5 * len(c) for c in completions]
 
 
 def peak_rss_gb() -> float:
@@ -78,17 +88,27 @@ def generation_tokens_per_s(engine: Engine, prompt_ids, params) -> float:
     return sum(len(c.token_ids) for c in completions) / (time.perf_counter() - start)
 
 
-def run_size(size: str, steps: int, baseline_repeats: int) -> dict:
-    """Run `steps` GRPO steps on a fresh random-init llama of `size`; print one line per step."""
+def prepare(size: str, steps: int) -> tuple[Path, Path, Path]:
+    """A scratch directory with the step's data and a fresh random-init llama of `size` (seed 0)."""
     work = Path(tempfile.mkdtemp(prefix=f"lazarus-bench-grpo-{size}-"))
     write_math_dataset(work / "data", n_train=PROMPTS * max(steps, 1), n_eval=0, kinds=["arithmetic"], seed=0)
-    model_dir = init_model("llama", size, work / f"llama-{size}", seed=0)
+    return work, work / "data" / "rl_train.jsonl", init_model("llama", size, work / f"llama-{size}", seed=0)
+
+
+def run_size(size: str, steps: int, baseline_repeats: int, sampling: tuple[str, ...] = (),
+             prepared: tuple[Path, Path, Path] | None = None, breakdown: bool = True) -> dict:
+    """Run `steps` GRPO steps on a fresh random-init llama of `size`; print one line per step.
+
+    `sampling` adds config overrides (e.g. generation.top_k=20); `prepared` reuses a `prepare` result (the
+    peer runs on the same files); `breakdown` adds the batched-generation baseline and the forward breakdown.
+    """
+    work, data, model_dir = prepared or prepare(size, steps)
     cfg = load_config(None, [
-        "algorithm=grpo", f"model.path={model_dir}", f"data.train={work}/data/rl_train.jsonl",
+        "algorithm=grpo", f"model.path={model_dir}", f"data.train={data}",
         f"training.run_dir={work}/run", "training.progress=false", f"training.batch_size={PROMPTS}",
         f"training.max_steps={steps}", f"generation.num_generations={GROUP}",
         f"generation.max_new_tokens={NEW_TOKENS}", "generation.temperature=1.0", "rl.beta=0",
-        "lora.enabled=true", f"lora.rank={LORA_RANK}"])
+        "lora.enabled=true", f"lora.rank={LORA_RANK}", *sampling])
     trainer = build_trainer(cfg)
     # A random-init model never answers right, so with the accuracy reward every group would score 0 and
     # the trainer would (rightly) skip the update. The peers ran the update every step; so does this.
@@ -115,6 +135,9 @@ def run_size(size: str, steps: int, baseline_repeats: int) -> dict:
             rows.append(row)
             print(f"{trainer.step:>4} {row['step_s']:>7.3f} {row['gen_s']:>7.3f} {row['update_s']:>8.3f} "
                   f"{row['gen_tok_s']:>9.0f} {row['rss_gb']:>11.3f} {row['mlx_gb']:>12.3f} {row['peak_gb']:>14.3f}")
+        if not breakdown:
+            timed = rows[1:] or rows
+            return {k: statistics.median(r[k] for r in timed) for k in timed[0]}
 
         prompt_ids = [trainer.prompt_ids[i] for i in range(PROMPTS)]
         params = trainer.sampling_params()
@@ -169,14 +192,76 @@ def forward_breakdown(model, rows: int, width: int) -> dict:
             "mlx_exp_ns": mlx_exp * 1e9, "numpy_exp_ns": numpy_exp * 1e9, "rows": rows, "width": width}
 
 
+SAMPLINGS = {"T=1": (), "top-k 20, top-p 0.95": ("generation.top_k=20", "generation.top_p=0.95")}
+PEERS_PYTHON = Path(__file__).resolve().parent.parent / ".venv-peers" / "bin" / "python"
+
+
+def run_trl(python: Path, prepared: tuple[Path, Path, Path], steps: int, sampling: tuple[str, ...]) -> dict:
+    """TRL's GRPOTrainer on the same files and settings, in the peers venv; its JSON summary."""
+    work, data, model_dir = prepared
+    knobs = dict(item.split("=", 1) for item in sampling)
+    command = [str(python), str(Path(__file__).resolve().parent / "peers" / "trl_grpo.py"), "--model", str(model_dir),
+               "--data", str(data), "--out", str(work / "trl"), "--steps", str(steps), "--prompts", str(PROMPTS),
+               "--group", str(GROUP), "--new-tokens", str(NEW_TOKENS), "--lora-rank", str(LORA_RANK),
+               "--top-k", knobs.get("generation.top_k", "0"), "--top-p", knobs.get("generation.top_p", "1.0")]
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # nothing to fetch
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **offline})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{\"step_s\"")]
+    if done.returncode or not lines:
+        raise SystemExit(f"TRL peer failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def compare_with_trl(sizes: list[str], steps: int, python: Path) -> None:
+    if not python.exists():
+        raise SystemExit(f"no TRL peer venv at {python}: run `make bench-peers` (torch, TRL, transformers, peft)")
+    spawn = multiprocessing.get_context("spawn")
+    results = []
+    for size in sizes:
+        prepared = prepare(size, steps)
+        for name, sampling in SAMPLINGS.items():
+            print(f"\n-- {size}, {name}: Lazarus", flush=True)
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                ours = pool.submit(run_size, size, steps, 0, sampling, prepared, False).result()
+            print(f"-- {size}, {name}: TRL", flush=True)
+            theirs = run_trl(python, prepared, steps, sampling)
+            print(f"   TRL {theirs['trl']} (torch {theirs['torch']}, {theirs['threads']} threads): "
+                  f"{theirs['step_s']:.3f} s/step, peak RSS {theirs['rss_gb']:.3f} GB", flush=True)
+            results.append((size, name, ours, theirs))
+    print(f"\nLazarus vs TRL GRPOTrainer, same model, data, reward and settings, this run (median of steps 2-{steps}; "
+          f"lower ratio is better for Lazarus)")
+    print(f"{'size':>6}  {'sampling':<22} {'lazarus s/step':>14} {'trl s/step':>10} {'ratio lazarus/trl':>17}  "
+          f"{'lazarus RSS GB':>14} {'trl RSS GB':>10} {'ratio lazarus/trl':>17}")
+    for size, name, ours, theirs in results:
+        print(f"{size:>6}  {name:<22} {ours['step_s']:>14.3f} {theirs['step_s']:>10.3f} "
+              f"{ours['step_s'] / theirs['step_s']:>17.2f}  {ours['rss_gb']:>14.3f} {theirs['rss_gb']:>10.3f} "
+              f"{ours['rss_gb'] / theirs['rss_gb']:>17.2f}")
+    for size, name, ours, theirs in results:
+        print(f"ratio lazarus/trl {size} {name}: s/step {ours['step_s'] / theirs['step_s']:.2f}, "
+              f"peak RSS {ours['rss_gb'] / theirs['rss_gb']:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="tiny,small", help="Comma-separated random-init llama sizes.")
     parser.add_argument("--steps", type=int, default=5, help="GRPO steps per size (step 1 is the warm-up).")
     parser.add_argument("--quick", action="store_true", help="Micro model, 2 steps (a smoke run).")
+    parser.add_argument("--peer", choices=["trl"], help="Also run this peer on the same step, in this run.")
+    parser.add_argument("--peer-python", type=Path, default=PEERS_PYTHON, help="Python of the peers venv.")
+    parser.add_argument("--threads", type=int, help="BLAS/OpenMP threads for every process of the run (both "
+                        "frameworks); on a machine shared with other work, 1 avoids threads waiting on each other")
     args = parser.parse_args()
+    if args.threads:  # the measured processes are spawned after this, so they start with it
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(args.threads)
     sizes = ["micro"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
     steps = 2 if args.quick else args.steps
+    if args.peer == "trl":
+        print(f"GRPO step, Lazarus vs TRL: {PROMPTS} prompts x {GROUP} completions x {NEW_TOKENS} new tokens, "
+              f"LoRA r{LORA_RANK}, beta 0, float32, {steps} steps per size and sampling, "
+              f"{args.threads or 'default'} threads", flush=True)
+        compare_with_trl(sizes, steps, args.peer_python)
+        return
     baseline_repeats = 1 if args.quick else 3
     print(f"GRPO step: {PROMPTS} prompts x {GROUP} completions x {NEW_TOKENS} new tokens, LoRA r{LORA_RANK}, "
           f"beta 0, {steps} steps per size (medians exclude step 1)", flush=True)

@@ -1,11 +1,20 @@
-"""Weight broadcast benchmark: parameter server pulls vs raw TCP `sendall` on loopback, same run.
+"""Weight broadcast benchmark: how fast a new version reaches the actors, measured in one run.
 
-For a 100 MB and a 1 GB float32 snapshot, 1, 2 and 4 client processes pull at once; each gRPC client
-decodes and verifies the snapshot into MLX arrays (sha256 per chunk and per snapshot), each raw TCP
-client only `recv_into`s a buffer. Prints MB/s for both and their ratio (target: >= 0.3 for one
-client), then the bytes a LoRA-only sync moves against a full sync of the same model.
+1. The gRPC stream against raw TCP `sendall` on loopback: for a 100 MB float32 snapshot, 1, 2 and 4
+   client processes pull at once; each gRPC client decodes and verifies the snapshot into MLX arrays
+   (sha256 per chunk and per snapshot), each raw TCP client only `recv_into`s a buffer. Prints MB/s for
+   both and their ratio (target: >= 0.3 for one client, steady). The same for 1 GB and one client last.
+2. Broadcast: the learner publishes a new version and 1, 2, 4 or 8 actor processes on this host pull it;
+   the time is from `publish` until the last actor holds the whole version in MLX arrays, so it includes
+   the server serializing the version once. Actors use the client's default (the server's sealed
+   shared memory, since they are on its host), then, for comparison, the gRPC stream alone. Prints
+   `broadcast 8 clients vs 1: time ratio R` (target: <= 1.5).
+3. The bytes a LoRA-only sync moves against a full sync of the same model.
 
-    .venv/bin/python bench/weights.py            # full run (needs ~12 GB of RAM for 1 GB x 4 clients)
+Every figure is a ratio against a baseline measured in the same run; on a machine shared with other
+work the absolute numbers move, the ratios less so.
+
+    .venv/bin/python bench/weights.py            # full run (~3 GB of RAM)
     .venv/bin/python bench/weights.py --quick    # small sizes, seconds (CI)
 """
 
@@ -14,6 +23,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import socket
+import statistics
 import tempfile
 import threading
 import time
@@ -49,7 +59,7 @@ def snapshot_weights(total_bytes: int, tensor_bytes: int = 32 * MB) -> dict[str,
 def grpc_client(address: str, ready, go, results) -> None:
     from lazarus.distributed.client import ParameterClient
 
-    with ParameterClient(address, timeout=600) as client:
+    with ParameterClient(address, timeout=600, shared_memory=False) as client:
         client.info()  # connect before the clock starts
         for pull in range(PULLS):
             ready.put(pull)
@@ -128,7 +138,7 @@ def raw_tcp_server(payload: bytes, n: int) -> tuple[tuple[str, int], threading.T
     return listener.getsockname(), thread
 
 
-def bench_broadcast(size: int, client_counts: list[int]) -> None:
+def bench_stream_vs_tcp(size: int, client_counts: list[int]) -> None:
     from lazarus.distributed.server import ParameterStore, serve
 
     weights = snapshot_weights(size)
@@ -152,6 +162,65 @@ def bench_broadcast(size: int, client_counts: list[int]) -> None:
                 print(f"{n:>7}  {name:>6}  {grpc_total:>10.0f}  {grpc_each:>10.0f}  {tcp_total:>12.0f}  "
                       f"{tcp_each:>10.0f}  {grpc_total / tcp_total:>5.2f}", flush=True)
     del payload, encoded
+
+
+# -- broadcast: publish -> every actor on this host holds the new version --------------------------------
+
+
+def actor(address: str, shared_memory: bool, ready, go, results) -> None:
+    """An actor process: pull each new version when told one was published; report when it holds it."""
+    from lazarus.distributed.client import ParameterClient
+
+    with ParameterClient(address, timeout=600, shared_memory=shared_memory) as client:
+        have = client.pull_if_newer(-1).version  # connected, buffers warm, holding the current version
+        for round_ in range(PULLS):
+            ready.put(round_)
+            go[round_].wait()
+            snapshot = client.pull_if_newer(have)
+            results.put((round_, time.time(), sum(v.nbytes for v in snapshot.weights.values())))
+            have = snapshot.version
+            del snapshot
+
+
+def broadcast_seconds(store, address: str, shared_memory: bool, n: int) -> list[float]:
+    """For each of `PULLS` rounds: seconds from publishing a new version until the last of `n` actors holds it."""
+    ctx = mp.get_context("spawn")
+    ready, go, results = ctx.Queue(), [ctx.Event() for _ in range(PULLS)], ctx.Queue()
+    procs = [ctx.Process(target=actor, args=(address, shared_memory, ready, go, results)) for _ in range(n)]
+    [p.start() for p in procs]
+    seconds = []
+    for round_ in range(PULLS):
+        [ready.get(timeout=900) for _ in range(n)]
+        published = time.time()
+        store.publish(store.weights)  # version + 1 (same values: the cost of a version does not depend on them)
+        go[round_].set()  # as WatchVersions would tell them
+        done = [results.get(timeout=900) for _ in range(n)]
+        assert all(d[2] == store.snapshot().header.total_bytes for d in done)
+        seconds.append(max(d[1] for d in done) - published)
+    [p.join() for p in procs]
+    return seconds
+
+
+def bench_broadcast(size: int, client_counts: list[int]) -> None:
+    from lazarus.distributed.server import ParameterStore, serve
+
+    store = ParameterStore(snapshot_weights(size))
+    print(f"\nbroadcast of a new {size / MB:.0f} MB version to actors on this host: seconds from publish until the "
+          f"last actor holds it (median of rounds 2-{PULLS}; round 1 maps fresh memory)")
+    print(f"{'clients':>7}  {'shared memory s':>15}  {'vs 1':>5}  {'gRPC stream s':>13}  {'vs 1':>5}  "
+          f"{'stream / shared':>15}")
+    times: dict[bool, dict[int, float]] = {True: {}, False: {}}
+    with serve(store) as server:
+        for n in client_counts:
+            for shared_memory in (True, False):
+                rounds = broadcast_seconds(store, server.address, shared_memory, n)
+                times[shared_memory][n] = statistics.median(rounds[1:])
+            shm, stream = times[True][n], times[False][n]
+            print(f"{n:>7}  {shm:>15.3f}  {shm / times[True][1]:>5.2f}  {stream:>13.3f}  "
+                  f"{stream / times[False][1]:>5.2f}  {stream / shm:>15.2f}", flush=True)
+    most = client_counts[-1]
+    print(f"gRPC stream only: {most} clients vs 1: time ratio {times[False][most] / times[False][1]:.2f}")
+    print(f"broadcast {most} clients vs 1: time ratio {times[True][most] / times[True][1]:.2f} (target <= 1.5)")
 
 
 def _median(rates: list[tuple[float, float]]) -> tuple[float, float]:
@@ -178,13 +247,15 @@ def bench_lora_bytes(size: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="8 MB and 32 MB snapshots, 1 and 2 clients")
+    parser.add_argument("--quick", action="store_true", help="8 MB snapshots, 1 and 2 clients, no 1 GB row")
     args = parser.parse_args()
-    sizes = [8 * MB, 32 * MB] if args.quick else [100 * MB, 1024 * MB]
-    counts = [1, 2] if args.quick else [1, 2, 4]
-    print("weight broadcast on loopback; target: gRPC >= 0.3x raw TCP for one client")
-    for size in sizes:
-        bench_broadcast(size, counts)
+    size = 8 * MB if args.quick else 100 * MB
+    print("weight broadcast on loopback; targets: gRPC stream >= 0.3x raw TCP for one client, a new version "
+          "reaching 8 actors in <= 1.5x the time it reaches 1")
+    bench_stream_vs_tcp(size, [1, 2] if args.quick else [1, 2, 4])
+    bench_broadcast(size, [1, 2] if args.quick else [1, 2, 4, 8])
+    if not args.quick:
+        bench_stream_vs_tcp(1024 * MB, [1])
     bench_lora_bytes("tiny" if args.quick else "small")
 
 

@@ -3,17 +3,22 @@
 Secure by default: servers bind 127.0.0.1; binding any other address needs a token. The token travels
 as `authorization: Bearer <token>` metadata and is compared in constant time; a missing or wrong token
 ends the call with UNAUTHENTICATED before any handler runs, so nothing is applied. The health service
-stays open so that probes need no secret (it reveals only SERVING / NOT_SERVING).
+stays open so that probes need no secret (it reveals only SERVING / NOT_SERVING). Refused calls are
+logged with the peer by `guard.CallGuard`, which runs outside this interceptor (rate-limited). A
+certificate or key that does not load is reported with its file and the TLS library's reason before
+the server tries to bind.
 """
 
 from __future__ import annotations
 
-from lazarus.errors import LazarusError
 import hmac
 import ipaddress
+import ssl
 from pathlib import Path
 
 import grpc
+
+from lazarus.errors import LazarusError
 
 AUTH_HEADER = "authorization"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -27,6 +32,10 @@ class InsecureBindError(LazarusError, ValueError):
 
 class TokenFileError(LazarusError, ValueError):
     """A token file that is missing or empty."""
+
+
+class TLSFileError(LazarusError, ValueError):
+    """A TLS certificate or key that cannot be read or does not load; names the file and the reason."""
 
 
 def is_loopback(host: str) -> bool:
@@ -66,8 +75,28 @@ def message_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[st
 
 
 def server_credentials(cert_path: str | Path, key_path: str | Path) -> grpc.ServerCredentials:
-    cert, key = Path(cert_path).read_bytes(), Path(key_path).read_bytes()
+    """Credentials from PEM files, checked first: gRPC itself only reports a failed bind."""
+    cert, key = _read_pem(cert_path, "certificate"), _read_pem(key_path, "key")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(str(cert_path), str(key_path))
+    except ssl.SSLError as e:
+        reason = e.reason or str(e)
+        if reason in ("KEY_VALUES_MISMATCH", "X509_CHECK_PRIVATE_KEY", "KEY_TYPE_MISMATCH"):
+            raise TLSFileError(f"TLS key {key_path} does not belong to certificate {cert_path} ({reason})") from None
+        raise TLSFileError(f"TLS certificate {cert_path} / key {key_path} do not load: {reason} "
+                           f"(expected PEM files: a certificate and its unencrypted private key)") from None
     return grpc.ssl_server_credentials([(key, cert)])
+
+
+def _read_pem(path: str | Path, what: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise TLSFileError(f"TLS {what} file {path}: {e.strerror}") from None
+    if b"-----BEGIN" not in data:
+        raise TLSFileError(f"TLS {what} file {path} is not PEM (no '-----BEGIN' line)")
+    return data
 
 
 def channel_credentials(cert_path: str | Path) -> grpc.ChannelCredentials:
@@ -95,7 +124,7 @@ class TokenInterceptor(grpc.ServerInterceptor):
 
 
 def _deny(handler: grpc.RpcMethodHandler, detail: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind that aborts before reading any request."""
+    """A handler of the same streaming kind that aborts before reading any request (`guard` logs the peer)."""
 
     def abort(request_or_iterator, context):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, detail)

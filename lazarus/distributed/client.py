@@ -2,8 +2,14 @@
 
 Every call has a deadline (the client's `timeout` unless given). Transient failures (server down or
 restarting, connection reset mid-stream) are retried with exponential backoff and jitter until the
-retries or the deadline run out; the channel reconnects on its own once the server is back. A push
-carries a unique id, so a retried push is applied once.
+retries or the deadline run out (a call the server refused as busy, until the deadline); the channel
+reconnects on its own once the server is back. A push carries a unique id, so a retried push is
+applied once.
+
+A client of a server on this host (a loopback address) pulls through the server's sealed shared memory
+(`shared`): the same versions, header and checksums, one copy of the snapshot for all the host's
+actors. When the server offers none (another host, another platform, an older server) or the segment
+is gone, it streams over gRPC as any remote client does.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lazarus.distributed import auth, codec
+from lazarus.distributed import auth, codec, shared
 from lazarus.distributed import parameter_server_pb2 as pb
 from lazarus.distributed import parameter_server_pb2_grpc as pb_grpc
 
@@ -89,11 +95,14 @@ class ParameterClient:
 
     def __init__(self, address: str, token: str | None = None, tls_cert: str | Path | None = None,
                  timeout: float = 30.0, retries: int = 6, backoff: float = 0.1, max_backoff: float = 2.0,
-                 max_message_bytes: int = auth.MAX_MESSAGE_BYTES, reuse_buffers: bool = True):
+                 max_message_bytes: int = auth.MAX_MESSAGE_BYTES, reuse_buffers: bool = True,
+                 shared_memory: bool = True):
         """`reuse_buffers` raises MLX's buffer cache to one snapshot's size (`codec.keep_snapshot_buffers`)
-        so a client that drops each version before pulling the next receives into warm memory."""
+        so a client that drops each version before pulling the next receives into warm memory.
+        `shared_memory` pulls from a server on this host through its shared memory (False: always stream)."""
         self.address, self.timeout = address, timeout
         self.reuse_buffers = reuse_buffers
+        self.shared_memory = shared_memory and shared.SUPPORTED and auth.is_loopback(_host_of(address))
         codec.keep_message_buffers()
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
         self._metadata = auth.call_metadata(token)
@@ -119,6 +128,9 @@ class ParameterClient:
         self._pull = self.channel.unary_stream("/lazarus.v1.ParameterServer/PullWeights",
                                                request_serializer=pb.PullRequest.SerializeToString,
                                                response_deserializer=None)
+        self._share = self.channel.unary_unary("/lazarus.v1.ParameterServer/ShareWeights",
+                                               request_serializer=pb.PullRequest.SerializeToString,
+                                               response_deserializer=pb.SharedSnapshot.FromString)
 
     # -- calls -------------------------------------------------------------------------------------
 
@@ -138,6 +150,11 @@ class ParameterClient:
         """The server's weights if its version is newer than `have_version`, else None."""
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {sorted(SCOPES)}, got {scope!r}")
+        if self.shared_memory:
+            try:
+                return self._pull_shared(have_version, scope, timeout)
+            except _Stream:
+                pass
 
         def attempt(t: float) -> Snapshot | None:
             decoder = codec.SnapshotDecoder(accept_header=self._accept_header)
@@ -152,6 +169,31 @@ class ParameterClient:
             return Snapshot(decoder.header.version, weights, decoder.header.sha256.hex())
 
         return self._retrying("PullWeights", timeout, attempt)
+
+    def _pull_shared(self, have_version: int, scope: str, timeout: float | None) -> Snapshot | None:
+        """Pull through the server's shared memory; raises `_Stream` when this pull must stream instead."""
+        request = pb.PullRequest(have_version=have_version, scope=SCOPES[scope])
+        try:
+            answer = self._retrying("ShareWeights", timeout, lambda t: self._share(
+                request, timeout=t, metadata=self._metadata))
+        except ParameterServerError as e:
+            if e.code != grpc.StatusCode.UNIMPLEMENTED:  # an older server: stream from now on
+                raise
+            self.shared_memory = False
+            raise _Stream() from None
+        if not answer.available:  # not the same host after all (a proxy, a container): stream from now on
+            self.shared_memory = False
+            raise _Stream()
+        if answer.header.unchanged:
+            return None
+        try:
+            weights = shared.read_shared(answer, on_header=self._accept_header)
+        except codec.CodecError as e:
+            raise ParameterServerError(f"{self.address}: ShareWeights: {e}") from None
+        except shared.SharedSnapshotError:
+            # replaced by a newer version before we opened it, or another mount namespace: stream this one
+            raise _Stream() from None
+        return Snapshot(answer.header.version, weights, answer.header.sha256.hex())
 
     def _accept_header(self, header: pb.SnapshotHeader) -> None:
         if self.reuse_buffers and not header.unchanged:
@@ -192,7 +234,7 @@ class ParameterClient:
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     continue
-                if e.code() not in TRANSIENT or failures >= self.retries:
+                if not _busy(e) and (e.code() not in TRANSIENT or failures >= self.retries):
                     raise _error("WatchVersions", self.address, e) from None
                 failures += 1
                 time.sleep(self._delay(failures, deadline))
@@ -224,21 +266,38 @@ class ParameterClient:
 
     def _retrying(self, method: str, timeout: float | None, call: Callable[[float], T]) -> T:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        attempt = 0
+        attempt, last = 0, ""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ServerUnavailable(f"{self.address}: {method} got no answer within the deadline "
-                                        f"({attempt} attempts)", grpc.StatusCode.DEADLINE_EXCEEDED)
+                                        f"({attempt} attempts{last})", grpc.StatusCode.DEADLINE_EXCEEDED)
             try:
                 return call(remaining)
             except grpc.RpcError as e:
-                attempt += 1
-                if e.code() not in TRANSIENT or attempt > self.retries:
+                attempt, last = attempt + 1, f"; last: {e.details()}"
+                if not _busy(e) and (e.code() not in TRANSIENT or attempt > self.retries):
                     raise _error(method, self.address, e) from None
                 time.sleep(self._delay(attempt, deadline))
             except codec.CodecError as e:
                 raise ParameterServerError(f"{self.address}: {method}: {e}") from None
+
+
+def _busy(e: grpc.RpcError) -> bool:
+    """The server shed this call at its concurrency limit (`guard`): retried until the deadline, not counted."""
+    return e.code() == grpc.StatusCode.UNAVAILABLE and (e.details() or "").startswith("server busy")
+
+
+class _Stream(Exception):
+    """This pull cannot use shared memory; stream it."""
+
+
+def _host_of(address: str) -> str:
+    """The host part of a gRPC target (127.0.0.1:5000, [::1]:5000, localhost:5000, dns:///host:5000)."""
+    target = address.split("///", 1)[-1]
+    if target.startswith("["):
+        return target[1:target.find("]")]
+    return target.rsplit(":", 1)[0] if target.count(":") == 1 else target
 
 
 def _error(method: str, address: str, e: grpc.RpcError) -> ParameterServerError:

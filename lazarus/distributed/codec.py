@@ -376,7 +376,7 @@ class SnapshotDecoder:
             raise CodecError(f"chunk {chunk.index} has offset {chunk.offset} and {len(data)} bytes, "
                              f"expected {start} and {length}, covering {self.tensors_in(chunk.index)}")
         self._check_hashes(wait=len(self._hashing) >= self.HASHES_IN_FLIGHT)
-        self._hashing.append((chunk.index, chunk.sha256, self._hasher.submit(_sha256, data)))
+        self._hashing.append((chunk.index, chunk.sha256, self._hasher.submit(sha256_digest, data)))
         self._allocate_through(start + length + self.ALLOCATE_AHEAD)
         self._scatter(start, memoryview(data))
         self._next += 1
@@ -384,7 +384,7 @@ class SnapshotDecoder:
     def _allocate_through(self, end: int) -> None:
         """Queue the allocation of every tensor that starts before payload byte `end`."""
         while len(self._buffers) < len(self._specs) and self._specs[len(self._buffers)].offset < end:
-            self._buffers.append(self._allocator.submit(_destination, self._specs[len(self._buffers)]))
+            self._buffers.append(self._allocator.submit(destination_array, self._specs[len(self._buffers)]))
 
     def _scatter(self, start: int, data: memoryview) -> None:
         """Copy payload bytes [start, start + len(data)) into the tensors they belong to."""
@@ -450,7 +450,7 @@ class SnapshotDecoder:
         self._hasher = self._allocator = None
 
 
-def _destination(spec: pb.TensorSpec) -> tuple[mx.array, memoryview]:
+def destination_array(spec: pb.TensorSpec) -> tuple[mx.array, memoryview]:
     """A new array for `spec` (bf16 as its uint16 words) and a writable view of its bytes."""
     mx_dtype = DTYPES[spec.dtype][0]
     value = mx.zeros(tuple(spec.shape), dtype=mx.uint16 if mx_dtype == mx.bfloat16 else mx_dtype)
@@ -459,7 +459,7 @@ def _destination(spec: pb.TensorSpec) -> tuple[mx.array, memoryview]:
     return value, memoryview(np.array(value, copy=False).reshape(-1)).cast("B")
 
 
-def _sha256(data: bytes) -> bytes:
+def sha256_digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!lazarus/v1/parameter_server.proto\x12\nlazarus.v1\"k\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0e\n\x06nbytes\x18\x05 \x01(\x04\x12\x11\n\ttrainable\x18\x06 \x01(\x08\"\xf1\x01\n\x0eSnapshotHeader\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12 \n\x05scope\x18\x02 \x01(\x0e\x32\x11.lazarus.v1.Scope\x12\'\n\x07tensors\x18\x03 \x03(\x0b\x32\x16.lazarus.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\r\x12\x12\n\nnum_chunks\x18\x06 \x01(\r\x12\x0e\n\x06sha256\x18\x07 \x01(\x0c\x12\x11\n\tunchanged\x18\x08 \x01(\x08\x12\x11\n\tworker_id\x18\t \x01(\t\x12\x0f\n\x07push_id\x18\n \x01(\t\"D\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\"h\n\x0cSnapshotPart\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.lazarus.v1.SnapshotHeaderH\x00\x12\"\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x11.lazarus.v1.ChunkH\x00\x42\x06\n\x04part\"\x13\n\x11ServerInfoRequest\"\xaa\x01\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\'\n\x07tensors\x18\x02 \x03(\x0b\x32\x16.lazarus.v1.TensorSpec\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x0f\n\x07workers\x18\x04 \x01(\r\x12\x15\n\rmax_staleness\x18\x05 \x01(\r\x12\x11\n\toptimizer\x18\x06 \x01(\t\x12\x19\n\x11pending_gradients\x18\x07 \x01(\r\"E\n\x0bPullRequest\x12\x14\n\x0chave_version\x18\x01 \x01(\x03\x12 \n\x05scope\x18\x02 \x01(\x0e\x32\x11.lazarus.v1.Scope\"%\n\x0cWatchRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x03\"\x1f\n\x0cVersionEvent\x12\x0f\n\x07version\x18\x01 \x01(\x03\"a\n\nPushResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0f\n\x07pending\x18\x04 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t*,\n\x05Scope\x12\x0e\n\nSCOPE_FULL\x10\x00\x12\x13\n\x0fSCOPE_TRAINABLE\x10\x01\x32\xa9\x02\n\x0fParameterServer\x12\x46\n\rGetServerInfo\x12\x1d.lazarus.v1.ServerInfoRequest\x1a\x16.lazarus.v1.ServerInfo\x12\x42\n\x0bPullWeights\x12\x17.lazarus.v1.PullRequest\x1a\x18.lazarus.v1.SnapshotPart0\x01\x12\x45\n\rWatchVersions\x12\x18.lazarus.v1.WatchRequest\x1a\x18.lazarus.v1.VersionEvent0\x01\x12\x43\n\rPushGradients\x12\x18.lazarus.v1.SnapshotPart\x1a\x16.lazarus.v1.PushResult(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!lazarus/v1/parameter_server.proto\x12\nlazarus.v1\"k\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0e\n\x06nbytes\x18\x05 \x01(\x04\x12\x11\n\ttrainable\x18\x06 \x01(\x08\"\xf1\x01\n\x0eSnapshotHeader\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12 \n\x05scope\x18\x02 \x01(\x0e\x32\x11.lazarus.v1.Scope\x12\'\n\x07tensors\x18\x03 \x03(\x0b\x32\x16.lazarus.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\r\x12\x12\n\nnum_chunks\x18\x06 \x01(\r\x12\x0e\n\x06sha256\x18\x07 \x01(\x0c\x12\x11\n\tunchanged\x18\x08 \x01(\x08\x12\x11\n\tworker_id\x18\t \x01(\t\x12\x0f\n\x07push_id\x18\n \x01(\t\"D\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\"h\n\x0cSnapshotPart\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.lazarus.v1.SnapshotHeaderH\x00\x12\"\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x11.lazarus.v1.ChunkH\x00\x42\x06\n\x04part\"\x13\n\x11ServerInfoRequest\"\xaa\x01\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\'\n\x07tensors\x18\x02 \x03(\x0b\x32\x16.lazarus.v1.TensorSpec\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x0f\n\x07workers\x18\x04 \x01(\r\x12\x15\n\rmax_staleness\x18\x05 \x01(\r\x12\x11\n\toptimizer\x18\x06 \x01(\t\x12\x19\n\x11pending_gradients\x18\x07 \x01(\r\"E\n\x0bPullRequest\x12\x14\n\x0chave_version\x18\x01 \x01(\x03\x12 \n\x05scope\x18\x02 \x01(\x0e\x32\x11.lazarus.v1.Scope\"%\n\x0cWatchRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x03\"\x8c\x01\n\x0eSharedSnapshot\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12*\n\x06header\x18\x02 \x01(\x0b\x32\x1a.lazarus.v1.SnapshotHeader\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\r\n\x05inode\x18\x04 \x01(\x04\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\x04\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\x1f\n\x0cVersionEvent\x12\x0f\n\x07version\x18\x01 \x01(\x03\"a\n\nPushResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0f\n\x07pending\x18\x04 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t*,\n\x05Scope\x12\x0e\n\nSCOPE_FULL\x10\x00\x12\x13\n\x0fSCOPE_TRAINABLE\x10\x01\x32\xee\x02\n\x0fParameterServer\x12\x46\n\rGetServerInfo\x12\x1d.lazarus.v1.ServerInfoRequest\x1a\x16.lazarus.v1.ServerInfo\x12\x42\n\x0bPullWeights\x12\x17.lazarus.v1.PullRequest\x1a\x18.lazarus.v1.SnapshotPart0\x01\x12\x45\n\rWatchVersions\x12\x18.lazarus.v1.WatchRequest\x1a\x18.lazarus.v1.VersionEvent0\x01\x12\x43\n\rPushGradients\x12\x18.lazarus.v1.SnapshotPart\x1a\x16.lazarus.v1.PushResult(\x01\x12\x43\n\x0cShareWeights\x12\x17.lazarus.v1.PullRequest\x1a\x1a.lazarus.v1.SharedSnapshotb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lazarus.v1.parameter_server_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCOPE']._serialized_start=1014
-  _globals['_SCOPE']._serialized_end=1058
+  _globals['_SCOPE']._serialized_start=1157
+  _globals['_SCOPE']._serialized_end=1201
   _globals['_TENSORSPEC']._serialized_start=49
   _globals['_TENSORSPEC']._serialized_end=156
   _globals['_SNAPSHOTHEADER']._serialized_start=159
@@ -49,10 +49,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PULLREQUEST']._serialized_end=841
   _globals['_WATCHREQUEST']._serialized_start=843
   _globals['_WATCHREQUEST']._serialized_end=880
-  _globals['_VERSIONEVENT']._serialized_start=882
-  _globals['_VERSIONEVENT']._serialized_end=913
-  _globals['_PUSHRESULT']._serialized_start=915
-  _globals['_PUSHRESULT']._serialized_end=1012
-  _globals['_PARAMETERSERVER']._serialized_start=1061
-  _globals['_PARAMETERSERVER']._serialized_end=1358
+  _globals['_SHAREDSNAPSHOT']._serialized_start=883
+  _globals['_SHAREDSNAPSHOT']._serialized_end=1023
+  _globals['_VERSIONEVENT']._serialized_start=1025
+  _globals['_VERSIONEVENT']._serialized_end=1056
+  _globals['_PUSHRESULT']._serialized_start=1058
+  _globals['_PUSHRESULT']._serialized_end=1155
+  _globals['_PARAMETERSERVER']._serialized_start=1204
+  _globals['_PARAMETERSERVER']._serialized_end=1570
 # @@protoc_insertion_point(module_scope)

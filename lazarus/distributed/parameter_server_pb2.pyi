@@ -110,6 +110,22 @@ class WatchRequest(_message.Message):
     after_version: int
     def __init__(self, after_version: _Optional[int] = ...) -> None: ...
 
+class SharedSnapshot(_message.Message):
+    __slots__ = ("available", "header", "path", "inode", "device", "reason")
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    INODE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    available: bool
+    header: SnapshotHeader
+    path: str
+    inode: int
+    device: int
+    reason: str
+    def __init__(self, available: _Optional[bool] = ..., header: _Optional[_Union[SnapshotHeader, _Mapping]] = ..., path: _Optional[str] = ..., inode: _Optional[int] = ..., device: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class VersionEvent(_message.Message):
     __slots__ = ("version",)
     VERSION_FIELD_NUMBER: _ClassVar[int]

@@ -54,6 +54,11 @@ class ParameterServerStub:
                 request_serializer=lazarus_dot_v1_dot_parameter__server__pb2.SnapshotPart.SerializeToString,
                 response_deserializer=lazarus_dot_v1_dot_parameter__server__pb2.PushResult.FromString,
                 _registered_method=True)
+        self.ShareWeights = channel.unary_unary(
+                '/lazarus.v1.ParameterServer/ShareWeights',
+                request_serializer=lazarus_dot_v1_dot_parameter__server__pb2.PullRequest.SerializeToString,
+                response_deserializer=lazarus_dot_v1_dot_parameter__server__pb2.SharedSnapshot.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -84,6 +89,13 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShareWeights(self, request, context):
+        """The current snapshot in shared memory, for a caller on the same host (see SharedSnapshot).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +118,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.PushGradients,
                     request_deserializer=lazarus_dot_v1_dot_parameter__server__pb2.SnapshotPart.FromString,
                     response_serializer=lazarus_dot_v1_dot_parameter__server__pb2.PushResult.SerializeToString,
+            ),
+            'ShareWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShareWeights,
+                    request_deserializer=lazarus_dot_v1_dot_parameter__server__pb2.PullRequest.FromString,
+                    response_serializer=lazarus_dot_v1_dot_parameter__server__pb2.SharedSnapshot.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +233,33 @@ class ParameterServer:
             '/lazarus.v1.ParameterServer/PushGradients',
             lazarus_dot_v1_dot_parameter__server__pb2.SnapshotPart.SerializeToString,
             lazarus_dot_v1_dot_parameter__server__pb2.PushResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShareWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lazarus.v1.ParameterServer/ShareWeights',
+            lazarus_dot_v1_dot_parameter__server__pb2.PullRequest.SerializeToString,
+            lazarus_dot_v1_dot_parameter__server__pb2.SharedSnapshot.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,15 +17,19 @@ With a `state_dir`, the store checkpoints weights, optimizer state and version a
 (atomically), and a store started on the same directory continues from that version. Gradients
 waiting for a sync step are not checkpointed: after a restart, workers push them again.
 
-`serve()` puts the store (and an `ExperienceHub`, see experience.py) behind a gRPC server with the health service, the
-token interceptor and the size limits of `auth`.
+`serve()` puts the store (and an `ExperienceHub`, see experience.py) behind a gRPC server with the health
+service, the token interceptor and the size limits of `auth`, every call under the limits of `guard`;
+clients on the same host get each version through sealed shared memory (`shared`) instead of a stream.
 """
 
 from __future__ import annotations
 
 from lazarus.errors import LazarusError
 import collections
+import errno
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
@@ -41,6 +45,8 @@ from mlx.utils import tree_flatten, tree_map
 
 from lazarus.distributed import auth, codec, experience_pb2_grpc
 from lazarus.distributed.experience import ExperienceHub, ExperienceService, RunSpec
+from lazarus.distributed.guard import CallGuard, MethodLimit
+from lazarus.distributed.shared import SharedSnapshots
 from lazarus.distributed import parameter_server_pb2 as pb
 from lazarus.models.io import atomic_dir, read_json, save_safetensors, write_json
 
@@ -340,11 +346,17 @@ def _unflatten_optimizer_state(flat: dict[str, mx.array]) -> dict:
 
 
 class ParameterService:
-    """RPC handlers over a `ParameterStore`. PullWeights answers with pre-serialized messages."""
+    """RPC handlers over a `ParameterStore`. PullWeights answers with pre-serialized messages.
 
-    def __init__(self, store: ParameterStore, watch_poll_s: float = 1.0):
+    A WatchVersions stream ends by itself after `watch_window_s` (the client reopens it), so it never
+    reaches the server-side deadline at which the guard would cancel it. ShareWeights hands a loopback
+    peer the current snapshot in sealed shared memory (`shared`), one copy per version for the host.
+    """
+
+    def __init__(self, store: ParameterStore, watch_poll_s: float = 1.0, watch_window_s: float = 60.0):
         self.store = store
-        self.watch_poll_s = watch_poll_s
+        self.watch_poll_s, self.watch_window_s = watch_poll_s, watch_window_s
+        self.shared = SharedSnapshots(store.snapshot)
 
     def GetServerInfo(self, request, context):
         store = self.store
@@ -361,10 +373,24 @@ class ParameterService:
             return
         yield from self.store.snapshot(request.scope).parts
 
+    def ShareWeights(self, request, context):
+        if request.scope not in (pb.SCOPE_FULL, pb.SCOPE_TRAINABLE):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown scope {request.scope}")
+        if not _is_loopback_peer(context.peer()):
+            return pb.SharedSnapshot(available=False, reason="shared memory is for callers on the server's host")
+        version = self.store.version
+        if request.have_version >= version:
+            return pb.SharedSnapshot(available=True, header=pb.SnapshotHeader(
+                version=version, scope=request.scope, unchanged=True))
+        return self.shared.share(request.scope)
+
     def WatchVersions(self, request, context):
-        last = request.after_version
+        last, end = request.after_version, time.monotonic() + self.watch_window_s
         while context.is_active() and not self.store._closed:
-            version = self.store.wait_for_version(last, self.watch_poll_s)
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            version = self.store.wait_for_version(last, min(self.watch_poll_s, left))
             if version is not None:
                 yield pb.VersionEvent(version=version).SerializeToString()
                 last = version
@@ -405,22 +431,38 @@ class ParameterService:
                 self.PullWeights, request_deserializer=pb.PullRequest.FromString),
             "WatchVersions": grpc.unary_stream_rpc_method_handler(
                 self.WatchVersions, request_deserializer=pb.WatchRequest.FromString),
+            "ShareWeights": grpc.unary_unary_rpc_method_handler(
+                self.ShareWeights, request_deserializer=pb.PullRequest.FromString,
+                response_serializer=pb.SharedSnapshot.SerializeToString),
             "PushGradients": grpc.stream_unary_rpc_method_handler(
                 self.PushGradients, request_deserializer=None,  # raw: the codec reads chunks without copies
                 response_serializer=pb.PushResult.SerializeToString),
         })
 
 
+def _is_loopback_peer(peer: str) -> bool:
+    """Whether a gRPC peer string (ipv4:127.0.0.1:5000, ipv6:[::1]:5000) is this host's loopback."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return False
+    return auth.is_loopback(rest.rsplit(":", 1)[0].strip("[]"))
+
+
 # -- the server ----------------------------------------------------------------------------------------
+
+
+class BindError(LazarusError, OSError):
+    """The server could not listen on its address; names the address and the reason."""
 
 
 class RunningServer:
     """A started gRPC server; `port` is the bound port (useful after binding port 0)."""
 
     def __init__(self, server: grpc.Server, store: ParameterStore, hub: ExperienceHub,
-                 health_servicer: health.HealthServicer, host: str, port: int):
+                 health_servicer: health.HealthServicer, host: str, port: int, guard: CallGuard | None = None,
+                 shared: SharedSnapshots | None = None):
         self.server, self.store, self.hub, self.health = server, store, hub, health_servicer
-        self.host, self.port = host, port
+        self.host, self.port, self.guard, self.shared = host, port, guard, shared
 
     @property
     def address(self) -> str:
@@ -431,6 +473,10 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         self.store.close()
         self.server.stop(grace).wait()
+        if self.guard is not None:
+            self.guard.stop()
+        if self.shared is not None:
+            self.shared.close()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.server.wait_for_termination(timeout)
@@ -444,30 +490,70 @@ class RunningServer:
 
 def serve(store: ParameterStore, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
           tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
-          hub: ExperienceHub | None = None, run: RunSpec | None = None, max_workers: int = 32,
-          max_message_bytes: int = auth.MAX_MESSAGE_BYTES, log: Callable[[str], None] | None = None) -> RunningServer:
-    """Start serving `store` (and the Experience service) on host:port; port 0 lets the OS pick."""
+          hub: ExperienceHub | None = None, run: RunSpec | None = None, max_workers: int = 48,
+          max_message_bytes: int = auth.MAX_MESSAGE_BYTES, limits: Mapping[str, MethodLimit] | None = None,
+          log: Callable[[str], None] | None = None) -> RunningServer:
+    """Start serving `store` (and the Experience service) on host:port; port 0 lets the OS pick.
+
+    Every call but health's runs under `guard.CallGuard`: per-method concurrency `limits` (merged over
+    `guard.DEFAULT_LIMITS`), a server-side deadline and idle timeout, and a few of the `max_workers`
+    threads kept free for health checks. The port is bound without SO_REUSEPORT, so a second server on
+    the same port fails with "address already in use" instead of sharing its clients.
+    """
     auth.check_bind(host, token)
     codec.keep_message_buffers()
     if (tls_cert is None) != (tls_key is None):
-        raise ValueError("TLS needs both a certificate and a key file")
-    interceptors = [auth.TokenInterceptor(token)] if token else []
+        raise auth.TLSFileError("TLS needs both a certificate and a key file")
+    credentials = auth.server_credentials(tls_cert, tls_key) if tls_cert is not None else None
+    guard = CallGuard(max_workers, limits)
+    # The guard runs first, so it also sees (and logs) the calls the token interceptor refuses.
+    interceptors = [guard] + ([auth.TokenInterceptor(token)] if token else [])
+    options = auth.message_options(max_message_bytes) + [
+        ("grpc.so_reuseport", 0),
+    ]
+    # maximum_concurrent_rpcs bounds what gRPC queues for the pool; past it gRPC answers RESOURCE_EXHAUSTED.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lazarus-ps"),
-                         interceptors=interceptors, options=auth.message_options(max_message_bytes))
-    server.add_generic_rpc_handlers((ParameterService(store).handler(),))
+                         interceptors=interceptors, options=options, maximum_concurrent_rpcs=8 * max_workers)
+    watch_window_s = min(60.0, guard.limits["WatchVersions"].deadline_s / 2)
+    parameters = ParameterService(store, watch_window_s=watch_window_s)
+    server.add_generic_rpc_handlers((parameters.handler(),))
     hub = hub or ExperienceHub(policy_version=lambda: store.version)
     experience_pb2_grpc.add_ExperienceServicer_to_server(ExperienceService(hub, run, log), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        if tls_cert is not None:
-            bound = server.add_secure_port(bind, auth.server_credentials(tls_cert, tls_key))
-        else:
-            bound = server.add_insecure_port(bind)
-    except RuntimeError as e:
-        raise OSError(f"cannot bind {bind}: {e}") from None
+    # Try the address with a plain socket first: gRPC only says that binding failed (and logs a line of its own).
+    cause = _bind_failure(host, port) if port else None
+    bound = 0
+    if cause is None:
+        try:
+            bound = server.add_secure_port(bind, credentials) if credentials else server.add_insecure_port(bind)
+        except RuntimeError:
+            pass
+        if not bound:
+            cause = _bind_failure(host, port) or "gRPC refused the address (a plain socket could bind it)"
+    if cause is not None:
+        guard.stop()
+        raise BindError(f"cannot listen on {bind}: {cause}")
     server.start()
     for service in ("", SERVICE, "lazarus.v1.Experience"):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, store, hub, health_servicer, host, bound)
+    return RunningServer(server, store, hub, health_servicer, host, bound, guard, parameters.shared)
+
+
+def _bind_failure(host: str, port: int) -> str | None:
+    """Why binding host:port fails for a plain socket (as gRPC binds it), or None if it does not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return f"cannot resolve {host} ({e.strerror})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does, so TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return "address already in use (is another server running on that port?)"
+            return e.strerror or str(e)
+    return None

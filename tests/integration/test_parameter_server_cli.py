@@ -152,3 +152,20 @@ def test_status_of_an_address_nobody_serves_fails_in_one_line():
     result = run_cli("status", f"127.0.0.1:{port}", "--timeout", "1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and f"127.0.0.1:{port}" in result.stderr
+
+
+def test_a_second_serve_on_a_taken_port_fails_in_one_line_and_the_first_keeps_its_clients(micro_model_dir):
+    # given one `lazarus ps serve` on some port
+    first = CliServer("--model", str(micro_model_dir), "--port", "0")
+    try:
+        # when a second one is started on the same port
+        result = run_cli("serve", "--model", str(micro_model_dir), "--port", str(first.port))
+        # then it exits 2 with one line naming the address and the cause
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"127.0.0.1:{first.port}" in lines[0] and "address already in use" in lines[0]
+        # and the first still serves
+        with ParameterClient(first.address, timeout=10) as client:
+            assert client.info().version == 0
+    finally:
+        first.stop()

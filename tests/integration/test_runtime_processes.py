@@ -218,6 +218,8 @@ def test_a_wrong_token_is_refused_in_one_line_and_the_learner_is_unaffected(run_
     assert finish(good)[0] == 0
     joined = [line for line in out.splitlines() if "joined" in line]
     assert not any("intruder" in line or "anonymous" in line for line in joined)
+    # and the learner logged the refused peer
+    assert "refused" in out and "auth token" in out, out[-3000:]
 
 
 @pytest.mark.slow
