@@ -1,7 +1,7 @@
 """One GRPO step as the peers were measured: random-init llama, 4 prompts x 8 completions x 32 new tokens,
 LoRA rank 8, float32, beta 0, at ~1M (tiny) and ~10M (small) parameters.
 
-Each step is the trainer's own two halves, `RLTrainer.rollout` then `RLTrainer.learn`, with EOS disabled so
+Each step is the local launcher's two halves, the actor's `run_task` then the learner's `learn`, with EOS disabled so
 every completion is full length. Per step it prints total / generation / update seconds, generation
 tokens/s, the process's peak RSS (getrusage, since process start), the MLX allocator's peak during the step
 and `peak_memory_gb` (the larger of the two, what the trainer logs). Each size runs in its own fresh process so its
@@ -57,7 +57,8 @@ from lazarus.inference.engine import Engine
 from lazarus.models.load import num_parameters
 from lazarus.models.tiny import init_model
 from lazarus.observe.memory import peak_memory_gb, reset_peak
-from lazarus.runtime.local import build_trainer
+from lazarus.runtime.coordinator import local_roles
+from lazarus.env.rollout import sampling_params
 from lazarus.env.rewards import RewardFunction
 from lazarus.training.rl import collate
 
@@ -109,10 +110,10 @@ def run_size(size: str, steps: int, baseline_repeats: int, sampling: tuple[str, 
         f"training.max_steps={steps}", f"generation.num_generations={GROUP}",
         f"generation.max_new_tokens={NEW_TOKENS}", "generation.temperature=1.0", "rl.beta=0",
         "lora.enabled=true", f"lora.rank={LORA_RANK}", *sampling])
-    trainer = build_trainer(cfg)
+    trainer, actor, tasks = local_roles(cfg)
     # A random-init model never answers right, so with the accuracy reward every group would score 0 and
     # the trainer would (rightly) skip the update. The peers ran the update every step; so does this.
-    trainer.reward_functions = [RewardFunction("digit_share", digit_share)]
+    trainer.reward_functions = actor.reward_functions = [RewardFunction("digit_share", digit_share)]
     print(f"\n{size}: llama {num_parameters(trainer.model) / 1e6:.2f}M params (incl. LoRA r{LORA_RANK}), "
           f"{mx.default_device()}, float32")
     print(f"{'step':>4} {'step_s':>7} {'gen_s':>7} {'update_s':>8} {'gen tok/s':>9} {'peak RSS GB':>11} "
@@ -123,12 +124,13 @@ def run_size(size: str, steps: int, baseline_repeats: int, sampling: tuple[str, 
             reset_peak()
             trainer.seed_step()
             t0 = time.perf_counter()
-            trajectories = trainer.rollout(trainer.iterator.next_indices())
+            task = tasks.next_task(PROMPTS, trainer.policy_version)
+            actor.sync_weights()
+            trajectories = actor.run_task(task)
             t1 = time.perf_counter()
-            metrics = trainer.learn(trajectories)
+            metrics = trainer.learn(trajectories)  # the learner's step: one version further
             assert not metrics["skipped_update"], "the bench must time a real update"
             t2 = time.perf_counter()
-            trainer.step += 1
             generated = sum(t.num_completion_tokens for t in trajectories)
             row = {"step_s": t2 - t0, "gen_s": t1 - t0, "update_s": t2 - t1, "gen_tok_s": generated / (t1 - t0),
                    "rss_gb": peak_rss_gb(), "mlx_gb": mx.get_peak_memory() / 1e9, "peak_gb": peak_memory_gb()}
@@ -139,9 +141,9 @@ def run_size(size: str, steps: int, baseline_repeats: int, sampling: tuple[str, 
             timed = rows[1:] or rows
             return {k: statistics.median(r[k] for r in timed) for k in timed[0]}
 
-        prompt_ids = [trainer.prompt_ids[i] for i in range(PROMPTS)]
-        params = trainer.sampling_params()
-        batched = trainer.engine
+        prompt_ids = task.prompts
+        params = sampling_params(task)
+        batched = actor.engine
         four_at_a_time = Engine(trainer.model, trainer.tokenizer, completion_batch_size=PEER_BATCH,
                                 prefill_batch_size=PEER_BATCH)
         generation_tokens_per_s(four_at_a_time, prompt_ids, params)  # warm-up at that batch shape
