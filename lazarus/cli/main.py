@@ -106,8 +106,10 @@ def config_show(
     relevant = {
         "sft": {"algorithm", "model", "lora", "data", "optim", "training", "eval"},
         "dpo": {"algorithm", "model", "lora", "data", "optim", "training", "dpo"},
-        "grpo": {"algorithm", "model", "lora", "data", "optim", "training", "generation", "rl", "eval"},
-        "ppo": {"algorithm", "model", "lora", "data", "optim", "training", "generation", "rl", "eval"},
+        "grpo": {"algorithm", "model", "lora", "data", "optim", "training", "generation", "rl", "eval", "env",
+                 "runtime"},
+        "ppo": {"algorithm", "model", "lora", "data", "optim", "training", "generation", "rl", "eval", "env",
+                "runtime"},
     }
     if algorithm is not None and algorithm not in relevant:
         raise UsageError(f"unknown algorithm {algorithm!r}: choose sft, dpo, grpo or ppo")

@@ -270,6 +270,10 @@ def rollout_metrics(trajectories: list[Trajectory], reward_names: list[str]) -> 
         metrics[f"reward_{name}_std"] = float(np.nanstd(values))
         if name == "accuracy":
             metrics["accuracy"] = float(np.nanmean(values))
+    if any("tool_calls" in t.info for t in trajectories):  # multi-turn tool episodes
+        metrics["tool_call_rate"] = float(np.mean([t.info.get("tool_calls", 0) > 0 for t in trajectories]))
+        metrics["failed_tool_calls"] = float(np.sum([t.info.get("failed_calls", 0) for t in trajectories]))
+        metrics["turns_mean"] = float(np.mean([t.info.get("turns", 1) for t in trajectories]))
     groups: dict[str, list[float]] = {}
     for t in trajectories:
         groups.setdefault(t.group_id, []).append(t.reward)
