@@ -30,9 +30,17 @@ def env_settings(env: dict) -> EnvConfig:
 
 def build_tools(spec: str | dict, settings: EnvConfig, where: str) -> list[Tool]:
     """The tools one entry of `env.tools` names."""
+    if isinstance(spec, dict) and set(spec) == {"expert"}:
+        from lazarus.env.tools.expert import expert_tool
+
+        try:
+            return [expert_tool(spec["expert"])]
+        except ToolError as e:
+            raise ConfigError(f"{where}: {e}") from None
     if isinstance(spec, dict):
         if set(spec) != {"mcp"}:
-            raise ConfigError(f"{where}: a tool map must be {{mcp: \"COMMAND ARGS\"}}, got keys {sorted(spec)}")
+            raise ConfigError(f"{where}: a tool map must be {{mcp: \"COMMAND ARGS\"}} or {{expert: NAME_OR_DIR}}, "
+                              f"got keys {sorted(spec)}")
         from lazarus.env.tools.mcp_client import mcp_tools
 
         try:
