@@ -16,3 +16,11 @@ def digit_in_worker_process(prompts, completions, **kwargs):
         with Path(log).open("a") as f:
             f.write(f"{os.getpid()}\n")
     return starts_with_a_digit(prompts, completions)
+
+
+def slow_starts_with_a_digit(prompts, completions, **kwargs):
+    """`starts_with_a_digit` after a second of work: a task stays in flight long enough to be killed in."""
+    import time
+
+    time.sleep(1.0)
+    return starts_with_a_digit(prompts, completions)

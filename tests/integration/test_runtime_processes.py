@@ -148,9 +148,11 @@ def test_a_learner_and_two_actor_processes_finish_the_run_and_the_reward_goes_up
 
 @pytest.mark.slow
 def test_an_actor_killed_with_sigkill_mid_task_is_requeued_and_the_counts_add_up(run_config, tmp_path):
-    # given a sync run with two actors, generating long enough that a task is in flight
-    config = run_config(generation={"num_generations": 8, "max_new_tokens": 48},
-                        training={"max_steps": 8, "batch_size": 8, "save_every": 0})
+    # given a sync run with two actors whose tasks take over a second each (a slow reward)
+    config = run_config(generation={"num_generations": 8, "max_new_tokens": 16},
+                        training={"max_steps": 8, "batch_size": 8, "save_every": 0},
+                        rl={"rewards": [{"function": "runtime_rewards:slow_starts_with_a_digit"}]},
+                        eval={"num_prompts": 4, "reward": "runtime_rewards:starts_with_a_digit"})
     learner, address = start_learner(config)
     actors = {f"a{i}": start_actor(address, f"a{i}", cache=tmp_path / "cache") for i in range(2)}
     # when actor a0 is killed with SIGKILL while it holds a task
