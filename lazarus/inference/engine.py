@@ -197,7 +197,8 @@ class Engine:
         for i, p in enumerate(prompts):
             if not p:
                 raise ValueError(f"prompt {i} is empty")
-        stop_ids = set(self.eos_token_ids) | set(params.stop_token_ids)
+        eos = set(self.eos_token_ids)
+        stop_ids = eos | set(params.stop_token_ids)
         # What joins the batch: (prompt, first sample, samples) slices of whole groups, split only when a
         # group alone is larger than the batch; each slice is prefilled once.
         capacity = max(self.completion_batch_size, 1)
@@ -250,7 +251,7 @@ class Engine:
                     reason = "stop"
                 elif len(produced[s]) >= params.max_tokens:
                     reason = "length"
-                elif stops and any(x in self._decode(produced[s][-window:]) for x in stops):
+                elif stops and any(x in self._decode(produced[s][-window:], eos) for x in stops):
                     reason = "stop"
                 step.append(_Step(s, token, logprob, reason))
                 if reason is None:
@@ -274,8 +275,9 @@ class Engine:
     def _prefill(self, prompts: list[list[int]], caches: list[Optional[SequenceCache]]):
         """Feed each prompt (after its cache, if any) in one batch: (batched cache, logits [B, V] at each end).
 
-        Prompts of different lengths are right-padded; `finalize` then turns the padding into left padding,
-        which the attention mask hides, so each row continues exactly as if it had been alone.
+        All but each prompt's last token go in first, right-padded, and only the caches are evaluated, so
+        the vocabulary projection never runs over the prompt; `finalize` turns that padding into left
+        padding, which the attention mask hides. The last tokens then go in as one decode step.
         """
         for c in caches:
             if c is not None and not isinstance(c, SequenceCache):
@@ -285,28 +287,24 @@ class Engine:
         else:
             batch_cache = [_BatchCache.merge([c.layers[layer] if c is not None else KVCache() for c in caches])
                            for layer in range(self.num_layers)]
-        lengths = [len(p) for p in prompts]
+        lengths = [len(p) - 1 for p in prompts]
         longest = max(lengths)
-        padding = [longest - length for length in lengths]
-        tokens = mx.array([p + [0] * pad for p, pad in zip(prompts, padding)])
-        if longest > min(lengths):
+        if longest > 0:
+            padding = [longest - length for length in lengths]
+            if any(padding):
+                for c in batch_cache:
+                    c.prepare(lengths=lengths, right_padding=padding)
+            heads = mx.array([p[:-1] + [0] * pad for p, pad in zip(prompts, padding)])
+            for start in range(0, longest, self.prefill_step_size):
+                self.model(heads[:, start : start + self.prefill_step_size], cache=batch_cache)
+                mx.eval([c.state for c in batch_cache])
             for c in batch_cache:
-                c.prepare(lengths=lengths, right_padding=padding)
-        last_position = mx.array(lengths) - 1
-        last = None
-        for start in range(0, longest, self.prefill_step_size):
-            out = self.model(tokens[:, start : start + self.prefill_step_size], cache=batch_cache)
-            inside = (last_position >= start) & (last_position < start + out.shape[1])
-            at = mx.clip(last_position - start, 0, out.shape[1] - 1)
-            logits = mx.take_along_axis(out, at[:, None, None], axis=1).squeeze(1)
-            last = logits if last is None else mx.where(inside[:, None], logits, last)
-            mx.eval(last, [c.state for c in batch_cache])
-        for c in batch_cache:
-            c.finalize()
-        return batch_cache, last
+                c.finalize()
+        logits = self.model(mx.array([[p[-1]] for p in prompts]), cache=batch_cache)[:, -1, :]
+        return batch_cache, logits
 
-    def _decode(self, token_ids: list[int]) -> str:
-        eos = set(self.eos_token_ids)
+    def _decode(self, token_ids: list[int], eos: set[int] | None = None) -> str:
+        eos = set(self.eos_token_ids) if eos is None else eos
         return self.tokenizer.decode([t for t in token_ids if t not in eos])
 
 
