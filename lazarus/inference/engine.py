@@ -120,6 +120,9 @@ class Engine:
             raise UnsupportedModelError(f"model {type(model).__name__} uses {', '.join(sorted(kinds))} caches; "
                                         "the engine batches models whose layers all use a plain KVCache")
         self.num_layers = len(model.layers)
+        # The engine's own stream, as mlx-lm's generator has: its work queues apart from what the rest of
+        # the process (a learner thread, say) runs on the default stream.
+        self.stream_id = mx.new_stream(mx.default_device())
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -212,36 +215,37 @@ class Engine:
         next_tokens = next_logprobs = None  # drawn for each row, not yet fed to the model
 
         while waiting or rows:
-            admitted = []
-            while waiting and len(rows) + sum(a[2] for a in admitted) + waiting[0][2] <= capacity:
-                admitted.append(waiting.popleft())
-            for start in range(0, len(admitted), self.prefill_batch_size):
-                slices = admitted[start : start + self.prefill_batch_size]
-                cache, logits = self._prefill([prompts[i] for i, _, _ in slices],
-                                              [caches[i] if caches is not None else None for i, _, _ in slices])
-                if any(count > 1 for _, _, count in slices):  # share each prefill: repeat rows, not compute
-                    shared = mx.array([k for k, (_, _, count) in enumerate(slices) for _ in range(count)])
-                    for c in cache:
-                        c.filter(shared)
-                    logits = logits[shared]
-                drawn, drawn_logprobs = sample_tokens(logits, params, uniforms.next(logits.shape[0]))
-                if batch_cache is None:
-                    batch_cache, next_tokens, next_logprobs = cache, drawn, drawn_logprobs
-                else:
-                    for mine, theirs in zip(batch_cache, cache):
-                        mine.extend(theirs)
-                    next_tokens = mx.concatenate([next_tokens, drawn])
-                    next_logprobs = mx.concatenate([next_logprobs, drawn_logprobs])
-                rows += [i * n + j for i, first, count in slices for j in range(first, first + count)]
+            with mx.stream(self.stream_id):  # the model's work, on the engine's stream
+                admitted = []
+                while waiting and len(rows) + sum(a[2] for a in admitted) + waiting[0][2] <= capacity:
+                    admitted.append(waiting.popleft())
+                for start in range(0, len(admitted), self.prefill_batch_size):
+                    slices = admitted[start : start + self.prefill_batch_size]
+                    cache, logits = self._prefill([prompts[i] for i, _, _ in slices],
+                                                  [caches[i] if caches is not None else None for i, _, _ in slices])
+                    if any(count > 1 for _, _, count in slices):  # share each prefill: repeat rows, not compute
+                        shared = mx.array([k for k, (_, _, count) in enumerate(slices) for _ in range(count)])
+                        for c in cache:
+                            c.filter(shared)
+                        logits = logits[shared]
+                    drawn, drawn_logprobs = sample_tokens(logits, params, uniforms.next(logits.shape[0]))
+                    if batch_cache is None:
+                        batch_cache, next_tokens, next_logprobs = cache, drawn, drawn_logprobs
+                    else:
+                        for mine, theirs in zip(batch_cache, cache):
+                            mine.extend(theirs)
+                        next_tokens = mx.concatenate([next_tokens, drawn])
+                        next_logprobs = mx.concatenate([next_logprobs, drawn_logprobs])
+                    rows += [i * n + j for i, first, count in slices for j in range(first, first + count)]
 
-            # Queue the next step before looking at this one, unless every row ends here by length.
-            tokens, token_logprobs = next_tokens, next_logprobs
-            if any(len(produced[s]) + 1 < params.max_tokens for s in rows):
-                logits = self.model(tokens[:, None], cache=batch_cache)[:, -1, :]
-                next_tokens, next_logprobs = sample_tokens(logits, params, uniforms.next(len(rows)))
-                mx.async_eval(next_tokens, next_logprobs)
-            else:
-                next_tokens = next_logprobs = None
+                # Queue the next step before looking at this one, unless every row ends here by length.
+                tokens, token_logprobs = next_tokens, next_logprobs
+                if any(len(produced[s]) + 1 < params.max_tokens for s in rows):
+                    logits = self.model(tokens[:, None], cache=batch_cache)[:, -1, :]
+                    next_tokens, next_logprobs = sample_tokens(logits, params, uniforms.next(len(rows)))
+                    mx.async_eval(next_tokens, next_logprobs)
+                else:
+                    next_tokens = next_logprobs = None
 
             step, running = [], []
             for b, (s, token, logprob) in enumerate(zip(rows, tokens.tolist(), token_logprobs.tolist())):
@@ -258,19 +262,20 @@ class Engine:
                     running.append(b)
             yield step
 
-            if len(running) < len(rows):
-                if kept is not None:
-                    for b, st in enumerate(step):
-                        if st.finish_reason is not None:
-                            kept[st.sequence] = SequenceCache([c.extract(b) for c in batch_cache])
-                rows = [rows[b] for b in running]
-                if not rows:
-                    batch_cache = next_tokens = next_logprobs = None
-                elif next_tokens is not None:
-                    keep = mx.array(running)
-                    for c in batch_cache:
-                        c.filter(keep)
-                    next_tokens, next_logprobs = next_tokens[keep], next_logprobs[keep]
+            with mx.stream(self.stream_id):
+                if len(running) < len(rows):
+                    if kept is not None:
+                        for b, st in enumerate(step):
+                            if st.finish_reason is not None:
+                                kept[st.sequence] = SequenceCache([c.extract(b) for c in batch_cache])
+                    rows = [rows[b] for b in running]
+                    if not rows:
+                        batch_cache = next_tokens = next_logprobs = None
+                    elif next_tokens is not None:
+                        keep = mx.array(running)
+                        for c in batch_cache:
+                            c.filter(keep)
+                        next_tokens, next_logprobs = next_tokens[keep], next_logprobs[keep]
 
     def _prefill(self, prompts: list[list[int]], caches: list[Optional[SequenceCache]]):
         """Feed each prompt (after its cache, if any) in one batch: (batched cache, logits [B, V] at each end).
