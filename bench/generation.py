@@ -146,7 +146,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--no-group", dest="group", action="store_false", help="Skip the 4x8 group row.")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quick", action="store_true",
+                        help="Micro model, batch 1 and 4, 8 tokens, 1 repeat, every setting (a smoke run).")
     args = parser.parse_args()
+    if args.quick:
+        args.size, args.batch_sizes, args.max_tokens, args.repeats, args.group = "micro", "1,4", 8, 1, False
 
     path = args.model or init_model("llama", args.size, tempfile.mkdtemp(prefix="lazarus-bench-") + "/m")
     model, tokenizer = load(path)
