@@ -120,6 +120,9 @@ class Engine:
             raise UnsupportedModelError(f"model {type(model).__name__} uses {', '.join(sorted(kinds))} caches; "
                                         "the engine batches models whose layers all use a plain KVCache")
         self.num_layers = len(model.layers)
+        # The engine's own stream, as mlx-lm's generator has: its work queues apart from what the rest of
+        # the process (a learner thread, say) runs on the default stream.
+        self.stream_id = mx.new_stream(mx.default_device())
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -197,7 +200,8 @@ class Engine:
         for i, p in enumerate(prompts):
             if not p:
                 raise ValueError(f"prompt {i} is empty")
-        stop_ids = set(self.eos_token_ids) | set(params.stop_token_ids)
+        eos = set(self.eos_token_ids)
+        stop_ids = eos | set(params.stop_token_ids)
         # What joins the batch: (prompt, first sample, samples) slices of whole groups, split only when a
         # group alone is larger than the batch; each slice is prefilled once.
         capacity = max(self.completion_batch_size, 1)
@@ -211,36 +215,37 @@ class Engine:
         next_tokens = next_logprobs = None  # drawn for each row, not yet fed to the model
 
         while waiting or rows:
-            admitted = []
-            while waiting and len(rows) + sum(a[2] for a in admitted) + waiting[0][2] <= capacity:
-                admitted.append(waiting.popleft())
-            for start in range(0, len(admitted), self.prefill_batch_size):
-                slices = admitted[start : start + self.prefill_batch_size]
-                cache, logits = self._prefill([prompts[i] for i, _, _ in slices],
-                                              [caches[i] if caches is not None else None for i, _, _ in slices])
-                if any(count > 1 for _, _, count in slices):  # share each prefill: repeat rows, not compute
-                    shared = mx.array([k for k, (_, _, count) in enumerate(slices) for _ in range(count)])
-                    for c in cache:
-                        c.filter(shared)
-                    logits = logits[shared]
-                drawn, drawn_logprobs = sample_tokens(logits, params, uniforms.next(logits.shape[0]))
-                if batch_cache is None:
-                    batch_cache, next_tokens, next_logprobs = cache, drawn, drawn_logprobs
-                else:
-                    for mine, theirs in zip(batch_cache, cache):
-                        mine.extend(theirs)
-                    next_tokens = mx.concatenate([next_tokens, drawn])
-                    next_logprobs = mx.concatenate([next_logprobs, drawn_logprobs])
-                rows += [i * n + j for i, first, count in slices for j in range(first, first + count)]
+            with mx.stream(self.stream_id):  # the model's work, on the engine's stream
+                admitted = []
+                while waiting and len(rows) + sum(a[2] for a in admitted) + waiting[0][2] <= capacity:
+                    admitted.append(waiting.popleft())
+                for start in range(0, len(admitted), self.prefill_batch_size):
+                    slices = admitted[start : start + self.prefill_batch_size]
+                    cache, logits = self._prefill([prompts[i] for i, _, _ in slices],
+                                                  [caches[i] if caches is not None else None for i, _, _ in slices])
+                    if any(count > 1 for _, _, count in slices):  # share each prefill: repeat rows, not compute
+                        shared = mx.array([k for k, (_, _, count) in enumerate(slices) for _ in range(count)])
+                        for c in cache:
+                            c.filter(shared)
+                        logits = logits[shared]
+                    drawn, drawn_logprobs = sample_tokens(logits, params, uniforms.next(logits.shape[0]))
+                    if batch_cache is None:
+                        batch_cache, next_tokens, next_logprobs = cache, drawn, drawn_logprobs
+                    else:
+                        for mine, theirs in zip(batch_cache, cache):
+                            mine.extend(theirs)
+                        next_tokens = mx.concatenate([next_tokens, drawn])
+                        next_logprobs = mx.concatenate([next_logprobs, drawn_logprobs])
+                    rows += [i * n + j for i, first, count in slices for j in range(first, first + count)]
 
-            # Queue the next step before looking at this one, unless every row ends here by length.
-            tokens, token_logprobs = next_tokens, next_logprobs
-            if any(len(produced[s]) + 1 < params.max_tokens for s in rows):
-                logits = self.model(tokens[:, None], cache=batch_cache)[:, -1, :]
-                next_tokens, next_logprobs = sample_tokens(logits, params, uniforms.next(len(rows)))
-                mx.async_eval(next_tokens, next_logprobs)
-            else:
-                next_tokens = next_logprobs = None
+                # Queue the next step before looking at this one, unless every row ends here by length.
+                tokens, token_logprobs = next_tokens, next_logprobs
+                if any(len(produced[s]) + 1 < params.max_tokens for s in rows):
+                    logits = self.model(tokens[:, None], cache=batch_cache)[:, -1, :]
+                    next_tokens, next_logprobs = sample_tokens(logits, params, uniforms.next(len(rows)))
+                    mx.async_eval(next_tokens, next_logprobs)
+                else:
+                    next_tokens = next_logprobs = None
 
             step, running = [], []
             for b, (s, token, logprob) in enumerate(zip(rows, tokens.tolist(), token_logprobs.tolist())):
@@ -250,32 +255,34 @@ class Engine:
                     reason = "stop"
                 elif len(produced[s]) >= params.max_tokens:
                     reason = "length"
-                elif stops and any(x in self._decode(produced[s][-window:]) for x in stops):
+                elif stops and any(x in self._decode(produced[s][-window:], eos) for x in stops):
                     reason = "stop"
                 step.append(_Step(s, token, logprob, reason))
                 if reason is None:
                     running.append(b)
             yield step
 
-            if len(running) < len(rows):
-                if kept is not None:
-                    for b, st in enumerate(step):
-                        if st.finish_reason is not None:
-                            kept[st.sequence] = SequenceCache([c.extract(b) for c in batch_cache])
-                rows = [rows[b] for b in running]
-                if not rows:
-                    batch_cache = next_tokens = next_logprobs = None
-                elif next_tokens is not None:
-                    keep = mx.array(running)
-                    for c in batch_cache:
-                        c.filter(keep)
-                    next_tokens, next_logprobs = next_tokens[keep], next_logprobs[keep]
+            with mx.stream(self.stream_id):
+                if len(running) < len(rows):
+                    if kept is not None:
+                        for b, st in enumerate(step):
+                            if st.finish_reason is not None:
+                                kept[st.sequence] = SequenceCache([c.extract(b) for c in batch_cache])
+                    rows = [rows[b] for b in running]
+                    if not rows:
+                        batch_cache = next_tokens = next_logprobs = None
+                    elif next_tokens is not None:
+                        keep = mx.array(running)
+                        for c in batch_cache:
+                            c.filter(keep)
+                        next_tokens, next_logprobs = next_tokens[keep], next_logprobs[keep]
 
     def _prefill(self, prompts: list[list[int]], caches: list[Optional[SequenceCache]]):
         """Feed each prompt (after its cache, if any) in one batch: (batched cache, logits [B, V] at each end).
 
-        Prompts of different lengths are right-padded; `finalize` then turns the padding into left padding,
-        which the attention mask hides, so each row continues exactly as if it had been alone.
+        All but each prompt's last token go in first, right-padded, and only the caches are evaluated, so
+        the vocabulary projection never runs over the prompt; `finalize` turns that padding into left
+        padding, which the attention mask hides. The last tokens then go in as one decode step.
         """
         for c in caches:
             if c is not None and not isinstance(c, SequenceCache):
@@ -285,28 +292,24 @@ class Engine:
         else:
             batch_cache = [_BatchCache.merge([c.layers[layer] if c is not None else KVCache() for c in caches])
                            for layer in range(self.num_layers)]
-        lengths = [len(p) for p in prompts]
+        lengths = [len(p) - 1 for p in prompts]
         longest = max(lengths)
-        padding = [longest - length for length in lengths]
-        tokens = mx.array([p + [0] * pad for p, pad in zip(prompts, padding)])
-        if longest > min(lengths):
+        if longest > 0:
+            padding = [longest - length for length in lengths]
+            if any(padding):
+                for c in batch_cache:
+                    c.prepare(lengths=lengths, right_padding=padding)
+            heads = mx.array([p[:-1] + [0] * pad for p, pad in zip(prompts, padding)])
+            for start in range(0, longest, self.prefill_step_size):
+                self.model(heads[:, start : start + self.prefill_step_size], cache=batch_cache)
+                mx.eval([c.state for c in batch_cache])
             for c in batch_cache:
-                c.prepare(lengths=lengths, right_padding=padding)
-        last_position = mx.array(lengths) - 1
-        last = None
-        for start in range(0, longest, self.prefill_step_size):
-            out = self.model(tokens[:, start : start + self.prefill_step_size], cache=batch_cache)
-            inside = (last_position >= start) & (last_position < start + out.shape[1])
-            at = mx.clip(last_position - start, 0, out.shape[1] - 1)
-            logits = mx.take_along_axis(out, at[:, None, None], axis=1).squeeze(1)
-            last = logits if last is None else mx.where(inside[:, None], logits, last)
-            mx.eval(last, [c.state for c in batch_cache])
-        for c in batch_cache:
-            c.finalize()
-        return batch_cache, last
+                c.finalize()
+        logits = self.model(mx.array([[p[-1]] for p in prompts]), cache=batch_cache)[:, -1, :]
+        return batch_cache, logits
 
-    def _decode(self, token_ids: list[int]) -> str:
-        eos = set(self.eos_token_ids)
+    def _decode(self, token_ids: list[int], eos: set[int] | None = None) -> str:
+        eos = set(self.eos_token_ids) if eos is None else eos
         return self.tokenizer.decode([t for t in token_ids if t not in eos])
 
 

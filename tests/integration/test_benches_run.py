@@ -1,4 +1,5 @@
-"""The learner and GRPO-step benchmarks run end to end (`--quick`, micro model) and print their ratio lines."""
+"""The learner, GRPO-step and generation benchmarks run end to end (`--quick`, micro model) and print
+their ratio lines."""
 
 import re
 import subprocess
@@ -43,3 +44,20 @@ def test_grpo_step_bench_prints_each_step_and_batched_vs_four_at_a_time_ratio():
     match = re.search(r"ratio batched generation / 4-at-a-time generation, same engine: micro ([0-9.]+)", out)
     assert match, out
     assert float(match.group(1)) > 0
+
+
+@pytest.mark.slow
+def test_generation_bench_prints_a_ratio_and_an_overhead_for_every_sampling_setting():
+    # given the generation benchmark in quick mode (micro model, batch 1 and 4, one repeat)
+    # when it runs as its own process
+    out = run_bench("generation.py")
+    # then every setting has a row per batch size, with a positive ratio against mlx-lm (none for stop
+    # strings, which mlx-lm's generator lacks) and an overhead beyond the forward
+    for setting in ("temperature", "top-k 20", "top-p 0.95", "top-k 20 top-p 0.95", "min-p 0.05", "stop strings"):
+        for batch in (1, 4):
+            row = re.search(rf"^{setting}\s+{batch}\s.*\s(-|[0-9.]+)\s+(-?[0-9.]+)%$", out, re.MULTILINE)
+            assert row, out
+            assert (row.group(1) == "-") == (setting == "stop strings"), out
+    assert re.search(r"largest engine overhead beyond the model forward -?[0-9.]+% ", out), out
+    match = re.search(r"min ratio ours/mlx-lm = ([0-9.]+) ", out)
+    assert match and float(match.group(1)) > 0, out

@@ -131,10 +131,10 @@ def test_each_prompt_is_prefilled_once_for_its_whole_group(tiny_model):
     prompts = [[5, 6, 7, 8, 9], [10, 11]]
     # when generating
     out = Engine(counting, tokenizer).generate(prompts, 4, SamplingParams(max_tokens=6, seed=0))
-    # then one prefill call saw 2 rows (not 8), and every decode step fed one token to each running row
-    prefills = [c for c in counting.calls if c[1] > 1]
-    assert prefills == [(2, 5)]
-    assert all(c[0] <= 8 and c[1] == 1 for c in counting.calls if c not in prefills)
+    # then the prompts went in with 2 rows (not 8): their bodies, then their last tokens; and only then
+    # did the 8 completions decode, one token per row per step
+    assert counting.calls[:2] == [(2, 4), (2, 1)]
+    assert all(rows <= 8 and width == 1 for rows, width in counting.calls[2:])
     # and the shared prefill still gives each completion the logprobs of its own full forward
     assert_logprobs_match_forward(model, prompts, out)
 
@@ -236,7 +236,7 @@ def test_unpadded_batches_attend_without_a_mask_and_match_padded_ones(tiny_model
 def test_a_group_joins_next_to_rows_still_decoding(tiny_model):
     # given three prompts, room for two groups of 2, and a stop token that ends prompt 0's group early
     model, tokenizer = tiny_model
-    prompts = [tokenizer.encode("2 + 2 ="), tokenizer.encode("Hello"), tokenizer.encode("red blue")]
+    prompts = [tokenizer.encode("2 + 2 ="), tokenizer.encode("Hello"), tokenizer.encode("red blue green small")]
     greedy = SamplingParams(temperature=0, max_tokens=10, stop_token_ids=[])
     free = Engine(model, tokenizer).generate(prompts, 1, greedy)
     later = set(free[1].token_ids) | set(free[2].token_ids)
@@ -246,10 +246,22 @@ def test_a_group_joins_next_to_rows_still_decoding(tiny_model):
     # when generating with a batch of 4 rows
     narrow = Engine(counting, tokenizer, completion_batch_size=4).generate(prompts, 2, params)
     # then prompt 2's group was prefilled while prompt 1's rows were mid-decode, and joined them (4 rows)
-    third = counting.calls.index((1, len(prompts[2])))
-    assert counting.calls[third + 1] == (4, 1)
+    third = counting.calls.index((1, len(prompts[2]) - 1))  # its body; then its last token; then all rows
+    assert counting.calls[third + 1 : third + 3] == [(1, 1), (4, 1)]
     # and every completion is what a wide batch gives, with the logprobs of its own forward pass
     wide = Engine(model, tokenizer).generate(prompts, 2, params)
     assert [c.token_ids for c in narrow] == [c.token_ids for c in wide]
     assert narrow[0].finish_reason == "stop" and narrow[0].token_ids[-1] == stop
     assert_logprobs_match_forward(model, prompts, narrow)
+
+
+def test_long_prompts_prefill_in_chunks_with_the_same_logprobs(tiny_model):
+    # given prompts longer than the prefill step, one of a single token
+    model, tokenizer = tiny_model
+    prompts = [list(range(5, 17)), [40], list(range(20, 27))]
+    counting = CountingModel(model)
+    # when prefilling 3 tokens at a time
+    out = Engine(counting, tokenizer, prefill_step_size=3).generate(prompts, 2, SamplingParams(max_tokens=5, seed=4))
+    # then the 11 body tokens went in as 3 + 3 + 3 + 2, and the logprobs are those of one forward pass
+    assert counting.calls[:5] == [(3, 3), (3, 3), (3, 3), (3, 2), (3, 1)]
+    assert_logprobs_match_forward(model, prompts, out)
