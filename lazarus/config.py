@@ -107,8 +107,22 @@ class GenerationConfig(Section):
 
 
 class RewardSpec(Section):
-    function: str = Field(..., description="Built-in name (accuracy, format) or `module:function` (TRL signature).")
+    function: Optional[str] = Field(
+        None, description="Built-in name (accuracy, format) or `module:function` (TRL signature).")
+    model: Optional[str] = Field(
+        None, description="A reward model directory written by `lazarus train rm` (RUN_DIR/reward_model): "
+        "scores each prompt + completion with its value head. Give `function` or `model`, not both.")
+    batch_size: int = Field(32, gt=0, description="model: completions scored per forward pass.")
     weight: float = Field(1.0, description="Weight of this reward in the total.")
+    task: Optional[str] = Field(
+        None, description="Multi-task runs: apply this reward only to prompts of this task (data.tasks name); "
+        "null = every task.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.function is None) == (self.model is None):
+            raise ValueError("give exactly one of `function` (a reward function) or `model` (a reward model dir)")
+        return self
 
 
 class RLConfig(Section):
@@ -154,6 +168,16 @@ class DPOConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="sigmoid: conservative-DPO label smoothing.")
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO target margin.")
     orpo_lambda: float = Field(0.1, ge=0, description="ORPO weight of the odds-ratio term.")
+
+
+class RMConfig(Section):
+    center_rewards_coef: float = Field(
+        0.0, ge=0, description="rm: weight of (r_chosen + r_rejected)^2, keeping rewards centred on 0 "
+        "(TRL RewardTrainer `center_rewards_coefficient`; 0.01 is TRL's suggestion). 0 = off.")
+    sft_coef: float = Field(
+        0.0, ge=0, description="rm: weight of an auxiliary next-token loss on the chosen completions through the "
+        "policy's LM head (the SFT regulariser of Yang et al. 2024, 'Generalizable Reward Model'). Teaches a "
+        "model trained from scratch the task the rewards judge; 0 = pure Bradley-Terry.")
 
 
 class EvalConfig(Section):
@@ -216,7 +240,8 @@ class DemoConfig(Section):
 
 
 class Config(Section):
-    algorithm: Literal["sft", "dpo", "grpo", "ppo"] = Field("grpo", description="What `lazarus train` runs.")
+    algorithm: Literal["sft", "dpo", "grpo", "ppo", "rm"] = Field(
+        "grpo", description="What `lazarus train` runs (rm: a Bradley-Terry reward model on preference pairs).")
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -225,6 +250,7 @@ class Config(Section):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
+    rm: RMConfig = Field(default_factory=RMConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
