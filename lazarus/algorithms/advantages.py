@@ -262,3 +262,20 @@ def whiten(x: mx.array, mask: mx.array, shift_mean: bool = True, eps: float = 1e
     if not shift_mean:
         whitened = whitened + mean
     return mx.where(mask.astype(mx.bool_), whitened, 0.0)
+
+
+def groups_with_signal(rewards, group_ids) -> np.ndarray:
+    """DAPO dynamic sampling (Yu et al. 2025, eq. 11): per completion, whether its group's rewards differ.
+
+    A group whose rewards are all equal has zero advantages and no gradient; DAPO drops it and samples
+    more prompts until the batch is full of groups with signal. Returns a bool [N] numpy mask.
+    """
+    rewards = np.asarray(rewards, np.float64)
+    ids = np.asarray(group_ids)
+    if rewards.shape != ids.shape or rewards.ndim != 1:
+        raise ValueError(f"rewards {rewards.shape} and group_ids {ids.shape} must both be [N]")
+    keep = np.zeros(rewards.shape[0], bool)
+    for group in np.unique(ids):
+        members = ids == group
+        keep[members] = rewards[members].max() != rewards[members].min()
+    return keep

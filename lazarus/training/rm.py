@@ -24,31 +24,9 @@ from lazarus.algorithms.reward_model import bradley_terry_loss
 from lazarus.config import Config
 from lazarus.data.batching import BatchIterator
 from lazarus.data.tokenize import TokenizedPreference
-from lazarus.models.value_head import PolicyWithValue, save_value_head
-from lazarus.training.base import Trainer, pad_length
-
-VALUE_HEAD_FILE = "value_head.safetensors"
-
-
-def collate_scored(sequences: list[tuple[list[int], list[int]]], pad_id: int):
-    """(prompt, completion) pairs -> (ids [N,W], last-token index [N], completion target mask [N,W]).
-
-    `ids` is prompt + completion right-padded; the reward is read at `last` (the final completion
-    token); the mask marks positions t whose next token ids[t+1] is a completion token (for the
-    auxiliary next-token loss).
-    """
-    width = pad_length(max(len(p) + len(c) for p, c in sequences))
-    ids = np.full((len(sequences), width), pad_id, np.int32)
-    mask = np.zeros((len(sequences), width), np.float32)
-    last = np.zeros(len(sequences), np.int32)
-    for i, (prompt, completion) in enumerate(sequences):
-        full = list(prompt) + list(completion)
-        if not completion:
-            raise ValueError(f"row {i}: empty completion (nothing to score)")
-        ids[i, : len(full)] = full
-        mask[i, len(prompt) - 1: len(full) - 1] = 1.0
-        last[i] = len(full) - 1
-    return mx.array(ids), mx.array(last), mx.array(mask)
+from lazarus.models.value_head import (VALUE_HEAD_FILE, PolicyWithValue, collate_scored, last_token_values,
+                                       save_value_head)
+from lazarus.training.base import Trainer
 
 
 def collate_pairs(pairs: list[TokenizedPreference], pad_id: int):
@@ -57,17 +35,12 @@ def collate_pairs(pairs: list[TokenizedPreference], pad_id: int):
                           + [(p.prompt_ids, p.rejected_ids) for p in pairs], pad_id)
 
 
-def sequence_rewards(reward_model: PolicyWithValue, ids: mx.array, last: mx.array) -> tuple[mx.array, mx.array]:
-    """(rewards [N], logits [N,W,V]): the value head at each row's last token, and the LM logits."""
-    logits, values = reward_model(ids)
-    return mx.take_along_axis(values, last[:, None], axis=1).squeeze(1), logits
-
-
 class RewardModelTrainer(Trainer):
     name = "rm"
 
     def __init__(self, cfg: Config, model: nn.Module, tokenizer, pairs: list[TokenizedPreference],
                  eval_pairs: list[TokenizedPreference] | None = None):
+        mx.random.seed(cfg.training.seed)  # the head's init depends on the seed only
         reward_model = PolicyWithValue(model)
         super().__init__(cfg, reward_model, tokenizer)
         if not pairs:
@@ -78,7 +51,7 @@ class RewardModelTrainer(Trainer):
         self.stepper = self.make_stepper(self.loss)
 
     def loss(self, reward_model, ids, last, mask):
-        rewards, logits = sequence_rewards(reward_model, ids, last)
+        rewards, logits = last_token_values(reward_model, ids, last)
         half = ids.shape[0] // 2
         loss, metrics = bradley_terry_loss(rewards[:half], rewards[half:], center_coef=self.cfg.rm.center_rewards_coef)
         if self.cfg.rm.sft_coef:
@@ -126,7 +99,7 @@ class RewardModelTrainer(Trainer):
         for i in range(0, len(self.eval_pairs), size):
             pairs = self.eval_pairs[i: i + size]
             ids, last, _ = collate_pairs(pairs, self.pad_id)
-            rewards, _ = sequence_rewards(self.model, ids, last)
+            rewards, _ = last_token_values(self.model, ids, last)
             chosen, rejected = np.array(rewards[: len(pairs)]), np.array(rewards[len(pairs):])
             wins.extend((chosen > rejected).tolist())
             margins.extend((chosen - rejected).tolist())
