@@ -285,6 +285,9 @@ class DPOConfig(Section):
 
 
 class RMConfig(Section):
+    pooling: Literal["last", "mean"] = Field(
+        "last", description="rm: the score of a completion is the value head at its last token (InstructGPT, "
+        "TRL) or the mean over its tokens (every token adds evidence; learns token-local checks faster).")
     center_rewards_coef: float = Field(
         0.0, ge=0, description="rm: weight of (r_chosen + r_rejected)^2, keeping rewards centred on 0 "
         "(TRL RewardTrainer `center_rewards_coefficient`; 0.01 is TRL's suggestion). 0 = off.")

@@ -46,7 +46,7 @@ def _train_reward_model(cfg, resume: Optional[Path]) -> None:
     trainer = RewardModelTrainer(cfg, model, tokenizer, pairs(d.train), pairs(d.eval))
     result = trainer.train(resume=resume)
     out = export_reward_model(trainer.model, Path(cfg.model.path), Path(cfg.training.run_dir) / "reward_model",
-                              save_model_dir)
+                              save_model_dir, pooling=cfg.rm.pooling)
     typer.echo(f"reward model: {out} (use it as rl.rewards: [{{model: {out}}}])")
     if "eval_pairwise_accuracy" in result:
         typer.echo(f"held-out pairwise accuracy {result['eval_pairwise_accuracy']:.4f}")

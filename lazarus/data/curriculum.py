@@ -154,3 +154,28 @@ def per_task_means(values: Sequence[float], tasks: Sequence[str], prefix: str) -
         if selected.size:
             out[f"{prefix}/{task}"] = float(selected.mean())
     return out
+
+
+def load_tasks(tasks, seed: int = 0):
+    """`data.tasks` entries -> (train records by task, eval records by task, their TaskMixture).
+
+    Each record gets a `task` column with its task's name (what per-task rewards and metrics select
+    on); a row that already has a different `task` is an error naming the file and row.
+    """
+    from lazarus.data.records import DatasetError, read_prompts
+
+    train, held_out = {}, {}
+    for task in tasks:
+        for split, path, out in (("train", task.train, train), ("eval", task.eval, held_out)):
+            if path is None:
+                continue
+            records = read_prompts(path)
+            for row, record in enumerate(records, start=1):
+                if record.columns.get("task", task.name) != task.name:
+                    raise DatasetError(f"{path}:{row}: task {record.columns['task']!r} differs from data.tasks "
+                                       f"name {task.name!r}")
+                record.columns["task"] = task.name
+            out[task.name] = records
+    mixture = TaskMixture({name: len(records) for name, records in train.items()},
+                          {task.name: task.weight for task in tasks}, seed=seed)
+    return train, held_out, mixture

@@ -3,8 +3,8 @@
 `RewardModelScorer(DIR)` loads what `lazarus train rm` exports (RUN_DIR/reward_model: a model
 directory plus `value_head.safetensors`) and is a reward function of TRL's signature: it tokenizes each
 prompt + completion exactly as the reward model's training pairs were (`encode_preference`), scores
-them `batch_size` at a time (one forward pass per batch, right-padded, the value at each row's last
-token), and returns one float per completion.
+them `batch_size` at a time (one forward pass per batch, right-padded, pooled as the model was trained:
+`reward_model.json`), and returns one float per completion.
 
 `resolve_reward_specs(specs)` turns the `rl.rewards` entries (`function` or `model`, `weight`,
 optional `task`) into `RewardFunction`s; an entry with `task` scores only the rows of that task (the
@@ -23,7 +23,8 @@ from lazarus.data.records import PreferenceRecord
 from lazarus.data.tokenize import encode_preference
 from lazarus.env.rewards import RewardFunction, completion_text, resolve_reward_function
 from lazarus.errors import LazarusError
-from lazarus.models.value_head import VALUE_HEAD_FILE, collate_scored, last_token_values
+from lazarus.models.value_head import (REWARD_MODEL_FILE, REWARD_POOLINGS, VALUE_HEAD_FILE, collate_scored,
+                                       last_token_values)
 
 
 class RewardSpecError(LazarusError, ValueError):
@@ -45,6 +46,7 @@ class RewardModelScorer:
                                   f"output, RUN_DIR/reward_model?)")
         if batch_size < 1:
             raise RewardSpecError(f"reward model {directory}: batch_size must be >= 1, got {batch_size}")
+        self.pooling = _read_pooling(directory)
         policy, self.tokenizer = load(directory)
         self.model = PolicyWithValue(policy, load_value_head(head_file))
         self.model.freeze()
@@ -73,12 +75,27 @@ class RewardModelScorer:
         scores: list[float] = []
         with self._lock:
             for start in range(0, len(sequences), self.batch_size):
-                ids, last, _ = collate_scored(sequences[start: start + self.batch_size], self.pad_id)
-                rewards, _ = last_token_values(self.model, ids, last)
+                ids, last, mask = collate_scored(sequences[start: start + self.batch_size], self.pad_id)
+                rewards, _ = last_token_values(self.model, ids, last, mask, self.pooling)
                 mx.eval(rewards)
                 self.forward_passes += 1
                 scores.extend(np.array(rewards, np.float64).tolist())
         return scores
+
+
+def _read_pooling(directory: Path) -> str:
+    import json
+
+    path = directory / REWARD_MODEL_FILE
+    if not path.is_file():
+        return "last"
+    try:
+        pooling = json.loads(path.read_text()).get("pooling", "last")
+    except (ValueError, AttributeError) as e:
+        raise RewardSpecError(f"{path}: not a reward-model description ({e})") from None
+    if pooling not in REWARD_POOLINGS:
+        raise RewardSpecError(f"{path}: pooling {pooling!r} is not one of {REWARD_POOLINGS}")
+    return pooling
 
 
 def for_task(fn, task: str):

@@ -20,6 +20,7 @@ from mlx import nn
 from lazarus.models.io import save_safetensors
 
 VALUE_HEAD_FILE = "value_head.safetensors"  # the head's file in a reward-model directory (`lazarus train rm`)
+REWARD_MODEL_FILE = "reward_model.json"  # and how its values become one score ({"pooling": "last" | "mean"})
 
 #: Families whose LM head is `lm_head` or the tied embedding, optionally divided by `logits_scaling`.
 #: `logits_from_hidden` refuses the others rather than guess (some add softcapping or extra norms).
@@ -168,7 +169,23 @@ def collate_scored(sequences: list[tuple[list[int], list[int]]], pad_id: int, mu
     return mx.array(ids), mx.array(last), mx.array(mask)
 
 
-def last_token_values(model: PolicyWithValue, ids: mx.array, last: mx.array) -> tuple[mx.array, mx.array]:
-    """(values at each row's `last` position [N], logits [N,W,V]) in one forward pass."""
+REWARD_POOLINGS = ("last", "mean")
+
+
+def last_token_values(model: PolicyWithValue, ids: mx.array, last: mx.array, mask: mx.array | None = None,
+                      pooling: str = "last") -> tuple[mx.array, mx.array]:
+    """(one score per row [N], logits [N,W,V]) in one forward pass.
+
+    pooling "last": the value at each row's `last` position (InstructGPT, TRL's sequence classifier);
+    "mean": the mean value over the row's completion tokens (positions t with mask[t-1] = 1, `mask`
+    as `collate_scored` returns it), where every completion token adds its evidence.
+    """
+    if pooling not in REWARD_POOLINGS:
+        raise ValueError(f"pooling must be one of {REWARD_POOLINGS}, got {pooling!r}")
     logits, values = model(ids)
-    return mx.take_along_axis(values, last[:, None].astype(mx.int32), axis=1).squeeze(1), logits
+    if pooling == "last":
+        return mx.take_along_axis(values, last[:, None].astype(mx.int32), axis=1).squeeze(1), logits
+    if mask is None:
+        raise ValueError("pooling 'mean' needs the completion mask")
+    completion = mx.concatenate([mx.zeros_like(mask[:, :1]), mask[:, :-1]], axis=1)
+    return (values * completion).sum(axis=1) / mx.maximum(completion.sum(axis=1), 1.0), logits

@@ -3,7 +3,8 @@
 The reward model is the policy architecture with a value head (`PolicyWithValue`): the reward of a
 prompt + completion is the head's value at the completion's last token (its EOS), where the model has
 read everything it judges, as in InstructGPT's reward model. Each batch holds the chosen rows, then the
-rejected rows; the loss is `bradley_terry_loss` plus, with `rm.sft_coef`, the next-token loss on the
+rejected rows (`rm.pooling` "mean" averages the values over the completion tokens instead); the loss
+is `bradley_terry_loss` plus, with `rm.sft_coef`, the next-token loss on the
 chosen completions through the LM head (which teaches a model trained from scratch what it judges).
 
 `export_reward_model` writes RUN_DIR/reward_model: the backbone as a model directory plus
@@ -24,7 +25,8 @@ from lazarus.algorithms.reward_model import bradley_terry_loss
 from lazarus.config import Config
 from lazarus.data.batching import BatchIterator
 from lazarus.data.tokenize import TokenizedPreference
-from lazarus.models.value_head import (VALUE_HEAD_FILE, PolicyWithValue, collate_scored, last_token_values,
+from lazarus.models.io import write_json
+from lazarus.models.value_head import (REWARD_MODEL_FILE, VALUE_HEAD_FILE, PolicyWithValue, collate_scored, last_token_values,
                                        save_value_head)
 from lazarus.training.base import Trainer
 
@@ -51,7 +53,7 @@ class RewardModelTrainer(Trainer):
         self.stepper = self.make_stepper(self.loss)
 
     def loss(self, reward_model, ids, last, mask):
-        rewards, logits = last_token_values(reward_model, ids, last)
+        rewards, logits = last_token_values(reward_model, ids, last, mask, self.cfg.rm.pooling)
         half = ids.shape[0] // 2
         loss, metrics = bradley_terry_loss(rewards[:half], rewards[half:], center_coef=self.cfg.rm.center_rewards_coef)
         if self.cfg.rm.sft_coef:
@@ -98,16 +100,18 @@ class RewardModelTrainer(Trainer):
         size = self.cfg.training.batch_size
         for i in range(0, len(self.eval_pairs), size):
             pairs = self.eval_pairs[i: i + size]
-            ids, last, _ = collate_pairs(pairs, self.pad_id)
-            rewards, _ = last_token_values(self.model, ids, last)
+            ids, last, mask = collate_pairs(pairs, self.pad_id)
+            rewards, _ = last_token_values(self.model, ids, last, mask, self.cfg.rm.pooling)
             chosen, rejected = np.array(rewards[: len(pairs)]), np.array(rewards[len(pairs):])
             wins.extend((chosen > rejected).tolist())
             margins.extend((chosen - rejected).tolist())
         return {"eval_pairwise_accuracy": float(np.mean(wins)), "eval_reward_margin": float(np.mean(margins))}
 
 
-def export_reward_model(reward_model: PolicyWithValue, source_model_dir: Path, out: Path, save_model_dir) -> Path:
-    """RUN_DIR/reward_model: the backbone (LoRA fused) as a model directory, plus the value head.
+def export_reward_model(reward_model: PolicyWithValue, source_model_dir: Path, out: Path, save_model_dir,
+                        pooling: str = "last") -> Path:
+    """RUN_DIR/reward_model: the backbone (LoRA fused) as a model directory, the value head, and
+    `reward_model.json` (how the head's values become one score: `pooling`).
 
     `save_model_dir(model, source, out)` is the launcher's model-directory writer (config and tokenizer
     files copied from `source`).
@@ -118,4 +122,5 @@ def export_reward_model(reward_model: PolicyWithValue, source_model_dir: Path, o
         fuse_lora(reward_model.policy)
     save_model_dir(reward_model.policy, source_model_dir, out)
     save_value_head(reward_model.value_head, out / VALUE_HEAD_FILE)
+    write_json(out / REWARD_MODEL_FILE, {"format": "lazarus.reward_model", "pooling": pooling})
     return out

@@ -125,3 +125,31 @@ def test_inconsistent_curriculum_and_task_settings_are_config_errors(override, m
 
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_load_tasks_tags_every_prompt_with_its_task_and_mixes_by_weight(tmp_path):
+    from lazarus.data.curriculum import load_tasks
+    from lazarus.data.io import write_jsonl
+
+    write_jsonl(tmp_path / "math.jsonl", [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(6)])
+    write_jsonl(tmp_path / "chat.jsonl", [{"prompt": "hi"}, {"prompt": "hello"}])
+    cfg = load_config(None, [f"data.tasks=[{{name: math, train: {tmp_path}/math.jsonl, weight: 3}}, "
+                             f"{{name: chat, train: {tmp_path}/chat.jsonl, eval: {tmp_path}/chat.jsonl}}]"])
+
+    train, held_out, mixture = load_tasks(cfg.data.tasks, seed=0)
+
+    assert {r.columns["task"] for r in train["math"]} == {"math"}
+    assert [r.columns["task"] for r in held_out["chat"]] == ["chat", "chat"] and "math" not in held_out
+    assert [task for task, _ in mixture.batch(step=0, n=8)].count("math") == 6
+
+
+def test_a_row_whose_task_column_disagrees_is_an_error_naming_the_row(tmp_path):
+    from lazarus.data.curriculum import load_tasks
+    from lazarus.data.io import write_jsonl
+    from lazarus.data.records import DatasetError
+
+    write_jsonl(tmp_path / "math.jsonl", [{"prompt": "a"}, {"prompt": "b", "task": "chat"}])
+    cfg = load_config(None, [f"data.tasks=[{{name: math, train: {tmp_path}/math.jsonl}}]"])
+
+    with pytest.raises(DatasetError, match=r"math.jsonl:2: task 'chat'"):
+        load_tasks(cfg.data.tasks)

@@ -65,13 +65,15 @@ def test_a_reward_model_learns_a_learnable_preference_to_full_held_out_accuracy(
     assert result["eval_reward_margin"] > 0.5
 
 
+@pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_the_exported_reward_model_scores_in_batches_exactly_as_the_trainer_did(micro_model_dir, polite_data,
-                                                                                 tmp_path):
+                                                                                 tmp_path, pooling):
     # given a trained reward model exported to a directory
-    cfg = rm_config(micro_model_dir, polite_data, tmp_path / "run", "training.max_steps=3")
+    cfg = rm_config(micro_model_dir, polite_data, tmp_path / "run", "training.max_steps=3", f"rm.pooling={pooling}")
     trainer = trainer_for(cfg)
     trainer.train()
-    out = export_reward_model(trainer.model, Path(cfg.model.path), tmp_path / "run" / "reward_model", save_model_dir)
+    out = export_reward_model(trainer.model, Path(cfg.model.path), tmp_path / "run" / "reward_model", save_model_dir,
+                              pooling=pooling)
     assert (out / VALUE_HEAD_FILE).is_file()
     # when the reward function scores prompts and completions of different lengths, 3 at a time and 1 at a time
     prompts = ["Is 5 a number?", "Is 12345 a number?", "Is 7 a number?", "Is 99 a number?"]
@@ -82,9 +84,24 @@ def test_the_exported_reward_model_scores_in_batches_exactly_as_the_trainer_did(
     # then padding does not change a score, it takes ceil(4 / 3) forward passes, and it equals the trainer's value
     assert np.allclose(scores, single(prompts, completions), atol=1e-5)
     assert batched.forward_passes == 2 and single.forward_passes == 4
-    ids, last, _ = collate_scored(batched.sequences(prompts[:1], completions[:1]), trainer.pad_id)
-    expected, _ = last_token_values(trainer.model, ids, last)
+    assert batched.pooling == pooling
+    ids, last, mask = collate_scored(batched.sequences(prompts[:1], completions[:1]), trainer.pad_id)
+    expected, _ = last_token_values(trainer.model, ids, last, mask, pooling)
     assert scores[0] == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_mean_pooling_averages_the_values_of_the_completion_tokens_only(micro_model_dir):
+    from lazarus.models.load import load
+    from lazarus.models.value_head import PolicyWithValue
+
+    model = PolicyWithValue(load(micro_model_dir)[0])
+    ids, last, mask = collate_scored([([5, 6, 7], [8, 9]), ([5], [8, 9, 10, 11])], pad_id=0)
+
+    pooled, _ = last_token_values(model, ids, last, mask, "mean")
+
+    _, values = model(ids)
+    expected = [np.array(values[0, 3:5]).mean(), np.array(values[1, 1:5]).mean()]
+    assert np.allclose(np.array(pooled), expected, atol=1e-6)
 
 
 def test_reward_specs_resolve_functions_models_and_per_task_rewards(micro_model_dir, polite_data, tmp_path):
