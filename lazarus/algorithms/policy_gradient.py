@@ -16,12 +16,21 @@ For completion i, token t, with advantage A_{i,t} (one per sequence is broadcast
       s_{i,t} = sg[s_i] * pi(y_t) / sg[pi(y_t)]
   whose value is s_i and whose gradient, for advantages constant over a sequence, equals GSPO's.
 
+Off-policy (decoupled PPO; Hilton et al. 2022, "Batch size-invariance for policy optimization", as AReaL
+and verl use it for asynchronous RL): with `proximal_logprobs` (the learner's policy before this batch),
+the clip is taken around the proximal policy and the behaviour policy enters only as a truncated
+importance weight, w_{i,t} = min(pi_prox / pi_behavior, importance_cap), held constant:
+
+    L_{i,t} = -w_{i,t} min(r A, clip(r, 1 - eps_low, 1 + eps_high) A),   r = pi / pi_prox
+
+On-policy pi_prox = pi_behavior, w = 1, and this is the loss above.
+
 Where the clip is active (ratio below 1 - eps_low with A < 0, or above 1 + eps_high with A > 0) the
 token gets no gradient; those fractions are reported as clip_fraction_low / clip_fraction_high. Under
 GSPO the ratio belongs to the sequence, so the fractions count clipped *sequences*, as TRL does.
 
 Safety and the knobs users bring from TRL and verl:
-- the log-ratio is clamped to [-20, 20] before exp (verl `compute_policy_loss`), so a stale or diverged
+- log-ratios are clamped to [-20, 20] before exp (verl `compute_policy_loss`), so a stale or diverged
   trajectory gives a finite loss and gradient (a clamped token gets no gradient);
 - `delta` (TRL `GRPOConfig.delta`, two-sided GRPO, after INTELLECT-2): the unclipped term uses
   min(ratio, delta), bounding the loss of a negative-advantage token whose ratio explodes;
@@ -55,6 +64,8 @@ def policy_gradient_loss(
     ref_logprobs: mx.array | None = None,
     beta: float = 0.0,
     kl_estimator: str = "k3",
+    proximal_logprobs: mx.array | None = None,
+    importance_cap: float | None = None,
     delta: float | None = None,
     clip_ratio_c: float | None = None,
     loss_agg_mode: str | None = None,
@@ -63,9 +74,13 @@ def policy_gradient_loss(
 
     logprobs, behavior_logprobs, mask, ref_logprobs: [B,T]; advantages: [B] or [B,T].
     `ref_logprobs` is needed only when beta != 0 (with beta == 0 it is used for the kl metric if given).
+    `proximal_logprobs` [B,T] (decoupled PPO) and `importance_cap` (truncation of pi_prox / pi_behavior,
+    None = no truncation) are for off-policy batches.
     """
     _check_arguments(logprobs, behavior_logprobs, advantages, mask, ref_logprobs, beta,
-                     epsilon_low, epsilon_high, loss_type, importance_sampling_level, kl_estimator)
+                     epsilon_low, epsilon_high, loss_type, importance_sampling_level, kl_estimator, proximal_logprobs)
+    if importance_cap is not None and importance_cap <= 0:
+        raise ValueError(f"importance_cap must be > 0, got {importance_cap}")
     if delta is not None and delta <= 1.0 + epsilon_high:
         raise ValueError(f"delta must be > 1 + epsilon_high = {1.0 + epsilon_high}, got {delta}")
     if clip_ratio_c is not None and clip_ratio_c <= 1.0:
@@ -82,6 +97,13 @@ def policy_gradient_loss(
     advantages = advantages.astype(mx.float32)
     advantages = advantages[:, None] if advantages.ndim == 1 else mx.where(valid, advantages, 0.0)
 
+    weight = None
+    if proximal_logprobs is not None:
+        proximal_logprobs = mx.where(valid, mx.stop_gradient(proximal_logprobs), 0.0)
+        weight = mx.exp(mx.clip(proximal_logprobs - behavior_logprobs, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+        if importance_cap is not None:
+            weight = mx.minimum(weight, importance_cap)
+        behavior_logprobs = proximal_logprobs  # the clip is around the proximal policy
     log_ratio = logprobs - behavior_logprobs
     if importance_sampling_level == "sequence":
         sequence_log_ratio = masked_mean(log_ratio, mask, axis=-1)[:, None]
@@ -95,6 +117,8 @@ def policy_gradient_loss(
         dual_bound = -advantages * clip_ratio_c
         dual_clipped = ((advantages < 0) & (per_token_loss > dual_bound)).astype(mx.float32)
         per_token_loss = mx.where(advantages < 0, mx.minimum(per_token_loss, dual_bound), per_token_loss)
+    if weight is not None:
+        per_token_loss = weight * per_token_loss
 
     kl = None if ref_logprobs is None else kl_penalty(logprobs, ref_logprobs, kl_estimator)
     if beta != 0.0:
@@ -123,6 +147,9 @@ def policy_gradient_loss(
         "ratio_mean": masked_mean(ratio, mask),
         "ratio_max": mx.where(valid, ratio, 0.0).max(),
     }
+    if weight is not None:
+        metrics["behavior_weight_mean"] = masked_mean(weight, mask)
+        metrics["behavior_weight_max"] = mx.where(valid, weight, 0.0).max()
     return loss, metrics
 
 
@@ -134,7 +161,8 @@ def _sequence_fraction(flags: mx.array, mask: mx.array) -> mx.array:
 
 
 def _check_arguments(logprobs, behavior_logprobs, advantages, mask, ref_logprobs, beta,
-                     epsilon_low, epsilon_high, loss_type, importance_sampling_level, kl_estimator) -> None:
+                     epsilon_low, epsilon_high, loss_type, importance_sampling_level, kl_estimator,
+                     proximal_logprobs=None) -> None:
     """Shapes and options, checked before any math so a wrong call fails with the field's name."""
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
@@ -152,7 +180,8 @@ def _check_arguments(logprobs, behavior_logprobs, advantages, mask, ref_logprobs
     shape = tuple(logprobs.shape)
     if len(shape) != 2:
         raise ValueError(f"logprobs must be [B,T], got shape {shape}")
-    for name, array in (("behavior_logprobs", behavior_logprobs), ("mask", mask), ("ref_logprobs", ref_logprobs)):
+    for name, array in (("behavior_logprobs", behavior_logprobs), ("mask", mask), ("ref_logprobs", ref_logprobs),
+                        ("proximal_logprobs", proximal_logprobs)):
         if array is not None and tuple(array.shape) != shape:
             raise ValueError(f"{name} has shape {tuple(array.shape)}, expected {shape} like logprobs")
     if tuple(advantages.shape) not in (shape[:1], shape):

@@ -13,11 +13,12 @@ train_app = typer.Typer(help="Train with SFT, DPO, GRPO (also RLOO, REINFORCE++)
                         no_args_is_help=True)
 
 
-def _train(algorithm: str, config: Optional[Path], overrides: List[str], resume: Optional[Path]) -> None:
+def _train(algorithm: str, config: Optional[Path], overrides: List[str], resume: Optional[Path],
+           launcher: Optional[str] = None, actors: Optional[int] = None) -> None:
     from lazarus.config import load_config
     from lazarus.runtime.local import run_training
 
-    cfg = load_config(config, overrides, algorithm=algorithm)
+    cfg = apply_launcher(load_config(config, overrides, algorithm=algorithm), launcher, actors)
     if algorithm == "rm":
         return _train_reward_model(cfg, resume)
     result = run_training(cfg, resume=resume)
@@ -57,8 +58,11 @@ def _command(algorithm: str):
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (configs/*.yaml)."),
         overrides: List[str] = typer.Option([], "--set", help="Override a field: section.key=value (repeatable)."),
         resume: Optional[Path] = typer.Option(None, "--resume", help="Checkpoint or run directory to resume from."),
+        launcher: Optional[str] = typer.Option(None, "--launcher", help="RL: local (one process), process "
+                                               "(learner + lazarus-actor processes) or ray (runtime.launcher)."),
+        actors: Optional[int] = typer.Option(None, "--actors", help="RL: rollout actors (runtime.actors)."),
     ):
-        _train(algorithm, config, overrides, resume)
+        _train(algorithm, config, overrides, resume, launcher, actors)
 
     command.__doc__ = f"Train with {algorithm.upper()} (config reference: `lazarus config show {algorithm}`)."
     return command
@@ -141,7 +145,38 @@ def demo_command(
         raise typer.Exit(1)
 
 
+def status_command(
+    address: str = typer.Argument(..., help="HOST:PORT of a learner (`lazarus-learner` prints it)."),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the shared auth token."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="Trusted PEM certificate of the learner."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw status as JSON."),
+):
+    """A running learner: version, actors (tokens/s, last heartbeat), queue depths, dropped and requeued work."""
+    import json
+
+    from lazarus.distributed.auth import read_token
+    from lazarus.distributed.experience_client import ExperienceClient
+
+    token = read_token(token_file) if token_file else None
+    with ExperienceClient(address, "status", token=token, tls_cert=tls_cert, timeout=5.0) as client:
+        status = json.loads(client.status())
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+        return
+    counts = status.pop("counts")
+    actors = status.pop("actors")
+    for key, value in status.items():
+        typer.echo(f"{key}: {value}")
+    for key, value in counts.items():
+        typer.echo(f"{key}: {value}")
+    typer.echo(f"actors: {len(actors)}")
+    for actor_id, a in actors.items():
+        typer.echo(f"  {actor_id}: version {a['policy_version']}, {a.get('tokens_per_s', 0.0):.0f} tokens/s, "
+                   f"{a['tasks_completed']} tasks, last heartbeat {a['last_heartbeat_s_ago']:.1f}s ago")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(train_app, name="train")
+    app.command("status")(status_command)
     app.command("eval")(eval_command)
     app.command("demo")(demo_command)

@@ -24,29 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blazarus/v1/experience.proto\x12\nlazarus.v1\";\n\x0fNextTaskRequest\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\x03\"S\n\x04Task\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\"J\n\x0fTrajectoryBatch\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x14\n\x0ctrajectories\x18\x03 \x03(\x0c\"*\n\x16PushTrajectoriesResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\"\xa2\x01\n\x10HeartbeatRequest\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\x03\x12\x36\n\x05stats\x18\x03 \x03(\x0b\x32\'.lazarus.v1.HeartbeatRequest.StatsEntry\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"6\n\x0eHeartbeatReply\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12\x0c\n\x04stop\x18\x02 \x01(\x08\x32\xe3\x01\n\nExperience\x12\x39\n\x08NextTask\x12\x1b.lazarus.v1.NextTaskRequest\x1a\x10.lazarus.v1.Task\x12S\n\x10PushTrajectories\x12\x1b.lazarus.v1.TrajectoryBatch\x1a\".lazarus.v1.PushTrajectoriesResult\x12\x45\n\tHeartbeat\x12\x1c.lazarus.v1.HeartbeatRequest\x1a\x1a.lazarus.v1.HeartbeatReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blazarus/v1/experience.proto\x12\nlazarus.v1\"\x1f\n\x0bJoinRequest\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\"E\n\tModelFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x12\x0c\n\x04root\x18\x04 \x01(\t\"\xab\x01\n\x07RunSpec\x12\x13\n\x0bincarnation\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\x0c\x12$\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x15.lazarus.v1.ModelFile\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x03\x12\x13\n\x0bheartbeat_s\x18\x06 \x01(\x01\x12\x0f\n\x07lease_s\x18\x07 \x01(\x01\"9\n\x0b\x46ileRequest\x12\x0c\n\x04root\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"\x19\n\tFileChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"P\n\x0fNextTaskRequest\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\x03\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"\x87\x01\n\x04Task\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\x12\x0c\n\x04stop\x18\x05 \x01(\x08\x12\x13\n\x0bincarnation\x18\x06 \x01(\t\x12\x0f\n\x07lease_s\x18\x07 \x01(\x01\"\xd5\x01\n\x0fTrajectoryBatch\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x14\n\x0ctrajectories\x18\x03 \x03(\x0c\x12\x0f\n\x07push_id\x18\x04 \x01(\t\x12\x13\n\x0bincarnation\x18\x05 \x01(\t\x12\x35\n\x05stats\x18\x06 \x03(\x0b\x32&.lazarus.v1.TrajectoryBatch.StatsEntry\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"M\n\x16PushTrajectoriesResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xc9\x01\n\x10HeartbeatRequest\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\x03\x12\x36\n\x05stats\x18\x03 \x03(\x0b\x32\'.lazarus.v1.HeartbeatRequest.StatsEntry\x12\x13\n\x0bincarnation\x18\x04 \x01(\t\x12\x10\n\x08task_ids\x18\x05 \x03(\t\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"K\n\x0eHeartbeatReply\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12\x0c\n\x04stop\x18\x02 \x01(\x08\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"\x0f\n\rStatusRequest\"\x1b\n\x0bStatusReply\x12\x0c\n\x04json\x18\x01 \x01(\x0c\x32\x96\x03\n\nExperience\x12\x34\n\x04Join\x12\x17.lazarus.v1.JoinRequest\x1a\x13.lazarus.v1.RunSpec\x12=\n\tFetchFile\x12\x17.lazarus.v1.FileRequest\x1a\x15.lazarus.v1.FileChunk0\x01\x12\x39\n\x08NextTask\x12\x1b.lazarus.v1.NextTaskRequest\x1a\x10.lazarus.v1.Task\x12S\n\x10PushTrajectories\x12\x1b.lazarus.v1.TrajectoryBatch\x1a\".lazarus.v1.PushTrajectoriesResult\x12\x45\n\tHeartbeat\x12\x1c.lazarus.v1.HeartbeatRequest\x1a\x1a.lazarus.v1.HeartbeatReply\x12<\n\x06Status\x12\x19.lazarus.v1.StatusRequest\x1a\x17.lazarus.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lazarus.v1.experience_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TRAJECTORYBATCH_STATSENTRY']._loaded_options = None
+  _globals['_TRAJECTORYBATCH_STATSENTRY']._serialized_options = b'8\001'
   _globals['_HEARTBEATREQUEST_STATSENTRY']._loaded_options = None
   _globals['_HEARTBEATREQUEST_STATSENTRY']._serialized_options = b'8\001'
-  _globals['_NEXTTASKREQUEST']._serialized_start=43
-  _globals['_NEXTTASKREQUEST']._serialized_end=102
-  _globals['_TASK']._serialized_start=104
-  _globals['_TASK']._serialized_end=187
-  _globals['_TRAJECTORYBATCH']._serialized_start=189
-  _globals['_TRAJECTORYBATCH']._serialized_end=263
-  _globals['_PUSHTRAJECTORIESRESULT']._serialized_start=265
-  _globals['_PUSHTRAJECTORIESRESULT']._serialized_end=307
-  _globals['_HEARTBEATREQUEST']._serialized_start=310
-  _globals['_HEARTBEATREQUEST']._serialized_end=472
-  _globals['_HEARTBEATREQUEST_STATSENTRY']._serialized_start=428
-  _globals['_HEARTBEATREQUEST_STATSENTRY']._serialized_end=472
-  _globals['_HEARTBEATREPLY']._serialized_start=474
-  _globals['_HEARTBEATREPLY']._serialized_end=528
-  _globals['_EXPERIENCE']._serialized_start=531
-  _globals['_EXPERIENCE']._serialized_end=758
+  _globals['_JOINREQUEST']._serialized_start=43
+  _globals['_JOINREQUEST']._serialized_end=74
+  _globals['_MODELFILE']._serialized_start=76
+  _globals['_MODELFILE']._serialized_end=145
+  _globals['_RUNSPEC']._serialized_start=148
+  _globals['_RUNSPEC']._serialized_end=319
+  _globals['_FILEREQUEST']._serialized_start=321
+  _globals['_FILEREQUEST']._serialized_end=378
+  _globals['_FILECHUNK']._serialized_start=380
+  _globals['_FILECHUNK']._serialized_end=405
+  _globals['_NEXTTASKREQUEST']._serialized_start=407
+  _globals['_NEXTTASKREQUEST']._serialized_end=487
+  _globals['_TASK']._serialized_start=490
+  _globals['_TASK']._serialized_end=625
+  _globals['_TRAJECTORYBATCH']._serialized_start=628
+  _globals['_TRAJECTORYBATCH']._serialized_end=841
+  _globals['_TRAJECTORYBATCH_STATSENTRY']._serialized_start=797
+  _globals['_TRAJECTORYBATCH_STATSENTRY']._serialized_end=841
+  _globals['_PUSHTRAJECTORIESRESULT']._serialized_start=843
+  _globals['_PUSHTRAJECTORIESRESULT']._serialized_end=920
+  _globals['_HEARTBEATREQUEST']._serialized_start=923
+  _globals['_HEARTBEATREQUEST']._serialized_end=1124
+  _globals['_HEARTBEATREQUEST_STATSENTRY']._serialized_start=797
+  _globals['_HEARTBEATREQUEST_STATSENTRY']._serialized_end=841
+  _globals['_HEARTBEATREPLY']._serialized_start=1126
+  _globals['_HEARTBEATREPLY']._serialized_end=1201
+  _globals['_STATUSREQUEST']._serialized_start=1203
+  _globals['_STATUSREQUEST']._serialized_end=1218
+  _globals['_STATUSREPLY']._serialized_start=1220
+  _globals['_STATUSREPLY']._serialized_end=1247
+  _globals['_EXPERIENCE']._serialized_start=1250
+  _globals['_EXPERIENCE']._serialized_end=1656
 # @@protoc_insertion_point(module_scope)

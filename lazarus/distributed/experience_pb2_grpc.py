@@ -34,6 +34,16 @@ class ExperienceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Join = channel.unary_unary(
+                '/lazarus.v1.Experience/Join',
+                request_serializer=lazarus_dot_v1_dot_experience__pb2.JoinRequest.SerializeToString,
+                response_deserializer=lazarus_dot_v1_dot_experience__pb2.RunSpec.FromString,
+                _registered_method=True)
+        self.FetchFile = channel.unary_stream(
+                '/lazarus.v1.Experience/FetchFile',
+                request_serializer=lazarus_dot_v1_dot_experience__pb2.FileRequest.SerializeToString,
+                response_deserializer=lazarus_dot_v1_dot_experience__pb2.FileChunk.FromString,
+                _registered_method=True)
         self.NextTask = channel.unary_unary(
                 '/lazarus.v1.Experience/NextTask',
                 request_serializer=lazarus_dot_v1_dot_experience__pb2.NextTaskRequest.SerializeToString,
@@ -49,10 +59,27 @@ class ExperienceStub:
                 request_serializer=lazarus_dot_v1_dot_experience__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=lazarus_dot_v1_dot_experience__pb2.HeartbeatReply.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/lazarus.v1.Experience/Status',
+                request_serializer=lazarus_dot_v1_dot_experience__pb2.StatusRequest.SerializeToString,
+                response_deserializer=lazarus_dot_v1_dot_experience__pb2.StatusReply.FromString,
+                _registered_method=True)
 
 
 class ExperienceServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def Join(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchFile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def NextTask(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -72,9 +99,25 @@ class ExperienceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExperienceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=lazarus_dot_v1_dot_experience__pb2.JoinRequest.FromString,
+                    response_serializer=lazarus_dot_v1_dot_experience__pb2.RunSpec.SerializeToString,
+            ),
+            'FetchFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchFile,
+                    request_deserializer=lazarus_dot_v1_dot_experience__pb2.FileRequest.FromString,
+                    response_serializer=lazarus_dot_v1_dot_experience__pb2.FileChunk.SerializeToString,
+            ),
             'NextTask': grpc.unary_unary_rpc_method_handler(
                     servicer.NextTask,
                     request_deserializer=lazarus_dot_v1_dot_experience__pb2.NextTaskRequest.FromString,
@@ -90,6 +133,11 @@ def add_ExperienceServicer_to_server(servicer, server):
                     request_deserializer=lazarus_dot_v1_dot_experience__pb2.HeartbeatRequest.FromString,
                     response_serializer=lazarus_dot_v1_dot_experience__pb2.HeartbeatReply.SerializeToString,
             ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=lazarus_dot_v1_dot_experience__pb2.StatusRequest.FromString,
+                    response_serializer=lazarus_dot_v1_dot_experience__pb2.StatusReply.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'lazarus.v1.Experience', rpc_method_handlers)
@@ -100,6 +148,60 @@ def add_ExperienceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Experience:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lazarus.v1.Experience/Join',
+            lazarus_dot_v1_dot_experience__pb2.JoinRequest.SerializeToString,
+            lazarus_dot_v1_dot_experience__pb2.RunSpec.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lazarus.v1.Experience/FetchFile',
+            lazarus_dot_v1_dot_experience__pb2.FileRequest.SerializeToString,
+            lazarus_dot_v1_dot_experience__pb2.FileChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def NextTask(request,
@@ -172,6 +274,33 @@ class Experience:
             '/lazarus.v1.Experience/Heartbeat',
             lazarus_dot_v1_dot_experience__pb2.HeartbeatRequest.SerializeToString,
             lazarus_dot_v1_dot_experience__pb2.HeartbeatReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lazarus.v1.Experience/Status',
+            lazarus_dot_v1_dot_experience__pb2.StatusRequest.SerializeToString,
+            lazarus_dot_v1_dot_experience__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,

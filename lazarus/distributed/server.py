@@ -13,7 +13,7 @@ With a `state_dir`, the store checkpoints weights, optimizer state and version a
 (atomically), and a store started on the same directory continues from that version. Gradients
 waiting for a sync step are not checkpointed: after a restart, workers push them again.
 
-`serve()` puts the store (and an `ExperienceHub`) behind a gRPC server with the health service, the
+`serve()` puts the store (and an `ExperienceHub`, see experience.py) behind a gRPC server with the health service, the
 token interceptor and the size limits of `auth`.
 """
 
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from lazarus.errors import LazarusError
 import collections
-import itertools
-import queue
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -37,9 +35,8 @@ import mlx.optimizers as optim
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from mlx.utils import tree_flatten
 
-from lazarus.data.trajectory import Trajectory, TrajectoryDecodeError
 from lazarus.distributed import auth, codec, experience_pb2_grpc
-from lazarus.distributed import experience_pb2 as xpb
+from lazarus.distributed.experience import ExperienceHub, ExperienceService, RunSpec
 from lazarus.distributed import parameter_server_pb2 as pb
 from lazarus.models.io import atomic_dir, read_json, save_safetensors, write_json
 
@@ -90,7 +87,7 @@ class ParameterStore:
 
     def __init__(self, weights: Mapping[str, mx.array], trainable: Iterable[str] | None = None, *,
                  mode: str = "sync", workers: int = 1, max_staleness: int = 0, optimizer: str = "sgd",
-                 learning_rate: float = 1e-3, state_dir: str | Path | None = None):
+                 learning_rate: float = 1e-3, state_dir: str | Path | None = None, version: int = 0):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if optimizer not in OPTIMIZERS:
@@ -104,7 +101,7 @@ class ParameterStore:
         self.optimizer_name, self.learning_rate = optimizer, learning_rate
         self.optimizer = OPTIMIZERS[optimizer](learning_rate)
         self.state_dir = Path(state_dir) if state_dir is not None else None
-        self.version = 0
+        self.version = version  # a learner resumed at step k serves version k
         self.encode_count = 0  # snapshots serialized so far (one per version and scope pulled)
         self._changed = threading.Condition()
         self._encode_lock = threading.Lock()
@@ -391,76 +388,6 @@ class ParameterService:
         })
 
 
-# -- gRPC: Experience (skeleton: queues the runtime fills and drains) ---------------------------------
-
-
-class ExperienceHub:
-    """Tasks waiting for rollout actors and trajectories waiting for the learner."""
-
-    def __init__(self, policy_version: Callable[[], int] = lambda: 0, max_trajectories: int = 10_000):
-        self.policy_version = policy_version
-        self._tasks: queue.Queue[xpb.Task] = queue.Queue()
-        self._trajectories: queue.Queue[Trajectory] = queue.Queue(maxsize=max_trajectories)
-        self._ids = itertools.count()
-        self.heartbeats: dict[str, xpb.HeartbeatRequest] = {}
-        self.stopped = False
-
-    def put_task(self, payload: bytes, task_id: str | None = None) -> str:
-        task_id = task_id or f"task-{next(self._ids)}"
-        self._tasks.put(xpb.Task(available=True, task_id=task_id, payload=payload))
-        return task_id
-
-    def next_task(self) -> xpb.Task:
-        try:
-            task = self._tasks.get_nowait()
-        except queue.Empty:
-            return xpb.Task(available=False, policy_version=self.policy_version())
-        task.policy_version = self.policy_version()
-        return task
-
-    def accept(self, trajectories: list[Trajectory]) -> None:
-        for trajectory in trajectories:
-            self._trajectories.put_nowait(trajectory)
-
-    def take_trajectories(self, max_count: int, timeout: float) -> list[Trajectory]:
-        """Up to `max_count` trajectories; waits at most `timeout` seconds for the first one."""
-        try:
-            taken = [self._trajectories.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while len(taken) < max_count:
-            try:
-                taken.append(self._trajectories.get_nowait())
-            except queue.Empty:
-                break
-        return taken
-
-
-class ExperienceService(experience_pb2_grpc.ExperienceServicer):
-    def __init__(self, hub: ExperienceHub):
-        self.hub = hub
-
-    def NextTask(self, request, context):
-        return self.hub.next_task()
-
-    def PushTrajectories(self, request, context):
-        decoded = []
-        for i, data in enumerate(request.trajectories):
-            try:
-                decoded.append(Trajectory.from_bytes(data))
-            except (TrajectoryDecodeError, ValueError) as e:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"{context.peer()} actor {request.actor_id or '?'}: trajectory {i}: {e}")
-        if self.hub._trajectories.maxsize - self.hub._trajectories.qsize() < len(decoded):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "trajectory queue is full; retry later")
-        self.hub.accept(decoded)
-        return xpb.PushTrajectoriesResult(accepted=len(decoded))
-
-    def Heartbeat(self, request, context):
-        self.hub.heartbeats[request.actor_id] = request
-        return xpb.HeartbeatReply(policy_version=self.hub.policy_version(), stop=self.hub.stopped)
-
-
 # -- the server ----------------------------------------------------------------------------------------
 
 
@@ -494,8 +421,8 @@ class RunningServer:
 
 def serve(store: ParameterStore, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
           tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
-          hub: ExperienceHub | None = None, max_workers: int = 32,
-          max_message_bytes: int = auth.MAX_MESSAGE_BYTES) -> RunningServer:
+          hub: ExperienceHub | None = None, run: RunSpec | None = None, max_workers: int = 32,
+          max_message_bytes: int = auth.MAX_MESSAGE_BYTES, log: Callable[[str], None] | None = None) -> RunningServer:
     """Start serving `store` (and the Experience service) on host:port; port 0 lets the OS pick."""
     auth.check_bind(host, token)
     codec.keep_message_buffers()
@@ -506,7 +433,7 @@ def serve(store: ParameterStore, host: str = "127.0.0.1", port: int = 0, token: 
                          interceptors=interceptors, options=auth.message_options(max_message_bytes))
     server.add_generic_rpc_handlers((ParameterService(store).handler(),))
     hub = hub or ExperienceHub(policy_version=lambda: store.version)
-    experience_pb2_grpc.add_ExperienceServicer_to_server(ExperienceService(hub), server)
+    experience_pb2_grpc.add_ExperienceServicer_to_server(ExperienceService(hub, run, log), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -35,8 +35,7 @@ class Trainer:
         self.cfg = cfg
         self.model = model
         self.tokenizer = tokenizer
-        self.run_dir = Path(cfg.training.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = Path(cfg.training.run_dir)  # created by `open`, when the run starts
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.optimizer = build_optimizer(cfg.optim, optimizer_steps or cfg.training.max_steps)
         self.step = 0
@@ -54,6 +53,7 @@ class Trainer:
     def open(self, resume: str | Path | None = None) -> dict:
         """Restore from `resume` (checkpoint or run dir) if given; open metrics and progress."""
         state = {}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume is not None:
             state = load_checkpoint(resume, self.model, self.optimizer, self.extra_modules,
                                     optimizer_target=self.optimizer_target)

@@ -1,6 +1,6 @@
-"""PPO trainer: token-level GAE advantages from a value head on the policy's hidden states.
+"""PPO learner: token-level GAE advantages from a value head on the policy's hidden states.
 
-One step: sample (as GRPO), score, then
+One update, on trajectories sampled and scored by rollout actors (as for GRPO):
 
     rewards_t   the sequence reward on the last completion token, minus beta * k1(policy || ref) per token
     A, returns  GAE(gamma, lambda) against the old values, advantages whitened over the batch
@@ -22,7 +22,7 @@ from lazarus.algorithms.logprobs import masked_mean, token_entropy, token_logpro
 from lazarus.algorithms.ppo import approx_kl, entropy_bonus, ppo_policy_loss, value_loss
 from lazarus.data.trajectory import Trajectory
 from lazarus.models.value_head import ValueHead, hidden_size, hidden_states, logits_from_hidden
-from lazarus.training.rl import RLTrainer, collate
+from lazarus.training.rl import RLLearner, collate
 
 
 class PolicyAndValue(nn.Module):
@@ -38,17 +38,17 @@ class PolicyAndValue(nn.Module):
         return logits_from_hidden(self.policy, hidden), self.value_head(hidden)
 
 
-class PPOTrainer(RLTrainer):
-    def __init__(self, cfg, model, tokenizer, prompts, reward_functions, eval_prompts=None, reference=None):
+class PPOLearner(RLLearner):
+    def __init__(self, cfg, model, tokenizer, reference=None, eval_prompts=None, reward_functions=None):
         self.value_head = ValueHead(hidden_size(model))
         self.both = PolicyAndValue(model, self.value_head)
-        super().__init__(cfg, model, tokenizer, prompts, reward_functions, eval_prompts, reference)
+        super().__init__(cfg, model, tokenizer, reference, eval_prompts, reward_functions)
         self.name = "ppo"
         self.extra_modules = {"value_head": self.value_head}
         self.optimizer_target = self.both
         self.stepper = self.make_stepper(self.ppo_loss, model=self.both)
 
-    def learn(self, trajectories: list[Trajectory]) -> dict:
+    def _learn(self, trajectories: list[Trajectory]) -> dict:
         rl = self.cfg.rl
         batch = collate(trajectories, self.pad_id)
         _, old_values = self.both(batch.inputs)
@@ -67,6 +67,8 @@ class PPOTrainer(RLTrainer):
             if rl.target_kl is not None and history[-1]["approx_kl"] > rl.target_kl:
                 break  # the policy moved too far from the behavior policy: stop this batch
         summary = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+        lag = [self.policy_version - t.policy_version for t in trajectories]
+        summary.update(staleness_mean=float(np.mean(lag)), staleness_max=float(np.max(lag)))
         summary.update(grad_norm=grad_norm, ppo_epochs=epochs, learning_rate=float(self.optimizer.learning_rate),
                        advantage_mean=masked_mean(advantages, batch.mask).item(),
                        value_mean=masked_mean(old_values, batch.mask).item(),

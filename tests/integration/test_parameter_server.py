@@ -270,7 +270,7 @@ def test_a_message_over_the_size_limit_is_refused():
             with pytest.raises(grpc.RpcError) as e:
                 stub.PushTrajectories(xpb.TrajectoryBatch(trajectories=[b"x" * 2 * 1024 * 1024]), timeout=5)
             assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert server.hub.take_trajectories(1, timeout=0) == []
+        assert server.hub.take_groups(1, timeout=0) == []
 
 
 def test_lora_only_sync_moves_only_the_adapters(micro_model_dir):
@@ -336,30 +336,6 @@ def test_a_restarted_store_continues_from_the_checkpointed_version_and_optimizer
     assert restarted.version == straight.version == 2
     for name in weights:
         assert mx.allclose(restarted.weights[name], straight.weights[name], rtol=1e-6, atol=1e-7).item()
-
-
-def test_experience_service_hands_out_tasks_and_accepts_real_trajectories():
-    store = ParameterStore(random_weights())
-    trajectory = Trajectory(prompt_ids=[1, 2, 3], completion_ids=[4, 5], behavior_logprobs=[-0.5, -1.25],
-                            loss_mask=None, reward=1.0, group_id="g0", policy_version=0)
-    with serve(store) as server, grpc.insecure_channel(server.address) as channel:
-        stub = experience_pb2_grpc.ExperienceStub(channel)
-        task_id = server.hub.put_task(b'{"prompt": "2+2"}')
-        task = stub.NextTask(xpb.NextTaskRequest(actor_id="a1"), timeout=5)
-        assert task.available and task.task_id == task_id and task.payload == b'{"prompt": "2+2"}'
-        assert not stub.NextTask(xpb.NextTaskRequest(actor_id="a1"), timeout=5).available
-        reply = stub.PushTrajectories(xpb.TrajectoryBatch(actor_id="a1", task_id=task_id,
-                                                          trajectories=[trajectory.to_bytes()] * 2), timeout=5)
-        assert reply.accepted == 2
-        received = server.hub.take_trajectories(10, timeout=1)
-        assert len(received) == 2 and received[0].completion_ids.tolist() == [4, 5]
-        with pytest.raises(grpc.RpcError) as e:
-            stub.PushTrajectories(xpb.TrajectoryBatch(actor_id="a1", trajectories=[trajectory.to_bytes(), b"junk"]),
-                                  timeout=5)
-        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "actor a1: trajectory 1" in e.value.details()
-        assert server.hub.take_trajectories(10, timeout=0) == []  # nothing of a bad batch is kept
-        beat = stub.Heartbeat(xpb.HeartbeatRequest(actor_id="a1", policy_version=0, stats={"tok_s": 12.5}), timeout=5)
-        assert beat.policy_version == 0 and not beat.stop and server.hub.heartbeats["a1"].stats["tok_s"] == 12.5
 
 
 METHODS = [

@@ -36,9 +36,7 @@ PENDING = {
     # The runtime section arrived with the lead's runtime seams; its readers (launchers, RLLearner,
     # coordinator) are being written on main now.
     **{f"runtime.{name}": "runtime launchers / coordinator (lead, in progress)"
-       for name in ("launcher", "actors", "mode", "max_staleness", "importance_cap", "listen", "token_file",
-                    "heartbeat_s", "lease_s", "prompts_per_task", "max_queue_bytes", "env_workers",
-                    "ray.address", "ray.actor_resources", "ray.learner_resource")},
+       for name in ("env_workers", "ray.address", "ray.actor_resources", "ray.learner_resource")},
 }
 
 

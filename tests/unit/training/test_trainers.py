@@ -11,7 +11,7 @@ from mlx.utils import tree_flatten
 from lazarus.algorithms.sft import sft_loss
 from lazarus.models.load import load
 from lazarus.models.lora import apply_lora
-from lazarus.runtime.local import build_trainer, run_training
+from lazarus.runtime.local import run_training
 from lazarus.training.step import Stepper
 
 
@@ -37,7 +37,7 @@ def test_resuming_from_step_k_reproduces_the_uninterrupted_losses(make_config, t
     part = make_config(algorithm, "training.save_every=2", "training.max_steps=2", *extra, run="part")
     run_training(part)
     resumed = make_config(algorithm, "training.save_every=2", *extra, run="part")
-    build_trainer(resumed).train(resume=tmp_path / "part")
+    run_training(resumed, resume=tmp_path / "part")
     # then steps 3 and 4 have the same losses (and metrics.jsonl has each step once)
     expected, got = losses(tmp_path / "full"), losses(tmp_path / "part")
     assert sorted(got) == [1, 2, 3, 4]
@@ -131,16 +131,31 @@ def test_gradient_accumulation_matches_one_big_batch(micro_model_dir):
 def test_a_batch_where_every_group_scored_alike_does_not_move_the_weights(make_config, tmp_path):
     # given a random-init policy that never answers correctly (every reward is 0, so every advantage is 0)
     cfg = make_config("grpo", "rl.beta=0", "optim.learning_rate=0.1", "training.max_steps=1")
-    trainer = build_trainer(cfg)
-    before = {k: mx.array(v) for k, v in tree_flatten(trainer.model.trainable_parameters())}
-    trajectories = trainer.rollout([0, 1])
+    learner, actor, tasks = local_roles(cfg)
+    before = {k: mx.array(v) for k, v in tree_flatten(learner.model.trainable_parameters())}
+    trajectories = actor.run_task(tasks.next_task(2, learner.policy_version))
     assert all(t.reward == 0 for t in trajectories)
     # when the learner consumes them
-    metrics = trainer.learn(trajectories)
+    metrics = learner.learn(trajectories)
     # then no optimizer step is taken (Adam's momentum would otherwise drift the weights)
     assert metrics["skipped_update"] == 1.0
-    after = dict(tree_flatten(trainer.model.trainable_parameters()))
+    after = dict(tree_flatten(learner.model.trainable_parameters()))
     assert all(mx.array_equal(before[k], after[k]) for k in before)
+
+
+def local_roles(cfg, reward_functions=None):
+    """The learner, an actor sharing its model, and the task source: the local launcher's parts."""
+    from lazarus.runtime.build import build_learner, read_rl_prompts
+    from lazarus.runtime.coordinator import TaskSource
+    from lazarus.runtime.roles import RolloutActor, SharedWeights
+
+    learner = build_learner(cfg)
+    if reward_functions is not None:
+        learner.reward_functions = reward_functions
+    records, ids = read_rl_prompts(cfg, learner.tokenizer)
+    actor = RolloutActor("a0", learner.model, learner.tokenizer, learner.reward_functions,
+                         SharedWeights(lambda: learner.policy_version))
+    return learner, actor, TaskSource(cfg, records, ids, "test")
 
 
 def starts_with_a_digit(prompts, completions, **kwargs):
@@ -149,18 +164,17 @@ def starts_with_a_digit(prompts, completions, **kwargs):
 
 def test_grpo_learns_a_simple_verifiable_reward(make_config, tmp_path):
     # given a random-init policy that rarely starts its answer with a digit
-    from lazarus.data.records import read_prompts
-    from lazarus.runtime.local import prepare_model
+    from lazarus.distributed.experience import ExperienceHub
     from lazarus.env.rewards import RewardFunction
-    from lazarus.training.rl import RLTrainer
+    from lazarus.runtime.coordinator import Coordinator, local_pump
 
     cfg = make_config("grpo", "optim.learning_rate=0.003", "training.max_steps=30", "training.batch_size=8",
                       "generation.num_generations=8", "generation.max_new_tokens=4")
-    model, tokenizer = prepare_model(cfg)
-    trainer = RLTrainer(cfg, model, tokenizer, read_prompts(cfg.data.train),
-                        [RewardFunction("digit", starts_with_a_digit)])
+    learner, actor, tasks = local_roles(cfg, [RewardFunction("digit", starts_with_a_digit)])
+    actor.reward_functions = learner.reward_functions
+    hub = ExperienceHub(policy_version=lambda: learner.policy_version)
     # when GRPO trains on that reward
-    trainer.train()
+    Coordinator(cfg, learner, tasks, hub, pump=local_pump(hub, [actor]), actors=1).run()
     # then the reward rises to nearly always
     rewards = [m["reward_mean"] for m in metrics(tmp_path / "run") if "reward_mean" in m]
     assert sum(rewards[:5]) / 5 < 0.6 and sum(rewards[-5:]) / 5 > 0.9

@@ -1,0 +1,184 @@
+"""What each role is built from, shared by every launcher: model (for a learner or an actor), data, rewards,
+and the learner or trainer for `config.algorithm`.
+
+A learner's model is in training mode with LoRA applied as the config says; an actor's is the same
+architecture in eval mode (dropout off: the ratio is exactly 1 on-policy), with no optimizer and no run
+directory. Nothing here knows which launcher or transport runs the roles.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lazarus.config import Config, ConfigError
+
+
+def prepare_model(cfg: Config, for_reference: bool = False, for_actor: bool = False):
+    """(model, tokenizer) per `cfg.model` and `cfg.lora`: init if asked, load, quantize, LoRA/adapter.
+
+    `for_actor`: the same architecture (LoRA applied as the learner's, so its adapters can be loaded) in
+    eval mode; `for_reference`: frozen, with a given adapter fused in.
+    """
+    from lazarus.models.load import load
+    from lazarus.models.lora import apply_lora, fuse_lora, load_adapter
+
+    path = Path(cfg.model.path)
+    if not path.exists():
+        if not cfg.model.init_arch:
+            raise ConfigError(f"model.path: {path} does not exist (set model.init_arch to create a random-init model)")
+        from lazarus.models.tiny import init_model
+
+        init_model(cfg.model.init_arch, cfg.model.init_size, path, seed=cfg.training.seed)
+    model, tokenizer = load(path)
+    if cfg.model.quantize_bits:
+        from lazarus.models.quantize import quantize
+
+        quantize(model, bits=cfg.model.quantize_bits, group_size=cfg.model.quantize_group_size)
+    if for_reference:
+        if cfg.model.adapter:
+            load_adapter(model, cfg.model.adapter)
+            fuse_lora(model)
+        model.freeze()
+        return model, tokenizer
+    if cfg.lora.enabled:
+        if cfg.model.adapter:
+            load_adapter(model, cfg.model.adapter)  # continue training the given adapter
+        else:
+            lo = cfg.lora
+            apply_lora(model, rank=lo.rank, alpha=lo.alpha, dropout=lo.dropout, target_modules=lo.target_modules,
+                       num_layers=lo.num_layers)
+    elif cfg.model.adapter:
+        load_adapter(model, cfg.model.adapter)
+        fuse_lora(model)  # full fine-tuning starts from base + adapter merged
+    if for_actor:
+        model.freeze()
+        model.eval()
+    else:
+        model.train()
+    return model, tokenizer
+
+
+def needs_reference(cfg: Config) -> bool:
+    """A frozen copy is needed only for full fine-tuning with a KL/DPO reference (LoRA turns adapters off)."""
+    if cfg.lora.enabled:
+        return False
+    if cfg.algorithm == "dpo":
+        return cfg.dpo.loss_type not in ("simpo", "orpo")
+    return cfg.algorithm in ("grpo", "ppo") and cfg.rl.beta > 0
+
+
+def ensure_data(cfg: Config) -> None:
+    """Write the generated math dataset when `data.generate_math` is set and `data.train` is missing."""
+    if cfg.data.train is None:
+        raise ConfigError("data.train: no training data given")
+    train = Path(cfg.data.train)
+    spec = cfg.data.generate_math
+    if train.exists() or spec is None:
+        if not train.exists():
+            raise ConfigError(f"data.train: {train} does not exist")
+        return
+    from lazarus.data.math import write_math_dataset, write_math_levels
+
+    try:
+        if isinstance(spec.difficulty, list):
+            write_math_levels(train.parent, n_train=spec.train, n_eval=spec.eval, levels=spec.difficulty,
+                              kinds=spec.kinds, seed=spec.seed, answer_only=spec.answer_only)
+        else:
+            write_math_dataset(train.parent, n_train=spec.train, n_eval=spec.eval, kinds=spec.kinds,
+                               difficulty=spec.difficulty, seed=spec.seed, answer_only=spec.answer_only)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"data.generate_math: {e}") from None
+    if not train.exists():
+        raise ConfigError(f"data.train: {train} is not one of the files the math generator writes "
+                          "(sft_train.jsonl, preference_train.jsonl, rl_train.jsonl)")
+
+
+def resolve_rewards(cfg: Config):
+    from lazarus.env.rewards import resolve_reward_function
+    from lazarus.env.rewards import RewardFunction
+
+    functions = []
+    for i, spec in enumerate(cfg.rl.rewards):
+        try:
+            fn = resolve_reward_function(spec.function)
+        except ValueError as e:
+            raise ConfigError(f"rl.rewards.{i}.function: {e}") from None
+        name = spec.function.split(":")[-1].removesuffix("_reward")
+        functions.append(RewardFunction(name, fn, spec.weight))
+    return functions
+
+
+def build_trainer(cfg: Config):
+    """The SFT or DPO trainer (one process, no runtime): data, model, reference."""
+    import mlx.core as mx
+
+    ensure_data(cfg)
+    mx.random.seed(cfg.training.seed)  # LoRA init depends only on the seed
+    model, tokenizer = prepare_model(cfg)
+    reference = prepare_model(cfg, for_reference=True)[0] if needs_reference(cfg) else None
+    d = cfg.data
+    if cfg.algorithm == "sft":
+        from lazarus.data.batching import load_npz
+        from lazarus.data.records import read_sft
+        from lazarus.data.tokenize import encode_sft
+        from lazarus.training.sft import SFTTrainer
+
+        def tokenized(path):
+            if path is None:
+                return []
+            if str(path).endswith(".npz"):
+                return load_npz(path)
+            return [encode_sft(r, tokenizer, mask_prompt=d.mask_prompt, max_length=d.max_length,
+                               use_chat_template=d.use_chat_template) for r in read_sft(path)]
+
+        train = tokenized(d.train)
+        if d.pack:
+            from lazarus.data.batching import pack_examples
+
+            train = pack_examples(train, d.max_length)
+        return SFTTrainer(cfg, model, tokenizer, train, tokenized(d.eval))
+    if cfg.algorithm == "dpo":
+        from lazarus.data.records import read_preference
+        from lazarus.data.tokenize import encode_preference
+        from lazarus.training.dpo import DPOTrainer
+
+        def pairs(path):
+            return [] if path is None else [encode_preference(r, tokenizer, max_length=d.max_length,
+                                                              use_chat_template=d.use_chat_template)
+                                            for r in read_preference(path)]
+
+        return DPOTrainer(cfg, model, tokenizer, pairs(d.train), pairs(d.eval), reference=reference)
+    raise ConfigError(f"algorithm: {cfg.algorithm} is trained by the RL runtime (build_learner), not build_trainer")
+
+
+def build_learner(cfg: Config, model=None, tokenizer=None):
+    """The RL learner for `cfg.algorithm` (grpo or ppo) with its reference and held-out prompts."""
+    import mlx.core as mx
+
+    from lazarus.data.records import read_prompts
+
+    mx.random.seed(cfg.training.seed)  # LoRA and value-head init depend only on the seed
+    if model is None:
+        model, tokenizer = prepare_model(cfg)
+    reference = prepare_model(cfg, for_reference=True)[0] if needs_reference(cfg) else None
+    eval_prompts = read_prompts(cfg.data.eval) if cfg.data.eval else []
+    rewards = resolve_rewards(cfg)
+    if cfg.algorithm == "ppo":
+        from lazarus.training.ppo import PPOLearner
+
+        return PPOLearner(cfg, model, tokenizer, reference, eval_prompts, rewards)
+    from lazarus.training.rl import RLLearner
+
+    return RLLearner(cfg, model, tokenizer, reference, eval_prompts, rewards)
+
+
+def read_rl_prompts(cfg: Config, tokenizer):
+    """(records, token ids) of the RL prompt set, templated as the run says."""
+    from lazarus.data.records import read_prompts
+    from lazarus.data.tokenize import encode_prompt
+
+    records = read_prompts(cfg.data.train)
+    if not records:
+        raise ConfigError(f"data.train: {cfg.data.train} holds no prompts")
+    ids = [encode_prompt(r.prompt, tokenizer, use_chat_template=cfg.data.use_chat_template) for r in records]
+    return records, ids

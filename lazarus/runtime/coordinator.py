@@ -1,0 +1,263 @@
+"""The coordinator: the RL loop that ties rollout actors to the learner.
+
+    while version < max_steps:
+        issue tasks          prompts -> RolloutTasks, as many as the staleness bound lets arrive in time
+        assemble a batch     whole groups; a group sampled before version - max_staleness is dropped
+        learn                advantages -> loss -> step; version += 1
+        publish              the new weights for the actors
+    stop the actors; final evaluation and checkpoint
+
+It reads only an `ExperienceHub` (tasks out, trajectories in) and a `publish()` callable, so the same loop
+runs every launcher: in one process the hub is called directly and `pump()` runs the local actor when the
+learner waits; with `lazarus-learner`, Ray or the process launcher the hub sits behind the gRPC Experience
+service and actors in other processes fill it.
+
+Modes: `sync` issues exactly one batch of tasks per version, so every trajectory of a batch was sampled at
+the learner's current version (on-policy). `async` keeps up to (1 + max_staleness) batches in flight, so
+actors generate the next batches while the learner updates; anything that would be too stale when used is
+never issued (admission control), and what still arrives too stale is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from lazarus.config import Config
+from lazarus.data.batching import BatchIterator
+from lazarus.data.trajectory import RolloutTask, SamplingSettings, Trajectory
+from lazarus.distributed.experience import ExperienceHub
+from lazarus.training.rl import RLLearner, rollout_metrics
+
+WAIT_LOG_S = 30.0
+
+
+class TaskSource:
+    """The run's prompts in seeded order, cut into `RolloutTask`s; its position is checkpointed."""
+
+    def __init__(self, cfg: Config, records: list, prompt_ids: list[list[int]], incarnation: str):
+        self.cfg, self.records, self.prompt_ids, self.incarnation = cfg, records, prompt_ids, incarnation
+        self.iterator = BatchIterator(len(records), cfg.training.batch_size, seed=cfg.training.seed,
+                                      shuffle=cfg.data.shuffle)
+        self.pending: list[int] = []
+        self.issued = 0  # tasks issued over the whole run (resumes continue the count)
+        g = cfg.generation
+        self.sampling = SamplingSettings(g.temperature or 1.0, g.top_p, g.top_k, g.min_p)
+
+    def next_task(self, num_prompts: int, policy_version: int) -> RolloutTask:
+        while len(self.pending) < num_prompts:
+            self.pending.extend(self.iterator.next_indices())
+        indices, self.pending = self.pending[:num_prompts], self.pending[num_prompts:]
+        seq = self.issued
+        self.issued += 1
+        env = self.cfg.env.model_dump() if getattr(self.cfg, "env", None) is not None and self.cfg.env.name else {}
+        return RolloutTask(
+            task_id=f"{self.incarnation}-{seq}", prompts=[self.prompt_ids[i] for i in indices],
+            rows=[{"prompt": self.records[i].prompt, **self.records[i].columns} for i in indices],
+            group_ids=[f"{self.incarnation}:{seq}:{k}" for k in range(len(indices))],
+            group_size=self.cfg.generation.num_generations, sampling=self.sampling,
+            max_tokens=self.cfg.generation.max_new_tokens, policy_version=policy_version,
+            seed=self.cfg.training.seed * 1_000_003 + seq, env=env)
+
+    def state(self) -> dict:
+        return {"iterator": self.iterator.state(), "pending": list(self.pending), "issued": self.issued}
+
+    def restore(self, state: dict) -> None:
+        self.iterator = BatchIterator.from_state(len(self.records), self.cfg.training.batch_size, state["iterator"])
+        self.pending, self.issued = list(state["pending"]), int(state["issued"])
+
+
+class Coordinator:
+    def __init__(self, cfg: Config, learner: RLLearner, tasks: TaskSource, hub: ExperienceHub, *,
+                 publish: Callable[[], dict] | None = None, pump: Callable[[], bool] | None = None,
+                 watchdog: Callable[[], None] | None = None, echo: Callable[[str], None] = print,
+                 actors: int | None = None):
+        self.cfg, self.learner, self.tasks, self.hub = cfg, learner, tasks, hub
+        self.publish = publish or dict
+        self.pump = pump
+        self.watchdog = watchdog or (lambda: None)
+        self.echo = echo
+        rt = cfg.runtime
+        self.max_staleness = rt.max_staleness if rt.mode == "async" else 0
+        self.batch_groups = cfg.training.batch_size
+        self.prompts_per_task = rt.prompts_per_task or max(1, math.ceil(self.batch_groups / (actors or rt.actors)))
+        self.groups_outstanding = 0  # issued and not yet learned on or dropped
+        self.dropped_stale = 0  # trajectories
+        self._actor_stats: dict[str, dict] = {}
+
+    # --- the loop -----------------------------------------------------------------------------
+    def open(self, resume: str | Path | None = None) -> int:
+        """Restore the learner (and the data position) from `resume`; returns the version it starts at."""
+        state = self.learner.open(resume)
+        if "tasks" in state:
+            self.tasks.restore(state["tasks"])
+        self._opened = True
+        return self.learner.policy_version
+
+    def run(self, resume: str | Path | None = None) -> dict:
+        learner = self.learner
+        if not getattr(self, "_opened", False):
+            self.open(resume)
+        try:
+            while learner.policy_version < self.cfg.training.max_steps:
+                t0 = time.perf_counter()
+                self.issue_tasks()
+                batch = self.next_batch()
+                t1 = time.perf_counter()
+                learner.seed_step()
+                metrics = learner.learn(batch)
+                self.groups_outstanding -= self.batch_groups
+                t2 = time.perf_counter()
+                sync = self.publish()
+                t3 = time.perf_counter()
+                metrics.update(rollout_metrics(batch, [rf.name for rf in learner.reward_functions]))
+                metrics.update(self.runtime_metrics(batch, wait_s=t1 - t0, update_s=t2 - t1, publish_s=t3 - t2,
+                                                    step_s=t3 - t0), **sync)
+                if self.cfg.training.eval_every and learner.step % self.cfg.training.eval_every == 0:
+                    metrics.update(learner.evaluate())
+                learner.log(metrics)
+                learner.checkpoint(self.checkpoint_state())
+            self.hub.stop()
+            return learner.finish(self.checkpoint_state())
+        finally:
+            self.hub.stop()
+            learner.close()
+
+    def checkpoint_state(self) -> dict:
+        """Data position after the tasks issued so far. In sync mode none is in flight at a checkpoint, so a
+        resume replays exactly; in async mode the prompts of tasks in flight are skipped on resume."""
+        state = self.tasks.state()
+        return {"tasks": state}
+
+    # --- tasks out ----------------------------------------------------------------------------
+    def issue_tasks(self) -> None:
+        """Admission control: keep (1 + max_staleness) batches of groups in flight, never more."""
+        target = self.batch_groups * (1 + self.max_staleness)
+        version = self.learner.policy_version
+        while self.groups_outstanding < target and not self.hub.stopped:
+            n = min(self.prompts_per_task, target - self.groups_outstanding)
+            self.hub.put_task(self.tasks.next_task(n, version))
+            self.groups_outstanding += n
+
+    # --- trajectories in ----------------------------------------------------------------------
+    def next_batch(self) -> list[Trajectory]:
+        """`batch_size` whole groups, none older than version - max_staleness."""
+        groups: list[list[Trajectory]] = []
+        waited_since = time.monotonic()
+        while len(groups) < self.batch_groups:
+            taken = self.hub.take_groups(self.batch_groups - len(groups), timeout=0.0 if self.pump else 0.2)
+            if not taken:
+                if self.pump is not None and self.pump():
+                    continue
+                self.hub.expire_leases()
+                self.watchdog()
+                if time.monotonic() - waited_since > WAIT_LOG_S:
+                    self.echo(f"learner: waiting for trajectories at version {self.learner.policy_version} "
+                              f"({len(groups)}/{self.batch_groups} groups; {len(self.live_actors())} actors alive)")
+                    waited_since = time.monotonic()
+                continue
+            for group in taken:
+                if self.is_stale(group):
+                    self.dropped_stale += len(group)
+                    self.groups_outstanding -= 1
+                else:
+                    groups.append(group)  # outstanding until learned on
+            self.issue_tasks()  # replace what was dropped
+        return [t for group in groups for t in group]
+
+    def is_stale(self, group: list[Trajectory]) -> bool:
+        """Too old for the staleness bound, or from a version this learner never had (it restarted)."""
+        version = self.learner.policy_version
+        start = min(t.policy_version for t in group)
+        newest = max(t.policy_version for t in group)
+        return start < version - self.max_staleness or newest > version
+
+    # --- metrics ------------------------------------------------------------------------------
+    def live_actors(self) -> dict[str, dict]:
+        lease = self.cfg.runtime.lease_s
+        return {k: v for k, v in self.hub.status()["actors"].items() if v["last_heartbeat_s_ago"] <= lease}
+
+    def runtime_metrics(self, batch: list[Trajectory], *, wait_s: float, update_s: float, publish_s: float,
+                        step_s: float) -> dict:
+        status = self.hub.status()
+        counts = status["counts"]
+        tokens = sum(t.num_model_tokens for t in batch)
+        metrics = {"wait_for_batch_s": wait_s, "update_s": update_s, "publish_s": publish_s, "step_s": step_s,
+                   "tokens_per_s": tokens / max(step_s, 1e-9), "queue_groups": status["groups_waiting"],
+                   "tasks_in_flight": status["tasks_queued"] + status["tasks_leased"],
+                   "dropped_stale": self.dropped_stale, "requeued_tasks": counts["tasks_requeued"],
+                   "trajectories_received": counts["trajectories_received"],
+                   "duplicate_pushes": counts["duplicate_pushes"]}
+        actors = status["actors"]
+        generation_s, rates, syncs, sync_bytes, waits = [], [], [], [], []
+        for actor_id, stats in actors.items():
+            before = self._actor_stats.get(actor_id, {})
+            d_tokens = stats.get("tokens", 0.0) - before.get("tokens", 0.0)
+            d_gen = stats.get("generation_s", 0.0) - before.get("generation_s", 0.0)
+            if d_gen > 0:
+                generation_s.append(d_gen)
+                rates.append(d_tokens / d_gen)
+                metrics[f"actor_{actor_id}_tokens_per_s"] = d_tokens / d_gen
+            if "weight_sync_ms" in stats:
+                syncs.append(stats["weight_sync_ms"])
+                sync_bytes.append(stats.get("weight_sync_bytes", 0.0))
+                waits.append(stats.get("wait_for_weights_s", 0.0) - before.get("wait_for_weights_s", 0.0))
+            self._actor_stats[actor_id] = dict(stats)
+        metrics["actors"] = sum(1 for s in actors.values() if s["last_heartbeat_s_ago"] <= self.cfg.runtime.lease_s)
+        if rates:
+            metrics["generation_s"] = max(generation_s)
+            metrics["generation_tokens_per_s"] = float(sum(rates))
+        if syncs:
+            metrics["weight_sync_ms"] = float(np.mean(syncs))
+            metrics["weight_sync_bytes"] = float(np.mean(sync_bytes))
+            metrics["actor_wait_for_weights_s"] = float(np.sum(waits))
+        return metrics
+
+
+# --- the local launcher's RL path: every role in this process --------------------------------------
+
+
+def trajectory_nbytes(trajectories: list[Trajectory]) -> int:
+    return sum(t.prompt_ids.nbytes + t.completion_ids.nbytes * 3 for t in trajectories)
+
+
+def local_pump(hub: ExperienceHub, actors: list) -> Callable[[], bool]:
+    """Run one queued task on each in-process actor; False when there was nothing to run."""
+
+    def pump() -> bool:
+        ran = False
+        for actor in actors:
+            lease = hub.next_task(actor.actor_id)
+            if lease is None:
+                continue
+            actor.sync_weights()
+            trajectories = actor.run_task(lease.task)
+            hub.push(actor.actor_id, lease.task.task_id, trajectories, nbytes=trajectory_nbytes(trajectories),
+                     stats={**actor.stats.as_heartbeat(), "generation_s": actor.stats.generation_s})
+            ran = True
+        return ran
+
+    return pump
+
+
+def run_local(cfg: Config, resume: str | Path | None = None, echo: Callable[[str], None] = print):
+    """RL with every role in this process: the coordinator pumps one actor that shares the learner's model."""
+    from lazarus.runtime.build import build_learner, ensure_data, read_rl_prompts
+    from lazarus.runtime.roles import RolloutActor, SharedWeights
+
+    ensure_data(cfg)
+    learner = build_learner(cfg)
+    records, prompt_ids = read_rl_prompts(cfg, learner.tokenizer)
+    hub = ExperienceHub("local", lambda: learner.policy_version, lease_s=cfg.runtime.lease_s,
+                        max_queue_bytes=cfg.runtime.max_queue_bytes)
+    actor = RolloutActor("local", learner.model, learner.tokenizer, learner.reward_functions,
+                         SharedWeights(lambda: learner.policy_version), stop=list(cfg.generation.stop),
+                         completion_batch_size=cfg.training.batch_size * cfg.generation.num_generations)
+    coordinator = Coordinator(cfg, learner, TaskSource(cfg, records, prompt_ids, "local"), hub,
+                              pump=local_pump(hub, [actor]), echo=echo, actors=1)
+    result = coordinator.run(resume)
+    return learner, result

@@ -1,0 +1,124 @@
+"""The process launcher and the learner process: the coordinator and learner behind a gRPC server.
+
+`serve_and_learn(cfg)` is `lazarus-learner`: it builds the learner, restores `--resume`, starts the
+server at the learner's version (printing `listening on HOST:PORT`), and runs the coordinator until the
+last step; actors that join at any time are given tasks. `run_process(cfg)` is `lazarus train
+--launcher process --actors N`: the same learner in this process plus N `lazarus-actor` processes on
+loopback, which exit by themselves when the run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from lazarus.config import Config
+from lazarus.distributed.experience import ExperienceHub
+from lazarus.errors import LazarusError
+
+
+class ActorsExited(LazarusError):
+    """Every actor process the launcher started has exited while the learner still needs trajectories."""
+
+
+def serve_and_learn(cfg: Config, resume: str | Path | None = None, *, listen: str | None = None,
+                    token_file: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+                    on_ready: Callable[[str], None] | None = None, watchdog: Callable[[], None] | None = None,
+                    echo: Callable[[str], None] = print):
+    """Run the learner with its gRPC server until the last step; returns (learner, final metrics)."""
+    from lazarus.distributed.auth import check_bind, read_token
+    from lazarus.runtime.build import build_learner, ensure_data, read_rl_prompts
+    from lazarus.runtime.coordinator import Coordinator, TaskSource
+    from lazarus.runtime.transports import LearnerServer, parse_address
+
+    listen = listen or cfg.runtime.listen
+    token_file = token_file or cfg.runtime.token_file
+    token = read_token(token_file) if token_file else None
+    check_bind(parse_address(listen)[0], token)  # before the slow model load
+    ensure_data(cfg)
+    learner = build_learner(cfg)
+    records, prompt_ids = read_rl_prompts(cfg, learner.tokenizer)
+    incarnation = uuid.uuid4().hex[:12]
+    hub = ExperienceHub(incarnation, lambda: learner.policy_version, lease_s=cfg.runtime.lease_s,
+                        max_queue_bytes=cfg.runtime.max_queue_bytes)
+    coordinator = Coordinator(cfg, learner, TaskSource(cfg, records, prompt_ids, incarnation), hub,
+                              watchdog=watchdog, echo=echo)
+    version = coordinator.open(resume)
+    server = LearnerServer(cfg, learner.model, hub, version, listen, token, tls_cert, tls_key,
+                           log=lambda line: echo(f"learner: {line}"))
+    coordinator.publish = server.publish
+    echo(f"listening on {server.address}")
+    if on_ready is not None:
+        on_ready(server.address)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+    try:
+        result = coordinator.run()
+        server.wait_for_actors_to_stop(timeout=3 * cfg.runtime.heartbeat_s + 2)
+    finally:
+        hub.stop()
+        server.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return learner, result
+
+
+def run_process(cfg: Config, resume: str | Path | None = None, echo: Callable[[str], None] = print) -> dict:
+    """`--launcher process`: the learner here, `runtime.actors` lazarus-actor processes on loopback."""
+    from lazarus.runtime.local import export
+
+    actors: list[subprocess.Popen] = []
+    if cfg.runtime.listen.rpartition(":")[0] not in ("127.0.0.1", "localhost", "[::1]"):
+        echo(f"process launcher: learner listens on {cfg.runtime.listen}; actors connect over loopback")
+
+    def start_actors(address: str) -> None:
+        port = address.rpartition(":")[2]
+        command = [actor_executable(), "--learner", f"127.0.0.1:{port}"]
+        if cfg.runtime.token_file:
+            command += ["--token-file", cfg.runtime.token_file]
+        for i in range(cfg.runtime.actors):
+            actors.append(subprocess.Popen(command + ["--id", f"actor-{i}"], env=actor_environment()))
+
+    def watchdog() -> None:
+        if actors and all(p.poll() is not None for p in actors):
+            codes = ", ".join(str(p.returncode) for p in actors)
+            raise ActorsExited(f"all {len(actors)} actor processes exited (exit codes {codes}) before the run ended")
+
+    try:
+        learner, result = serve_and_learn(cfg, resume, on_ready=start_actors, watchdog=watchdog, echo=echo)
+    finally:
+        for p in actors:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    export(learner.model, cfg, Path(cfg.training.run_dir))
+    return result
+
+
+def actor_executable() -> str:
+    """`lazarus-actor` next to this Python (the venv's console script)."""
+    candidate = Path(sys.executable).parent / "lazarus-actor"
+    return str(candidate) if candidate.exists() else "lazarus-actor"
+
+
+def actor_environment() -> dict[str, str]:
+    """The launcher's environment for its actors, with the same BLAS set-up (`lazarus.platform`)."""
+    from lazarus.platform import preload_env
+
+    return {**os.environ, **preload_env(), "PYTHONUNBUFFERED": "1"}
+
+
+def _raise_interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
