@@ -217,12 +217,14 @@ class RLConfig(Section):
         0.2, ge=0, description="Upper clip: ratio <= 1 + epsilon_high (DAPO clip-higher: 0.28)."
     )
     beta: float = Field(0.0, ge=0, description="KL coefficient to the reference; 0 = no reference forward at all.")
-    kl_estimator: Literal["k1", "k2", "k3", "abs", "low_var_kl"] = Field(
-        "k3", description="KL estimator used when beta > 0 (Schulman's k1/k2/k3; verl's abs and low_var_kl, "
-        "k3 clamped to [-10, 10], verl's default).")
-    kl_placement: Literal["loss", "reward"] = Field(
-        "loss", description="Where beta * KL enters: the loss (GRPO, DeepSeekMath eq. 3) or the reward, shaping "
-        "the advantages (PPO/RLHF, verl `use_kl_in_reward`, TRL PPO/RLOO).")
+    kl_estimator: Optional[Literal["k1", "k2", "k3", "abs", "low_var_kl"]] = Field(
+        None, description="KL estimator used when beta > 0 (Schulman's k1/k2/k3; verl's abs and low_var_kl, "
+        "k3 clamped to [-10, 10], verl's default); null = the algorithm's own (grpo: k3, DeepSeekMath eq. 4; "
+        "ppo: k1 per token in the reward, InstructGPT).")
+    kl_placement: Optional[Literal["loss", "reward"]] = Field(
+        None, description="Where beta * KL enters: the loss (GRPO, DeepSeekMath eq. 3) or the reward, shaping "
+        "the advantages (PPO/RLHF, verl `use_kl_in_reward`, TRL PPO/RLOO); null = the algorithm's own (grpo: "
+        "loss, ppo: reward per token).")
     delta: Optional[float] = Field(
         None, gt=1, description="TRL two-sided GRPO clipping: the unclipped ratio is capped at delta (> 1 + "
         "epsilon_high) for every token; null = off.")

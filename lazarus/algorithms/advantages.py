@@ -199,7 +199,9 @@ def reinforce_pp_token_advantages(
     else:
         steps_to_end = masked_count_after(valid).astype(mx.float32)  # discount over valid tokens only
         returns = mx.where(valid, rewards[:, None] * mx.power(gamma, steps_to_end), 0.0)
-    return whiten(returns, mask, eps=eps)
+    big = mx.array(np.finfo(np.float32).max)
+    constant = mx.where(valid, returns, -big).max() == mx.where(valid, returns, big).min()
+    return mx.where(constant, 0.0, whiten(returns, mask, eps=eps))  # equal returns: exact zeros, not noise
 
 
 def masked_count_after(valid: mx.array) -> mx.array:

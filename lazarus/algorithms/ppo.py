@@ -28,13 +28,18 @@ def ppo_policy_loss(
     *,
     loss_agg_mode: str = "token-mean",
     clip_ratio_c: float | None = None,
+    ref_logprobs: mx.array | None = None,
+    beta: float = 0.0,
+    kl_estimator: str = "k3",
 ) -> tuple[mx.array, dict[str, mx.array]]:
-    """Clipped surrogate; `clip_range_high` (default = clip_range) clips the upper side."""
+    """Clipped surrogate; `clip_range_high` (default = clip_range) clips the upper side; with `beta` the
+    KL to `ref_logprobs` is added in the loss (rl.kl_placement "loss")."""
     return policy_gradient_loss(
         logprobs, old_logprobs, advantages, mask,
         epsilon_low=clip_range,
         epsilon_high=clip_range if clip_range_high is None else clip_range_high,
         loss_agg_mode=loss_agg_mode, clip_ratio_c=clip_ratio_c,
+        ref_logprobs=ref_logprobs, beta=beta, kl_estimator=kl_estimator,
     )
 
 

@@ -147,3 +147,9 @@ def test_gae_with_dones_keeps_two_episodes_in_one_row_independent():
     # and the first episode's advantages equal those of the first episode alone
     alone, _ = gae(f32(rewards[:, :3]), f32(values[:, :3]), mx.array(mask[:, :3]), 0.99, 0.95)
     assert_close(advantages[:, :3], np.array(alone), tol=1e-6)
+
+
+def test_reinforce_pp_of_equal_rewards_is_exact_zeros_at_token_level():
+    advantages = reinforce_pp_token_advantages(f32([0.7, 0.7, 0.7, 0.7]), mx.array(MASK))
+
+    assert np.array(advantages).tolist() == np.zeros(MASK.shape).tolist()

@@ -19,18 +19,12 @@ from lazarus.config import Config
 
 PACKAGE = Path(__file__).resolve().parents[3] / "lazarus"
 
-#: dotted key -> why it is not read yet. Phase 2 of issue 12 wires these into training/rl.py and ppo.py
-#: (being rewritten by the lead as RLLearner); the pure functions they select exist and are tested.
+#: dotted key -> why it is not read yet: these select the batch (which prompts, how many rounds), so their
+#: reader is the coordinator (runtime/coordinator.py, the lead's); the functions they drive exist and are tested
+#: (algorithms.advantages.groups_with_signal, data.curriculum).
 PENDING = {
-    "rl.rloo_form": "rl.py: 'trl' -> kl_shaped_sequence_rewards + rloo_group_advantages + rloo_sequence_loss",
-    "rl.kl_placement": "rl.py/ppo.py: 'reward' -> kl_shaped_sequence_rewards / kl_shaped_token_rewards",
-    "rl.delta": "rl.py: policy_gradient_loss(delta=...)",
-    "rl.clip_ratio_c": "rl.py/ppo.py: policy_gradient_loss / ppo_policy_loss(clip_ratio_c=...)",
-    "rl.loss_agg_mode": "rl.py/ppo.py: policy_gradient_loss / ppo_policy_loss / value_loss(loss_agg_mode=...)",
     "rl.dynamic_sampling": "coordinator: groups_with_signal, then generate more groups",
     "rl.max_sampling_rounds": "coordinator: cap on dynamic_sampling's rounds",
-    "rl.micro_batch_size": "rl.py/ppo.py: today rl.py reads rl.mini_batch_size as the micro-batch",
-    "rl.value_lr": "ppo.py: a second optimizer for the value head",
     **{f"data.curriculum.{name}": "coordinator: DifficultySchedule(...) + curriculum_batch(mix=...)"
        for name in ("schedule", "levels", "steps", "promote_at", "demote_at", "window", "mix")},
     # The runtime section arrived with the lead's runtime seams; its readers (launchers, RLLearner,
