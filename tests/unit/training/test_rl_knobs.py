@@ -2,11 +2,14 @@
 (several optimizer steps per generated batch), micro-batches that change memory and not the result,
 KL in the reward, TRL's RLOO, dual-clip and loss aggregation, and PPO's separate value-head optimizer."""
 
+import dataclasses
 import json
 
 import mlx.core as mx
 import numpy as np
 import pytest
+
+from mlx.utils import tree_flatten
 
 from lazarus.runtime.build import build_learner
 from lazarus.runtime.local import run_training
@@ -15,10 +18,6 @@ from lazarus.training.rl import TrajectoryBatchError, update_plan
 
 def metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def step_metrics(run_dir):
-    return [m for m in metrics(run_dir) if "optimizer_steps" in m]
 
 
 def test_update_plan_takes_whole_groups_per_optimizer_step_and_splits_them_into_micro_batches():
@@ -34,37 +33,54 @@ def test_update_plan_without_sizes_is_one_step_cut_into_grad_accum_pieces():
     assert [[list(m) for m in mini] for mini in plan] == [[[0, 1, 2, 3], [4, 5, 6, 7]]]
 
 
+def sampled_batch(cfg, learner):
+    """One batch of real trajectories from an actor sharing `learner`'s model, with rewards that vary
+    inside every group (alternating 1, 0), so that every knob has advantages to act on."""
+    from lazarus.runtime.build import read_rl_prompts
+    from lazarus.runtime.coordinator import TaskSource
+    from lazarus.runtime.roles import RolloutActor, SharedWeights
+
+    records, ids = read_rl_prompts(cfg, learner.tokenizer)
+    actor = RolloutActor("a0", learner.model, learner.tokenizer, learner.reward_functions,
+                         SharedWeights(lambda: learner.policy_version))
+    tasks = TaskSource(cfg, records, ids, "test")
+    actor.sync_weights()  # on-policy: the actor holds the learner's version
+    trajectories = actor.run_task(tasks.next_task(cfg.training.batch_size, learner.policy_version))
+    return [dataclasses.replace(t, reward=float(i % 2)) for i, t in enumerate(trajectories)]
+
+
 @pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
-def test_mini_batches_take_several_optimizer_steps_per_generated_batch(make_config, tmp_path, algorithm):
-    cfg = make_config(algorithm, "rl.mini_batch_size=2", "rl.num_iterations=2", "training.max_steps=2",
-                      "lora.enabled=true")
+def test_mini_batches_take_several_optimizer_steps_per_generated_batch(make_config, algorithm):
+    cfg = make_config(algorithm, "rl.mini_batch_size=2", "rl.num_iterations=2", "lora.enabled=true")
+    learner = build_learner(cfg)
 
-    run_training(cfg)
+    result = learner.learn(sampled_batch(cfg, learner))
 
-    # batch_size 4 prompts / 2 per mini-batch x 2 passes (unless PPO's target_kl stopped early: not set)
-    assert [m["optimizer_steps"] for m in step_metrics(tmp_path / "run")] == [4, 4]
-
-
-def exported_weights(model_dir):
-    return mx.load(str(model_dir / "model.safetensors"))
+    # batch_size 4 prompts / 2 per mini-batch, x 2 passes
+    assert result["optimizer_steps"] == 4
+    assert learner.policy_version == 1
 
 
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
-def test_micro_batches_change_memory_not_the_update(make_config, tmp_path, micro_model_dir, agg):
-    # given the same one-step run as one batch and as micro-batches of 3 completions (groups of 4)
-    common = ["training.max_steps=1", f"rl.loss_agg_mode={agg}", "optim.learning_rate=0.01",
-              "optim.max_grad_norm=null", "training.compile=false"]
-    run_training(make_config("grpo", *common, run="whole"))
-    run_training(make_config("grpo", *common, "rl.micro_batch_size=3", run="micro"))
+def test_micro_batches_change_memory_not_the_update(make_config, agg):
+    # given two identical learners, one taking the batch whole and one in micro-batches of 3 completions
+    # (SGD: Adam's first step is lr * sign(g), which turns float rounding in a near-zero gradient into lr)
+    common = [f"rl.loss_agg_mode={agg}", "optim.optimizer=sgd", "optim.learning_rate=0.5", "optim.max_grad_norm=null"]
+    whole_cfg, micro_cfg = make_config("grpo", *common), make_config("grpo", *common, "rl.micro_batch_size=3")
+    whole, micro = build_learner(whole_cfg), build_learner(micro_cfg)
+    before = {k: mx.array(v) for k, v in tree_flatten(whole.model.trainable_parameters())}
+    trajectories = sampled_batch(whole_cfg, whole)
 
-    # then the trained weights agree
-    whole, micro = exported_weights(tmp_path / "whole" / "model"), exported_weights(tmp_path / "micro" / "model")
-    initial = exported_weights(micro_model_dir)
-    assert sorted(whole) == sorted(micro)
-    for name in whole:
-        np.testing.assert_allclose(np.array(micro[name]), np.array(whole[name]), atol=2e-5, rtol=1e-4)
-    # and the step did move the weights (the comparison is not between two untouched models)
-    assert any(not np.allclose(np.array(whole[name]), np.array(initial[name])) for name in whole)
+    # when both learn from the same trajectories
+    whole.learn(trajectories)
+    micro.learn(trajectories)
+
+    # then their weights agree, and they did move
+    after_whole = dict(tree_flatten(whole.model.trainable_parameters()))
+    after_micro = dict(tree_flatten(micro.model.trainable_parameters()))
+    for name, value in after_whole.items():
+        np.testing.assert_allclose(np.array(after_micro[name]), np.array(value), atol=2e-5, rtol=1e-4)
+    assert any(not mx.allclose(before[k], after_whole[k]).item() for k in before)
 
 
 def test_micro_batch_size_with_grad_accum_steps_is_refused(make_config):
@@ -80,11 +96,13 @@ def test_micro_batch_size_with_grad_accum_steps_is_refused(make_config):
     ["rl.clip_ratio_c=3.0", "rl.delta=1.5", "rl.loss_agg_mode=seq-mean-token-sum", "rl.scale_rewards=batch"],
     ["rl.advantage=reinforce_pp"],
 ], ids=["kl_in_reward", "trl_rloo", "dual_clip_delta_agg", "reinforce_pp_tokens"])
-def test_grpo_knobs_train_with_finite_losses(make_config, tmp_path, extra):
-    run_training(make_config("grpo", "lora.enabled=true", "training.max_steps=2", *extra))
+def test_grpo_knobs_update_with_finite_losses(make_config, extra):
+    cfg = make_config("grpo", "lora.enabled=true", *extra)
+    learner = build_learner(cfg)
 
-    logged = [m for m in metrics(tmp_path / "run") if "loss" in m]
-    assert len(logged) == 2 and all(np.isfinite(m["loss"]) for m in logged)
+    result = learner.learn(sampled_batch(cfg, learner))
+
+    assert result["skipped_update"] == 0.0 and np.isfinite(result["loss"]) and np.isfinite(result["grad_norm"])
 
 
 def test_kl_in_the_reward_takes_the_kl_out_of_the_loss(make_config):
