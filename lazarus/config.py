@@ -482,6 +482,9 @@ def describe(section: type[BaseModel] = Config, prefix: str = "") -> list[tuple[
     for name, field in section.model_fields.items():
         key = f"{prefix}{name}"
         annotation = field.annotation
+        inner = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+        if len(inner) == 1 and isinstance(inner[0], type) and issubclass(inner[0], BaseModel):
+            annotation = inner[0]  # an optional section (data.generate_math): list its fields
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows.extend(describe(annotation, key + "."))
             continue
