@@ -103,8 +103,8 @@ class CurriculumConfig(Section):
 
 
 class TaskSpec(Section):
-    name: str = Field(..., min_length=1, description="Task name: the `task` of its prompts, its rewards and "
-                      "its metrics (reward/<name>, accuracy/<name>).")
+    name: str = Field(..., min_length=1, description="Task name: written to the `task` column of its prompts, "
+                      "which rl.rewards entries with `task` select on (their metrics: reward_<fn>/<name>_mean).")
     train: str = Field(..., description="Prompt JSONL of this task.")
     eval: Optional[str] = Field(None, description="Held-out prompt JSONL of this task.")
     weight: float = Field(1.0, gt=0, description="Share of each batch's prompts (normalised over the tasks).")
