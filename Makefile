@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast protos bench lint clean
+.PHONY: install demo test test-fast protos bench bench-experts lint clean
 
 install: $(STAMP)
 
@@ -34,6 +34,15 @@ bench: install
 	$(PY) bench/generation.py
 	$(PY) bench/learner.py
 	$(PY) bench/weights.py
+
+# Expert training against CleanRL's PPO recipe in torch (CPU): torch lives in its own venv, never in .venv.
+BENCH_VENV ?= .venv-bench
+bench-experts: install
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	# The CPU build where a find-links dir has it (PyPI's own Linux wheel pulls in the CUDA libraries).
+	$(BENCH_VENV)/bin/python -m pip install -q "torch==2.13.0+cpu" gymnasium numpy \
+		|| $(BENCH_VENV)/bin/python -m pip install -q torch gymnasium numpy
+	$(PY) bench/experts.py --torch-python $(BENCH_VENV)/bin/python
 
 lint: install
 	$(VENV)/bin/ruff check lazarus tests bench

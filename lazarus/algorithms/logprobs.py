@@ -3,9 +3,17 @@
 Callers align `logits[:, t]` with `targets[:, t]` (the token that position t predicts); the shift
 from input ids happens where the batch is built, not here. Masks are 0/1 (any dtype) and mark the
 tokens that count: completion tokens produced by the model, never prompt, padding or tool tokens.
+
+`chunked_token_logprobs` gets the same numbers from hidden states without ever holding the logits of
+the whole sequence: the LM head and the selective log-softmax run over `chunk_size` positions at a
+time (TRL's selective log-softmax, taken one step further), so at most one [B, chunk, V] float32
+array is live, where a 135M model with a 49k vocabulary at 32 x 100 tokens needs 0.6 GB for each
+full [B, T, V] one.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import mlx.core as mx
 
@@ -35,6 +43,64 @@ def token_entropy(logits: mx.array, temperature: float = 1.0) -> mx.array:
     logits = _scaled_logits(logits, temperature)
     logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     return -(mx.exp(logp) * logp).sum(axis=-1)
+
+
+def selective_log_softmax(logits: mx.array, targets: mx.array, temperature: float = 1.0,
+                          with_entropy: bool = False) -> tuple[mx.array, mx.array | None]:
+    """`token_logprobs` and (when asked) `token_entropy` from one scaled copy of `logits`: [B,T,V] -> [B,T].
+
+    One normaliser serves both: log p_target = z_target - logZ and H = logZ - sum_v softmax(z)_v z_v.
+    """
+    z = _scaled_logits(logits, temperature)
+    log_normalizer = mx.logsumexp(z, axis=-1)
+    picked = mx.take_along_axis(z, targets[..., None].astype(mx.int32), axis=-1).squeeze(-1)
+    if not with_entropy:
+        return picked - log_normalizer, None
+    expected_z = (mx.exp(z - log_normalizer[..., None]) * z).sum(axis=-1)
+    return picked - log_normalizer, log_normalizer - expected_z
+
+
+def chunked_token_logprobs(hidden: mx.array, targets: mx.array, project: Callable[[mx.array], mx.array],
+                           temperature: float = 1.0, chunk_size: int = 128, with_entropy: bool = False,
+                           checkpoint: Callable[[Callable], Callable] | None = None,
+                           ) -> tuple[mx.array, mx.array | None]:
+    """Token logprobs (and entropies) from hidden states [B,T,H], `project`ing `chunk_size` positions at a time.
+
+    `project` maps [B, c, H] hidden states to [B, c, V] logits (the LM head). Equal to
+    `token_logprobs(project(hidden), targets, temperature)` up to float rounding, but only one chunk's
+    logits exist at a time. Under a gradient transform every chunk's logits would be kept for the
+    backward pass; `checkpoint` (e.g. `lambda f: mlx.nn.utils.checkpoint(model, f)`) wraps each chunk's
+    computation so the backward pass recomputes them instead.
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if hidden.shape[:2] != targets.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} differ in [B, T]")
+
+    def chunk(hidden_chunk: mx.array, target_chunk: mx.array):
+        target_chunk = mx.stop_gradient(target_chunk)  # token ids: a checkpoint differentiates every input
+        logprobs, entropy = selective_log_softmax(project(hidden_chunk), target_chunk, temperature, with_entropy)
+        return (logprobs, entropy) if with_entropy else logprobs
+
+    run = checkpoint(chunk) if checkpoint is not None else chunk
+    logprob_chunks, entropy_chunks = [], []
+    for start in range(0, targets.shape[1], chunk_size):
+        hidden_chunk = hidden[:, start:start + chunk_size]
+        if logprob_chunks:
+            # MLX may evaluate independent branches side by side, which would hold every chunk's logits
+            # at once; depending on the previous chunk's result makes the chunks run one after another.
+            hidden_chunk = mx.depends(hidden_chunk, logprob_chunks[-1])
+        out = run(hidden_chunk, targets[:, start:start + chunk_size])
+        if with_entropy:
+            logprob_chunks.append(out[0])
+            entropy_chunks.append(out[1])
+        else:
+            logprob_chunks.append(out)
+    if not logprob_chunks:  # an empty sequence
+        empty = mx.zeros(targets.shape, mx.float32)
+        return empty, (empty if with_entropy else None)
+    logprobs = mx.concatenate(logprob_chunks, axis=1)
+    return logprobs, (mx.concatenate(entropy_chunks, axis=1) if with_entropy else None)
 
 
 def masked_sum(x: mx.array, mask: mx.array, axis: int | None = None) -> mx.array:

@@ -27,14 +27,18 @@ def math(
     answer_only: float = typer.Option(
         0.0, "--answer-only", help="Fraction of SFT completions that give only the final 'Answer:' line, "
                                    "without the worked steps (a two-style demonstration set)."),
+    instruction: str = typer.Option(
+        None, "--instruction", help="Text appended to every prompt, telling a model the answer format the "
+                                    "rewards read (default: lazarus.data.math.INSTRUCTION); '' for none."),
 ):
     """Write the math task as SFT, preference and RL-prompt JSONL, train and held-out eval."""
-    from lazarus.data.math import write_math_dataset
+    from lazarus.data.math import INSTRUCTION, write_math_dataset
 
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds is not None else None
     try:
         paths = write_math_dataset(out, n_train=n_train, n_eval=n_eval, kinds=kind_list,
-                                   difficulty=difficulty, seed=seed, answer_only=answer_only)
+                                   difficulty=difficulty, seed=seed, answer_only=answer_only,
+                                   instruction=INSTRUCTION if instruction is None else instruction)
     except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

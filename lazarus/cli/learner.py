@@ -31,6 +31,7 @@ def learner(
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate (with --tls-key)."),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM private key (with --tls-cert)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Checkpoint or run directory to resume from."),
+    force: bool = typer.Option(False, "--force", help="Start over in a run directory that holds a previous run."),
 ):
     """Run the learner; rollout actors join with `lazarus-actor --learner HOST:PORT`."""
     from lazarus.config import load_config
@@ -39,11 +40,13 @@ def learner(
 
     cfg = load_config(config, overrides)
     if cfg.algorithm not in ("grpo", "ppo"):
-        raise LazarusError(f"{config}: algorithm {cfg.algorithm} runs with `lazarus train`; the learner runs grpo or ppo")
-    learner_role, result = serve_and_learn(cfg, resume, listen=listen, token_file=str(token_file) if token_file else None,
+        raise LazarusError(f"{config}: algorithm {cfg.algorithm} runs with `lazarus train`; "
+                           f"the learner runs grpo or ppo")
+    learner_role, result = serve_and_learn(cfg, resume, listen=listen,
+                                           token_file=str(token_file) if token_file else None,
                                            tls_cert=str(tls_cert) if tls_cert else None,
                                            tls_key=str(tls_key) if tls_key else None,
-                                           echo=lambda line: print(line, flush=True))
+                                           echo=lambda line: print(line, flush=True), force=force)
     export(learner_role.model, cfg, Path(cfg.training.run_dir))
     for key, value in result.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")

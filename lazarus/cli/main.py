@@ -36,15 +36,19 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 @app.command("init-model")
 def init_model(
-    out: Path = typer.Option(..., "--out", help="Directory to write (replaced atomically)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write (must not exist or be empty, unless --force)."),
     arch: str = typer.Option("llama", "--arch", help="llama, mistral, gemma, starcoder2, granite, qwen2, lazyfox"),
     size: str = typer.Option("tiny", "--size", help="micro (~0.1M), tiny (~1M) or small (~10M) parameters"),
     seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing file or non-empty directory at --out."),
 ):
     """Write a random-init HF-format model plus a byte-level BPE tokenizer (loadable by mlx_lm.load)."""
     from lazarus.models.load import load, num_parameters
     from lazarus.models.tiny import init_model as _init
 
+    if not force and (out.is_file() or out.is_symlink() or (out.is_dir() and any(out.iterdir()))):
+        what = "a non-empty directory" if out.is_dir() else "a file"
+        raise UsageError(f"--out {out}: is {what}; refusing to replace it (pass --force to replace it)")
     try:
         path = _init(arch, size, out, seed=seed)
     except ValueError as e:
@@ -132,7 +136,7 @@ def _mount_subcommands() -> None:
     """Sub-apps that live in their own modules."""
     import importlib
 
-    for name, module in (("ps", "lazarus.cli.ps"), ("data", "lazarus.cli.data")):
+    for name, module in (("ps", "lazarus.cli.ps"), ("data", "lazarus.cli.data"), ("experts", "lazarus.cli.experts")):
         try:
             sub = importlib.import_module(module)
         except ModuleNotFoundError as e:
@@ -140,7 +144,7 @@ def _mount_subcommands() -> None:
                 continue
             raise
         app.add_typer(sub.app, name=name)
-    for module, fn in (("lazarus.cli.plot", "plot"), ("lazarus.cli.train", "register")):
+    for module, fn in (("lazarus.cli.plot", "plot"), ("lazarus.cli.train", "register"), ("lazarus.cli.convert", "register")):  # noqa: E501
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
@@ -153,7 +157,14 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
+def _terminate_like_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (kill, a scheduler) unwinds like Ctrl-C: run dirs unlocked, temp files removed
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate_like_interrupt)
     try:
         app()
     except user_errors() as e:

@@ -80,7 +80,7 @@ def generate_problems(n: int, *, kinds: list[str] | tuple[str, ...] | str | None
 
 
 def write_math_dataset(out_dir: str | Path, *, n_train: int, n_eval: int, kinds=None, difficulty: int = 1,
-                       seed: int = 0, answer_only: float = 0.0) -> dict[str, Path]:
+                       seed: int = 0, answer_only: float = 0.0, instruction: str | None = None) -> dict[str, Path]:
     """Write SFT, preference and RL-prompt JSONL (train and held-out eval) to `out_dir`.
 
     Files: sft_{train,eval}.jsonl (`prompt`, `completion` = solution), preference_{train,eval}.jsonl
@@ -93,12 +93,17 @@ def write_math_dataset(out_dir: str | Path, *, n_train: int, n_eval: int, kinds=
     styles, as collected data often is. A model fine-tuned on the mix answers in either style; on
     multi-step problems showing the work is far more accurate, and RL with an accuracy reward learns to
     choose it (the `lazarus demo` story).
+
+    `instruction` (e.g. `INSTRUCTION`) is appended to every prompt after a space: how a pretrained chat
+    model is told the answer format the rewards look for. None or "" leaves prompts as generated.
     """
     if n_train < 1 or n_eval < 0:
         raise ValueError(f"need n_train >= 1 and n_eval >= 0, got n_train={n_train}, n_eval={n_eval}")
     if not 0.0 <= answer_only <= 1.0:
         raise ValueError(f"answer_only must be a fraction in [0, 1], got {answer_only}")
     problems = generate_problems(n_train + n_eval, kinds=kinds, difficulty=difficulty, seed=seed)
+    if instruction:
+        problems = [{**p, "prompt": f"{p['prompt']} {instruction.strip()}"} for p in problems]
     style = random.Random(f"answer_only:{seed}")
     splits = {"train": problems[:n_train], "eval": problems[n_train:]}
     if n_eval == 0:
@@ -122,17 +127,50 @@ def write_math_dataset(out_dir: str | Path, *, n_train: int, n_eval: int, kinds=
 # ---------------------------------------------------------------------------------------------
 # Answer checking
 
+#: The instruction `lazarus data math` appends to every prompt by default: what the format reward checks
+#: and the first thing the extractor looks for. Pretrained chat models answer in prose otherwise.
+INSTRUCTION = "Give only the final answer in the form 'Answer: N'."
+
 _ANSWER_LINE = re.compile(r"Answer:[ \t]*([^\n]*)")
+_ANSWER_IS = re.compile(r"\b(?:final )?answer is[:\s]*([^\n]*)", re.IGNORECASE)
+_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+_LEADING_VALUE = re.compile(r"\s*([-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?|\(?[A-Ea-e]\)?(?![\w]))")
 _CHOICE = re.compile(r"[A-Ea-e]")
 
 
-def extract_answer(completion: str) -> str | None:
-    """The value after the last `Answer:` (to the end of its line), else the last `\\boxed{...}`."""
+def extract_answer(completion: str, *, last_number_fallback: bool = True) -> str | None:
+    """The final answer of a completion, as math-verify and TRL's math rewards look for it.
+
+    In order: the value after the last `Answer:` (to the end of its line); the last `\\boxed{...}`; the
+    value after the last "the answer is" / "the final answer is"; and, unless `last_number_fallback` is
+    off, the last number in the text ("8 + 4 = 12." -> "12"). After a marker, a leading number or choice
+    letter is taken ("Answer: 12 apples." -> "12"); anything else is returned as written, without
+    markdown emphasis, `$` and a final period, for math-verify to parse. None when nothing is found.
+    """
     matches = _ANSWER_LINE.findall(completion)
     if matches:
-        value = matches[-1].strip().rstrip(".").strip()
-        return value or None
-    return _last_boxed(completion)
+        return _marked_value(matches[-1])
+    boxed = _last_boxed(completion)
+    if boxed is not None:
+        return boxed
+    matches = _ANSWER_IS.findall(completion)
+    if matches:
+        return _marked_value(matches[-1])
+    if last_number_fallback:
+        numbers = _NUMBER.findall(completion)
+        if numbers:
+            return numbers[-1].replace(",", "")
+    return None
+
+
+def _marked_value(text: str) -> str | None:
+    """The answer written after a marker: a leading number/choice letter, else the cleaned text."""
+    text = text.replace("**", "").replace("$", "").strip()
+    leading = _LEADING_VALUE.match(text)
+    if leading:
+        return leading.group(1).strip("()").replace(",", "")
+    text = text.rstrip(".").strip()
+    return text or None
 
 
 def answers_match(predicted: str | None, gold: str) -> bool:

@@ -35,6 +35,7 @@ class SFTRecord:
     prompt: Prompt | None = None
     completion: Prompt | None = None
     text: str | None = None
+    where: str = field(default="", compare=False)  # "file:line" the row came from
 
 
 @dataclass
@@ -42,12 +43,14 @@ class PreferenceRecord:
     prompt: Prompt
     chosen: Prompt
     rejected: Prompt
+    where: str = field(default="", compare=False)  # "file:line" the row came from
 
 
 @dataclass
 class PromptRecord:
     prompt: Prompt
     columns: dict[str, Any] = field(default_factory=dict)  # every other key of the row
+    where: str = field(default="", compare=False)  # "file:line" the row came from
 
 
 def read_sft(path: str | Path) -> list[SFTRecord]:
@@ -85,7 +88,9 @@ def _read_jsonl(path: str | Path, make_record: Callable[[dict, str], R]) -> list
             raise DatasetError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(row, dict):
             raise DatasetError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-        records.append(make_record(row, where))
+        record = make_record(row, where)
+        record.where = where
+        records.append(record)
     if not records:
         raise DatasetError(f"{path}: no records (the file is empty)")
     return records

@@ -14,13 +14,22 @@ assistant message, in both modes.
 
 `tokenizer` is mlx-lm's `TokenizerWrapper` (or a Hugging Face tokenizer): it must have `encode`,
 `eos_token_id`, and `apply_chat_template` / `chat_template` to use a template.
+
+Work per row is bounded by `max_length`: no token covers more characters than the longest vocabulary
+entry, so each text is cut to `max_length` times that many characters before it is tokenized (a 50 MB
+row costs what its first tokens cost, not 18 GB of tokenizer memory). The kept tokens are the same.
+
+Text that spells a special token (`<|im_end|>`) is tokenized as that control token;
+`check_special_tokens` finds such rows and, per `data.special_tokens_in_text`, refuses, warns or allows.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lazarus.data.records import PreferenceRecord, Prompt, SFTRecord
+from lazarus.data.records import DatasetError, PreferenceRecord, PromptRecord, Prompt, SFTRecord
 
 
 @dataclass
@@ -43,12 +52,14 @@ def encode_sft(record: SFTRecord, tokenizer, *, mask_prompt: bool = True, max_le
     Conversations and prompt-completion pairs: assistant turns (with their EOS) are targets; the rest
     is masked when `mask_prompt`, else everything is a target. `text`: every token is a target.
     """
+    budget = char_budget(tokenizer, max_length)
     if record.text is not None:
-        ids = tokenizer.encode(record.text) + [_eos_id(tokenizer)]
+        ids = tokenizer.encode(_cut(record.text, budget)) + [_eos_id(tokenizer)]
         mask = [1] * len(ids)
     else:
         messages = (record.messages if record.messages is not None
                     else as_messages(record.prompt, "user") + as_messages(record.completion, "assistant"))
+        messages = _cut_messages(messages, budget)
         ids, mask = [], []
         for segment_ids, is_target in _segments(messages, tokenizer, use_chat_template):
             ids += segment_ids
@@ -73,11 +84,13 @@ def encode_preference(record: PreferenceRecord, tokenizer, *, max_length: int | 
     With `max_prompt_length` the prompt keeps its last tokens; with `max_length` each completion is
     cut so that prompt + completion fits.
     """
-    prompt_messages = as_messages(record.prompt, "user")
+    budget = char_budget(tokenizer, None if max_length is None and max_prompt_length is None
+                         else max((max_length or 0), (max_prompt_length or 0)))
+    prompt_messages = _cut_messages(as_messages(record.prompt, "user"), budget, keep_end=max_prompt_length is not None)
     prompt_ids = encode_prompt(prompt_messages, tokenizer, use_chat_template=use_chat_template)
     completions = []
     for name, completion in (("chosen", record.chosen), ("rejected", record.rejected)):
-        completion_messages = as_messages(completion, "assistant")
+        completion_messages = _cut_messages(as_messages(completion, "assistant"), budget)
         if completion_messages[0]["role"] != "assistant":
             raise ValueError(f"{name} must start with an assistant message, "
                              f"not {completion_messages[0]['role']!r}")
@@ -95,6 +108,102 @@ def encode_preference(record: PreferenceRecord, tokenizer, *, max_length: int | 
                              f"{len(prompt_ids)}-token prompt (set max_prompt_length)")
         completions = [c[:room] for c in completions]
     return TokenizedPreference(prompt_ids, completions[0], completions[1])
+
+
+def char_budget(tokenizer, max_tokens: int | None) -> int | None:
+    """Characters that can hold at most `max_tokens` tokens: `max_tokens` x the longest vocabulary entry."""
+    if max_tokens is None:
+        return None
+    return max_tokens * max_token_chars(tokenizer) + 1
+
+
+def max_token_chars(tokenizer) -> int:
+    """The most characters one token can stand for (the longest vocabulary entry), cached on the tokenizer."""
+    cached = getattr(tokenizer, "_lazarus_max_token_chars", None)
+    if cached is None:
+        try:
+            cached = max(map(len, tokenizer.get_vocab()))
+        except (AttributeError, TypeError, ValueError):
+            cached = 256  # no vocabulary to read: a generous bound (still bounded work)
+        try:
+            tokenizer._lazarus_max_token_chars = cached
+        except AttributeError:
+            pass
+    return cached
+
+
+def _cut(text: str, budget: int | None, keep_end: bool = False) -> str:
+    if budget is None or len(text) <= budget:
+        return text
+    return text[-budget:] if keep_end else text[:budget]
+
+
+def _cut_messages(messages: list[dict], budget: int | None, keep_end: bool = False) -> list[dict]:
+    if budget is None:
+        return messages
+    return [m if len(m["content"]) <= budget else {**m, "content": _cut(m["content"], budget, keep_end)}
+            for m in messages]
+
+
+def special_tokens(tokenizer) -> list[str]:
+    """The special tokens' texts (BOS/EOS/pad and the chat template's markers such as `<|im_start|>`)."""
+    texts = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(token, "special", False):
+            texts.add(str(token.content))
+    return sorted((t for t in texts if t), key=len, reverse=True)
+
+
+def _record_texts(record) -> list[str]:
+    if isinstance(record, SFTRecord):
+        parts = [record.text] if record.text is not None else (
+            record.messages if record.messages is not None else [record.prompt, record.completion])
+    elif isinstance(record, PreferenceRecord):
+        parts = [record.prompt, record.chosen, record.rejected]
+    elif isinstance(record, PromptRecord):
+        parts = [record.prompt]
+    else:
+        raise TypeError(f"not a dataset record: {type(record).__name__}")
+    texts = []
+    for part in parts:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict):
+            texts.append(part["content"])
+        elif isinstance(part, list):
+            texts += [m["content"] for m in part]
+    return texts
+
+
+def check_special_tokens(records: Sequence, tokenizer, policy: str, source: str) -> int:
+    """Rows of `records` whose text spells a special token; per `policy` (`data.special_tokens_in_text`):
+
+    error: raise `DatasetError` naming the first such row and token; warn: one warning with the count and
+    an example; allow: nothing. Returns the number of such rows.
+    """
+    if policy not in ("error", "warn", "allow"):
+        raise ValueError(f"data.special_tokens_in_text must be error, warn or allow, got {policy!r}")
+    if policy == "allow":
+        return 0
+    tokens = special_tokens(tokenizer)
+    if not tokens:
+        return 0
+    count, first = 0, None
+    for i, record in enumerate(records):
+        found = next((t for text in _record_texts(record) for t in tokens if t in text), None)
+        if found is None:
+            continue
+        count += 1
+        if first is None:
+            first = (getattr(record, "where", "") or f"{source}: row {i + 1}", found)
+        if policy == "error":
+            raise DatasetError(f"{first[0]}: text contains the special token {found!r}, which would be "
+                               "tokenized as that control token (set data.special_tokens_in_text=allow to keep it)")
+    if count:
+        warnings.warn(f"{source}: {count} of {len(records)} rows contain special-token text (first: {first[0]}, "
+                      f"{first[1]!r}); it is tokenized as the control token. data.special_tokens_in_text: error "
+                      "refuses such rows, allow silences this", stacklevel=2)
+    return count
 
 
 def as_messages(prompt: Prompt, role: str) -> list[dict]:

@@ -34,6 +34,7 @@ from lazarus.distributed import experience_pb2_grpc
 from lazarus.errors import LazarusError
 
 RECENT_PUSHES = 4096
+DONE_TASKS = 1 << 16  # completed task ids remembered, so a late push of one is a duplicate, not unknown
 FILE_CHUNK = 1 << 20
 
 
@@ -49,7 +50,7 @@ class BadPush(LazarusError, ValueError):
 class TaskLease:
     task: RolloutTask
     payload: bytes
-    state: str = "queued"  # queued | leased | done
+    state: str = "queued"  # queued | leased (a completed task leaves the hub)
     actor_id: str = ""
     deadline: float = 0.0
     attempts: int = 0
@@ -105,7 +106,8 @@ class ExperienceHub:
         self.actors: dict[str, ActorState] = {}
         self.stopped = False
         self._cv = threading.Condition()
-        self._tasks: dict[str, TaskLease] = {}
+        self._tasks: dict[str, TaskLease] = {}  # issued and not completed
+        self._done: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._queue: collections.deque[str] = collections.deque()
         self._groups: collections.deque[Group] = collections.deque()
         self._queued_bytes = 0
@@ -116,7 +118,7 @@ class ExperienceHub:
 
     def put_task(self, task: RolloutTask) -> None:
         with self._cv:
-            if task.task_id in self._tasks:
+            if task.task_id in self._tasks or task.task_id in self._done:
                 raise ValueError(f"task id {task.task_id} was already issued")
             self._tasks[task.task_id] = TaskLease(task, task.to_bytes())
             self._queue.append(task.task_id)
@@ -129,8 +131,8 @@ class ExperienceHub:
             self._see(actor_id)
             self._expire_locked()
             while self._queue:
-                lease = self._tasks[self._queue.popleft()]
-                if lease.state != "queued":
+                lease = self._tasks.get(self._queue.popleft())
+                if lease is None or lease.state != "queued":
                     continue
                 lease.state, lease.actor_id = "leased", actor_id
                 lease.deadline = self.clock() + self.lease_s
@@ -141,7 +143,7 @@ class ExperienceHub:
     def in_flight(self) -> int:
         """Tasks issued and not yet completed (queued or leased)."""
         with self._cv:
-            return sum(1 for lease in self._tasks.values() if lease.state != "done")
+            return len(self._tasks)
 
     def expire_leases(self) -> list[str]:
         with self._cv:
@@ -170,13 +172,13 @@ class ExperienceHub:
                 return self._recent[push_id]
             actor = self._see(actor_id)
             lease = self._tasks.get(task_id)
-            if lease is None:
+            if task_id in self._done:
+                self.counts.duplicate_pushes += 1
+                outcome = PushOutcome(0, duplicate=True, detail=f"task {task_id} was already completed")
+            elif lease is None:
                 self.counts.unknown_task_pushes += 1
                 outcome = PushOutcome(0, detail=f"task {task_id} is not a task of this learner "
                                                 f"(incarnation {self.incarnation}); dropped")
-            elif lease.state == "done":
-                self.counts.duplicate_pushes += 1
-                outcome = PushOutcome(0, duplicate=True, detail=f"task {task_id} was already completed")
             else:
                 groups = _split_groups(lease.task, trajectories, actor_id)
                 if self._queued_bytes + nbytes > self.max_queue_bytes and self._groups:
@@ -187,7 +189,10 @@ class ExperienceHub:
                 for group in groups:
                     self._groups.append(Group(group, share))
                 self._queued_bytes += share * len(groups)
-                lease.state, lease.payload = "done", b""
+                del self._tasks[task_id]
+                self._done[task_id] = None
+                while len(self._done) > DONE_TASKS:
+                    self._done.popitem(last=False)
                 self.counts.tasks_completed += 1
                 self.counts.trajectories_received += len(trajectories)
                 actor.tasks_completed += 1
@@ -259,12 +264,17 @@ class ExperienceHub:
             now = self.clock()
             queued = sum(1 for lease in self._tasks.values() if lease.state == "queued")
             leased = sum(1 for lease in self._tasks.values() if lease.state == "leased")
+            holding: dict[str, int] = {}
+            for lease in self._tasks.values():
+                if lease.state == "leased":
+                    holding[lease.actor_id] = holding.get(lease.actor_id, 0) + 1
             return {
                 "incarnation": self.incarnation, "policy_version": self.policy_version(), "stopped": self.stopped,
                 "tasks_queued": queued, "tasks_leased": leased, "groups_waiting": len(self._groups),
                 "queued_bytes": self._queued_bytes, "counts": vars(self.counts).copy(),
                 "actors": {a.actor_id: {"last_heartbeat_s_ago": round(now - a.last_seen, 3),
                                         "policy_version": a.policy_version, "tasks_completed": a.tasks_completed,
+                                        "tasks_leased": holding.get(a.actor_id, 0),
                                         "trajectories": a.trajectories, **a.stats}
                            for a in self.actors.values()},
                 **self.extra_status(),

@@ -9,6 +9,10 @@ first pull, then served to every puller). Two gradient modes:
 - async: every gradient is applied as it arrives; one whose base version is more than `max_staleness`
   versions behind is refused with FAILED_PRECONDITION.
 
+Non-finite numbers never get in: a gradient or published tensor holding NaN/Inf is refused
+(INVALID_ARGUMENT, naming the tensor) before it touches anything, and a step whose result would be
+non-finite is rolled back, so no such version is ever served or written to the state directory.
+
 With a `state_dir`, the store checkpoints weights, optimizer state and version after every new version
 (atomically), and a store started on the same directory continues from that version. Gradients
 waiting for a sync step are not checkpointed: after a restart, workers push them again.
@@ -33,7 +37,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_map
 
 from lazarus.distributed import auth, codec, experience_pb2_grpc
 from lazarus.distributed.experience import ExperienceHub, ExperienceService, RunSpec
@@ -162,6 +166,7 @@ class ParameterStore:
                 if current is None or current.shape != value.shape:
                     raise GradientRejected(f"published tensor {name} is not a served parameter of that shape")
             mx.eval(list(weights.values()))
+            _refuse_non_finite(weights, "published tensor")
             self._commit(dict(weights))
             return self.version
 
@@ -195,6 +200,7 @@ class ParameterStore:
             if push_id and push_id in self._recent:
                 return self._recent[push_id]
             who = f"worker {worker_id or '?'}"
+            _refuse_non_finite(grads, f"{who}: gradient tensor")
             if base_version > self.version:
                 raise GradientRejected(f"{who}: gradient base version {base_version} is newer than "
                                        f"server version {self.version}")
@@ -234,8 +240,14 @@ class ParameterStore:
 
     def _step(self, grads: dict[str, mx.array]) -> None:
         params = {name: self.weights[name] for name in grads}
+        saved_state = tree_map(lambda x: x, self.optimizer.state)  # arrays are immutable: a shallow copy suffices
         updated = self.optimizer.apply_gradients(grads, params)
         mx.eval(updated, self.optimizer.state)
+        try:
+            _refuse_non_finite(updated, "applying the gradients would make parameter")
+        except GradientRejected:
+            self.optimizer.state = saved_state
+            raise
         self._commit(updated)
 
     def _commit(self, updated: dict[str, mx.array]) -> None:
@@ -289,6 +301,17 @@ class ParameterStore:
         self.optimizer.state = _unflatten_optimizer_state(mx.load(str(path / "optimizer.safetensors")))
         self.version = int(state["version"])
         mx.eval(list(self.weights.values()), self.optimizer.state)  # mx.load is lazy; RPC threads need values
+
+
+def _refuse_non_finite(tensors: Mapping[str, mx.array], what: str) -> None:
+    """`GradientRejected` naming the first tensor holding NaN or Inf (one fused check for all of them)."""
+    names = [n for n, v in tensors.items() if mx.issubdtype(v.dtype, mx.floating)]
+    if not names:
+        return
+    finite = mx.stack([mx.all(mx.isfinite(tensors[n])) for n in names])
+    if not mx.all(finite).item():
+        bad = names[int(mx.argmin(finite.astype(mx.int32)).item())]
+        raise GradientRejected(f"{what} {bad} holds NaN or Inf; refused")
 
 
 def _flatten_optimizer_state(state: dict) -> dict[str, mx.array]:

@@ -8,6 +8,7 @@ assistant message is the answer text. Users bring their own as `module:function`
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lazarus.data.math import answers_match, extract_answer
+from lazarus.errors import LazarusError
 
 RewardFn = Callable[..., list[float]]
 
@@ -24,16 +26,28 @@ _FINAL_ANSWER_LINE = re.compile(rf"(?:^|\n)Answer:[ \t]*(?:{_ANSWER_VALUE})[ \t]
 
 
 def accuracy_reward(prompts, completions, answer, **kwargs) -> list[float]:
-    """1.0 where the completion's final answer (`extract_answer`) equals the gold `answer`
-    (`answers_match`: math-verify, so "0.75" equals "3/4"), else 0.0."""
+    """1.0 where the completion's final answer (`extract_answer`: `Answer:`, boxed, "the answer is", else
+    the last number) equals the gold `answer` (`answers_match`: math-verify, so "0.75" equals "3/4"), else 0.0.
+    """
+    return _accuracy(completions, answer, last_number_fallback=True)
+
+
+def strict_accuracy_reward(prompts, completions, answer, **kwargs) -> list[float]:
+    """`accuracy_reward` without the last-number fallback: an answer counts only where it is marked
+    (`Answer:`, boxed or "the answer is"), so a number that merely ends the text scores 0."""
+    return _accuracy(completions, answer, last_number_fallback=False)
+
+
+def _accuracy(completions, answer, *, last_number_fallback: bool) -> list[float]:
     if len(answer) != len(completions):
         raise ValueError(f"accuracy_reward: {len(completions)} completions but {len(answer)} answers")
-    return [1.0 if answers_match(extract_answer(completion_text(c)), str(gold)) else 0.0
+    return [1.0 if answers_match(extract_answer(completion_text(c), last_number_fallback=last_number_fallback),
+                                 str(gold)) else 0.0
             for c, gold in zip(completions, answer)]
 
 
 def format_reward(prompts, completions, **kwargs) -> list[float]:
-    """1.0 where the completion ends with a well-formed answer line, else 0.0.
+    """1.0 where the completion ends with a well-formed answer line, as `lazarus.data.math.INSTRUCTION` asks.
 
     The rule: after trailing whitespace, the last line is `Answer: <value>` (optionally ending with a
     period), where `<value>` is a number — an integer, a decimal or a fraction `p/q`, optionally
@@ -42,11 +56,12 @@ def format_reward(prompts, completions, **kwargs) -> list[float]:
     return [1.0 if _FINAL_ANSWER_LINE.search(completion_text(c)) else 0.0 for c in completions]
 
 
-BUILTIN_REWARDS: dict[str, RewardFn] = {"accuracy": accuracy_reward, "format": format_reward}
+BUILTIN_REWARDS: dict[str, RewardFn] = {"accuracy": accuracy_reward, "accuracy_strict": strict_accuracy_reward,
+                                         "format": format_reward}
 
 
 def resolve_reward_function(spec: str) -> RewardFn:
-    """A built-in name ("accuracy", "format") or `module:function`, imported; else ValueError."""
+    """A built-in name ("accuracy", "accuracy_strict", "format") or `module:function`, imported; else ValueError."""
     if spec in BUILTIN_REWARDS:
         return BUILTIN_REWARDS[spec]
     module_name, sep, function_name = spec.partition(":")
@@ -74,6 +89,47 @@ def completion_text(completion) -> str:
                 return str(message.get("content", ""))
         return ""
     raise TypeError(f"a completion must be a string or a list of messages, got {type(completion).__name__}")
+
+
+class RewardColumnError(LazarusError, ValueError):
+    """A reward function needs a dataset column that rows lack; names the function, the column and the file."""
+
+
+#: Arguments every reward call supplies; any other parameter without a default is a dataset column.
+_SUPPLIED = {"prompts", "completions", "completion_ids"}
+
+
+def required_columns(fn) -> list[str]:
+    """The dataset columns `fn` cannot do without: its parameters beyond prompts/completions that have no
+    default (for `accuracy_reward`: `answer`). Functions taking only `**kwargs` need none."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in parameters
+            if p.name not in _SUPPLIED and p.default is inspect.Parameter.empty
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+
+
+def check_reward_columns(reward_functions: list[RewardFunction], rows: list, source: str) -> None:
+    """Refuse, at load, a dataset whose rows lack a column a reward function needs.
+
+    `rows` are `PromptRecord`s (their `columns`) or plain dicts. The error names the function, the
+    column, the file and the first row without it (and how many lack it), instead of rows silently scoring
+    0 or a traceback from inside the function mid-run.
+    """
+    for rf in reward_functions:
+        for column in required_columns(rf.fn):
+            missing = [i for i, row in enumerate(rows)
+                       if column not in (row.columns if hasattr(row, "columns") else row)
+                       or (row.columns if hasattr(row, "columns") else row)[column] is None]
+            if not missing:
+                continue
+            first = rows[missing[0]]
+            where = getattr(first, "where", "") or f"{source}: row {missing[0] + 1}"
+            scope = "no row has it" if len(missing) == len(rows) else f"{len(missing)} of {len(rows)} rows lack it"
+            raise RewardColumnError(f"{where}: reward function {rf.name!r} needs column {column!r}, which this row "
+                                    f"lacks ({scope} in {source})")
 
 
 @dataclass

@@ -25,16 +25,17 @@ def sampling_params(task: RolloutTask, stop: list[str] | None = None) -> Samplin
 
 def rollout(engine: Engine, task: RolloutTask, reward_functions: list[RewardFunction], *,
             policy_version: int, actor_id: str = "local", stop: list[str] | None = None,
-            current_version: Callable[[], int] | None = None) -> list[Trajectory]:
+            current_version: Callable[[], int] | None = None, scorer: Callable = score) -> list[Trajectory]:
     """`task.group_size` scored completions per prompt of `task`, prompt-major.
 
     `policy_version` is the version of the weights the engine holds; `current_version()` (when given) is
-    asked after generation for the learner's version then, recorded as `policy_version_end`.
+    asked after generation for the learner's version then, recorded as `policy_version_end`. `scorer` has
+    the signature of `rewards.score` (e.g. `env.pool.PooledScorer` for `runtime.env_workers`).
     """
     completions = engine.generate(task.prompts, task.group_size, sampling_params(task, stop))
     rows = [task.rows[c.prompt_index] for c in completions]
-    total, components = score(reward_functions, [r.get("prompt") for r in rows], [c.text for c in completions],
-                              [c.token_ids for c in completions], rows)
+    total, components = scorer(reward_functions, [r.get("prompt") for r in rows], [c.text for c in completions],
+                               [c.token_ids for c in completions], rows)
     end_version = max(policy_version, current_version()) if current_version is not None else policy_version
     return [
         Trajectory(prompt_ids=task.prompts[c.prompt_index], completion_ids=c.token_ids,

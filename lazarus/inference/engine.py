@@ -1,22 +1,79 @@
 """Batched generation with KV caches that returns token ids, per-token logprobs and a finish reason.
 
-Built on mlx-lm's `BatchGenerator` (continuous batching over its KV caches). `Engine.generate` takes
-token-id prompts and `n` completions per prompt, and returns one `Completion` per (prompt, sample),
-prompt-major. Each completion keeps the tokens exactly as sampled (EOS included when the model
-emitted it) with the logprob of each under log-softmax(logits / temperature), so the learner never
-re-tokenizes and its ratio against these behavior logprobs is exactly 1 when on-policy.
+`Engine.generate(prompt_ids, n, params)` returns one `Completion` per (prompt, sample), prompt-major. Each
+completion keeps the tokens exactly as sampled (EOS included when the model emitted it) with the logprob
+of each under log-softmax(logits / temperature), so the learner never re-tokenizes and its ratio against
+these behavior logprobs is exactly 1 when on-policy.
+
+The decode loop is our own, on mlx-lm's models and batched KV caches:
+- group prefix sharing: each prompt is prefilled once, and its cache rows are repeated for its `n`
+  completions, whose first tokens are all drawn from that one prefill's logits;
+- continuous batching in whole groups: as sequences finish, their rows leave the batch and the next
+  prompts' groups join it, up to `completion_batch_size` rows (a group larger than that joins in
+  slices, each prefilled once);
+- one host sync per step (the sampled tokens and their logprobs, which stopping needs), made while the
+  next step's forward is already queued, so bookkeeping overlaps the model;
+- sampling is `sampling.sample_tokens`: one pass of exp over the vocabulary per step.
+
+Multi-turn episodes continue a sequence without re-prefilling it: `generate(..., keep_cache=True)` leaves
+each completion's KV cache on `Completion.cache` (with `cached_tokens` saying how many tokens of prompt +
+token_ids it holds), and `generate(suffixes, n, params, caches=[...])` appends each suffix (the tokens the
+cache lacks, then the new observation) to its cache and samples on from there.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
-from lazarus.inference.sampling import SamplingParams, make_sampler
+from lazarus.errors import LazarusError
+from lazarus.inference.sampling import SamplingParams, Uniforms, fresh_seed, sample_tokens
+
+
+class UnsupportedModelError(LazarusError, ValueError):
+    """The model needs a KV cache the engine cannot batch (sliding-window, recurrent or quantized caches)."""
+
+
+class _BatchCache(BatchKVCache):
+    """mlx-lm's batched KV cache, which also knows on the host whether any row is left-padded: when none
+    is (one sequence, or prompts of one length), attention runs without a mask array."""
+
+    def __init__(self, left_padding: list[int]):
+        super().__init__(left_padding)
+        self.padded = any(p > 0 for p in left_padding)
+
+    def make_mask(self, N: int, return_array: bool = False, **kwargs):
+        if self.padded or return_array or kwargs.get("window_size") is not None:
+            return super().make_mask(N, return_array=return_array, **kwargs)
+        return None if N == 1 else "causal"
+
+    def finalize(self):
+        self.padded = self.padded or self._right_padding is not None
+        super().finalize()
+
+    def filter(self, batch_indices):
+        super().filter(batch_indices)
+        self.padded = max(self.left_padding.tolist(), default=0) > 0
+
+    def extend(self, other):
+        super().extend(other)
+        self.padded = max(self.left_padding.tolist(), default=0) > 0
+
+
+class SequenceCache:
+    """The KV cache of one sequence, one entry per layer (opaque to callers; pass it back via `caches=`)."""
+
+    def __init__(self, layers: list[KVCache]):
+        self.layers = layers
+
+    @property
+    def num_tokens(self) -> int:
+        return self.layers[0].offset if self.layers else 0
 
 
 @dataclass
@@ -26,6 +83,8 @@ class Completion:
     logprobs: list[float]  # one per token in token_ids
     finish_reason: str  # "stop" (EOS / stop token / stop string) or "length"
     text: str = ""  # decoded completion, EOS and stop string removed
+    cache: Optional[SequenceCache] = None  # with keep_cache=True: this sequence's KV cache
+    cached_tokens: int = 0  # how many tokens of (prompt + token_ids) `cache` holds, from the start
 
 
 @dataclass
@@ -36,19 +95,14 @@ class StreamEvent:
     finish_reason: Optional[str]
 
 
-class _Tempered:
-    """Presents `model` to mlx-lm with logits divided by the temperature (no copy of any weight)."""
+@dataclass
+class _Step:
+    """What one decode step produced for one sequence."""
 
-    def __init__(self, model: nn.Module, temperature: float):
-        self._model = model
-        self._inv_t = 1.0 / temperature if temperature > 0 else 1.0
-
-    def __call__(self, inputs, cache=None, **kwargs):
-        logits = self._model(inputs, cache=cache, **kwargs)
-        return logits * self._inv_t if self._inv_t != 1.0 else logits
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
+    sequence: int
+    token: int
+    logprob: float
+    finish_reason: Optional[str]
 
 
 class Engine:
@@ -61,6 +115,11 @@ class Engine:
         self.completion_batch_size = completion_batch_size
         self.prefill_batch_size = prefill_batch_size
         self.prefill_step_size = prefill_step_size
+        kinds = {type(c).__name__ for c in make_prompt_cache(model)}
+        if kinds != {"KVCache"}:
+            raise UnsupportedModelError(f"model {type(model).__name__} uses {', '.join(sorted(kinds))} caches; "
+                                        "the engine batches models whose layers all use a plain KVCache")
+        self.num_layers = len(model.layers)
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -70,107 +129,185 @@ class Engine:
             ids = [] if eos is None else [eos]
         return sorted(ids)
 
-    def _generator(self, params: SamplingParams) -> BatchGenerator:
-        stop_ids = sorted(set(self.eos_token_ids) | set(params.stop_token_ids))
-        return BatchGenerator(
-            _Tempered(self.model, params.temperature),
-            max_tokens=params.max_tokens,
-            stop_tokens=[[t] for t in stop_ids] or None,
-            sampler=make_sampler(params),
-            completion_batch_size=self.completion_batch_size,
-            prefill_batch_size=self.prefill_batch_size,
-            prefill_step_size=self.prefill_step_size,
-        )
-
     def generate(self, prompt_ids: Sequence[Sequence[int]] | Sequence[int], n: int = 1,
-                 params: SamplingParams | None = None) -> list[Completion]:
-        """`n` completions for each prompt (a list of token ids, or a list of such lists)."""
+                 params: SamplingParams | None = None, *, keep_cache: bool = False,
+                 caches: Sequence[Optional[SequenceCache]] | None = None) -> list[Completion]:
+        """`n` completions for each prompt (a list of token ids, or a list of such lists).
+
+        With `caches`, prompt i is the suffix to append to `caches[i]` (which is not modified); with
+        `keep_cache`, each completion carries its own KV cache for a later `caches=` call.
+        """
         params = params or SamplingParams()
         prompts = [list(prompt_ids)] if prompt_ids and isinstance(prompt_ids[0], int) else [list(p) for p in prompt_ids]
-        if n <= 0:
-            raise ValueError(f"n must be positive, got {n}")
-        for i, p in enumerate(prompts):
-            if not p:
-                raise ValueError(f"prompt {i} is empty")
-        expanded = [p for p in prompts for _ in range(n)]
-        gen = self._generator(params)
-        try:
-            uids = gen.insert(expanded)
-            slot = {uid: i for i, uid in enumerate(uids)}
-            tokens: list[list[int]] = [[] for _ in expanded]
-            logprobs: list[list[float]] = [[] for _ in expanded]
-            finish: list[Optional[str]] = [None] * len(expanded)
-            cut_text: list[Optional[str]] = [None] * len(expanded)
-            while responses := gen.next_generated():
-                # One gather for the whole batch: the logprob of each sampled token.
-                rows = mx.stack([r.logprobs for r in responses])
-                picked = mx.take_along_axis(rows, mx.array([[r.token] for r in responses]), axis=-1)
-                for r, lp in zip(responses, picked.squeeze(-1).tolist()):
-                    i = slot[r.uid]
-                    tokens[i].append(r.token)
-                    logprobs[i].append(lp)
-                    if r.finish_reason is not None:
-                        finish[i] = r.finish_reason
-                if params.stop:
-                    done = self._apply_stop_strings(params.stop, responses, slot, tokens, finish, cut_text)
-                    if done:
-                        gen.remove(done)
-        finally:
-            gen.close()
+        stops = params.stop
+        tokens: list[list[int]] = [[] for _ in range(len(prompts) * n)]
+        logprobs: list[list[float]] = [[] for _ in tokens]
+        finish: list[Optional[str]] = [None] * len(tokens)
+        kept: list[Optional[SequenceCache]] = [None] * len(tokens)
+        for step in self._decode_loop(prompts, n, params, caches, kept if keep_cache else None):
+            for s in step:
+                tokens[s.sequence].append(s.token)
+                logprobs[s.sequence].append(s.logprob)
+                finish[s.sequence] = s.finish_reason
         completions = []
         for i, (toks, lps) in enumerate(zip(tokens, logprobs)):
-            text = cut_text[i] if cut_text[i] is not None else self._decode(toks)
-            completions.append(Completion(i // n, toks, lps, finish[i] or "length", text))
+            text = self._decode(toks)
+            if stops and finish[i] == "stop":
+                text = text[: min((text.find(s) for s in stops if s in text), default=len(text))]
+            cache = kept[i]
+            completions.append(Completion(i // n, toks, lps, finish[i] or "length", text, cache,
+                                          cache.num_tokens if cache else 0))
         return completions
-
-    def _apply_stop_strings(self, stops, responses, slot, tokens, finish, cut_text) -> list[int]:
-        """Mark sequences whose decoded text now contains a stop string; returns uids to remove."""
-        done = []
-        for r in responses:
-            i = slot[r.uid]
-            if finish[i] is not None:
-                continue
-            text = self._decode(tokens[i])
-            hits = [text.find(s) for s in stops if s in text]
-            if hits:
-                finish[i] = "stop"
-                cut_text[i] = text[: min(hits)]
-                done.append(r.uid)
-        return done
-
-    def _decode(self, token_ids: list[int]) -> str:
-        eos = set(self.eos_token_ids)
-        return self.tokenizer.decode([t for t in token_ids if t not in eos])
 
     def stream(self, prompt_ids: Sequence[int], params: SamplingParams | None = None) -> Iterator[StreamEvent]:
         """Tokens of one completion as they are generated (for `lazarus infer`)."""
         params = params or SamplingParams()
-        gen = self._generator(params)
         detok = self.tokenizer.detokenizer
         detok.reset()
         eos = set(self.eos_token_ids)
         emitted = ""
-        try:
-            gen.insert([list(prompt_ids)])
-            while responses := gen.next_generated():
-                r = responses[0]
-                lp = float(r.logprobs[r.token].item())
-                if r.token not in eos:
-                    detok.add_token(r.token)
-                if r.finish_reason is not None:
-                    detok.finalize()
-                text = detok.text
-                delta, emitted = text[len(emitted):], text
-                stop_at = min((emitted.find(s) for s in params.stop if s in emitted), default=-1)
-                if stop_at >= 0:
-                    keep = stop_at - (len(emitted) - len(delta))
-                    yield StreamEvent(r.token, lp, delta[: max(keep, 0)], "stop")
-                    return
-                yield StreamEvent(r.token, lp, delta, r.finish_reason)
-                if r.finish_reason is not None:
-                    return
-        finally:
-            gen.close()
+        for step in self._decode_loop([list(prompt_ids)], 1, params, None, None):
+            s = step[0]
+            if s.token not in eos:
+                detok.add_token(s.token)
+            if s.finish_reason is not None:
+                detok.finalize()
+            text = detok.text
+            delta, emitted = text[len(emitted):], text
+            stop_at = min((emitted.find(x) for x in params.stop if x in emitted), default=-1)
+            if stop_at >= 0:
+                keep = stop_at - (len(emitted) - len(delta))
+                yield StreamEvent(s.token, s.logprob, delta[: max(keep, 0)], "stop")
+                return
+            yield StreamEvent(s.token, s.logprob, delta, s.finish_reason)
+
+    # -- the decode loop -------------------------------------------------------------------------------
+
+    def _decode_loop(self, prompts: list[list[int]], n: int, params: SamplingParams,
+                     caches: Sequence[Optional[SequenceCache]] | None,
+                     kept: Optional[list]) -> Iterator[list[_Step]]:
+        """Yields, per decode step, the new token of every sequence still running (sequence = prompt * n + j).
+
+        `kept[sequence]` receives each finished sequence's cache when `kept` is given.
+        """
+        if n <= 0:
+            raise ValueError(f"n must be positive, got {n}")
+        if caches is not None and len(caches) != len(prompts):
+            raise ValueError(f"caches has {len(caches)} entries for {len(prompts)} prompts")
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"prompt {i} is empty")
+        stop_ids = set(self.eos_token_ids) | set(params.stop_token_ids)
+        # What joins the batch: (prompt, first sample, samples) slices of whole groups, split only when a
+        # group alone is larger than the batch; each slice is prefilled once.
+        capacity = max(self.completion_batch_size, 1)
+        uniforms = Uniforms(params.seed if params.seed is not None else fresh_seed(), capacity)
+        waiting = deque((i, j, min(n - j, capacity)) for i in range(len(prompts)) for j in range(0, n, capacity))
+        produced: list[list[int]] = [[] for _ in range(len(prompts) * n)]
+        stops = params.stop
+        window = 4 * max((len(x) for x in stops), default=0) + 4  # enough tokens to hold any stop string
+        rows: list[int] = []  # the sequence in each batch row
+        batch_cache: Optional[list[_BatchCache]] = None
+        next_tokens = next_logprobs = None  # drawn for each row, not yet fed to the model
+
+        while waiting or rows:
+            admitted = []
+            while waiting and len(rows) + sum(a[2] for a in admitted) + waiting[0][2] <= capacity:
+                admitted.append(waiting.popleft())
+            for start in range(0, len(admitted), self.prefill_batch_size):
+                slices = admitted[start : start + self.prefill_batch_size]
+                cache, logits = self._prefill([prompts[i] for i, _, _ in slices],
+                                              [caches[i] if caches is not None else None for i, _, _ in slices])
+                if any(count > 1 for _, _, count in slices):  # share each prefill: repeat rows, not compute
+                    shared = mx.array([k for k, (_, _, count) in enumerate(slices) for _ in range(count)])
+                    for c in cache:
+                        c.filter(shared)
+                    logits = logits[shared]
+                drawn, drawn_logprobs = sample_tokens(logits, params, uniforms.next(logits.shape[0]))
+                if batch_cache is None:
+                    batch_cache, next_tokens, next_logprobs = cache, drawn, drawn_logprobs
+                else:
+                    for mine, theirs in zip(batch_cache, cache):
+                        mine.extend(theirs)
+                    next_tokens = mx.concatenate([next_tokens, drawn])
+                    next_logprobs = mx.concatenate([next_logprobs, drawn_logprobs])
+                rows += [i * n + j for i, first, count in slices for j in range(first, first + count)]
+
+            # Queue the next step before looking at this one, unless every row ends here by length.
+            tokens, token_logprobs = next_tokens, next_logprobs
+            if any(len(produced[s]) + 1 < params.max_tokens for s in rows):
+                logits = self.model(tokens[:, None], cache=batch_cache)[:, -1, :]
+                next_tokens, next_logprobs = sample_tokens(logits, params, uniforms.next(len(rows)))
+                mx.async_eval(next_tokens, next_logprobs)
+            else:
+                next_tokens = next_logprobs = None
+
+            step, running = [], []
+            for b, (s, token, logprob) in enumerate(zip(rows, tokens.tolist(), token_logprobs.tolist())):
+                produced[s].append(token)
+                reason = None
+                if token in stop_ids:
+                    reason = "stop"
+                elif len(produced[s]) >= params.max_tokens:
+                    reason = "length"
+                elif stops and any(x in self._decode(produced[s][-window:]) for x in stops):
+                    reason = "stop"
+                step.append(_Step(s, token, logprob, reason))
+                if reason is None:
+                    running.append(b)
+            yield step
+
+            if len(running) < len(rows):
+                if kept is not None:
+                    for b, st in enumerate(step):
+                        if st.finish_reason is not None:
+                            kept[st.sequence] = SequenceCache([c.extract(b) for c in batch_cache])
+                rows = [rows[b] for b in running]
+                if not rows:
+                    batch_cache = next_tokens = next_logprobs = None
+                elif next_tokens is not None:
+                    keep = mx.array(running)
+                    for c in batch_cache:
+                        c.filter(keep)
+                    next_tokens, next_logprobs = next_tokens[keep], next_logprobs[keep]
+
+    def _prefill(self, prompts: list[list[int]], caches: list[Optional[SequenceCache]]):
+        """Feed each prompt (after its cache, if any) in one batch: (batched cache, logits [B, V] at each end).
+
+        Prompts of different lengths are right-padded; `finalize` then turns the padding into left padding,
+        which the attention mask hides, so each row continues exactly as if it had been alone.
+        """
+        for c in caches:
+            if c is not None and not isinstance(c, SequenceCache):
+                raise TypeError(f"caches must hold Completion.cache values, got {type(c).__name__}")
+        if all(c is None for c in caches):
+            batch_cache = [_BatchCache([0] * len(prompts)) for _ in range(self.num_layers)]
+        else:
+            batch_cache = [_BatchCache.merge([c.layers[layer] if c is not None else KVCache() for c in caches])
+                           for layer in range(self.num_layers)]
+        lengths = [len(p) for p in prompts]
+        longest = max(lengths)
+        padding = [longest - length for length in lengths]
+        tokens = mx.array([p + [0] * pad for p, pad in zip(prompts, padding)])
+        if longest > min(lengths):
+            for c in batch_cache:
+                c.prepare(lengths=lengths, right_padding=padding)
+        last_position = mx.array(lengths) - 1
+        last = None
+        for start in range(0, longest, self.prefill_step_size):
+            out = self.model(tokens[:, start : start + self.prefill_step_size], cache=batch_cache)
+            inside = (last_position >= start) & (last_position < start + out.shape[1])
+            at = mx.clip(last_position - start, 0, out.shape[1] - 1)
+            logits = mx.take_along_axis(out, at[:, None, None], axis=1).squeeze(1)
+            last = logits if last is None else mx.where(inside[:, None], logits, last)
+            mx.eval(last, [c.state for c in batch_cache])
+        for c in batch_cache:
+            c.finalize()
+        return batch_cache, last
+
+    def _decode(self, token_ids: list[int]) -> str:
+        eos = set(self.eos_token_ids)
+        return self.tokenizer.decode([t for t in token_ids if t not in eos])
 
 
 def chat_prompt_ids(tokenizer, prompt: str, chat: bool = True, system: str | None = None) -> list[int]:

@@ -1,19 +1,25 @@
-"""Sampling parameters and the sampler the engine hands to mlx-lm's batch generator.
+"""Sampling parameters, and the one function that turns a decode step's logits into tokens and logprobs.
 
-The engine scales logits by 1/temperature *before* mlx-lm normalizes them, so the logprobs it returns
-are log-softmax(logits / T): the distribution the learner recomputes (ratio 1 when on-policy). Top-k,
-top-p and min-p then only truncate which tokens may be drawn (mlx-lm's own filters). Sampling draws
-from an explicit PRNG key chain, so the same seed gives the same tokens without touching MLX's global
-random state.
+The recorded logprob of a token is log-softmax(logits / T) at that token, under the *full* tempered
+distribution: the distribution the learner recomputes, so the on-policy ratio is 1. Top-k, top-p and
+min-p only truncate which tokens may be drawn. Temperature 0 is greedy, with the unscaled model's logprobs.
+
+Cost per step is what matters here (MLX's x86 CPU `exp` is scalar, ~15 ns an element), so `sample_tokens`
+does exactly one transcendental pass over the vocabulary, `w = exp(x - max x)`, and draws from it:
+- its sum gives log-sum-exp, so the logprob of the drawn token is one gather, not a [B, V] log-softmax;
+- the draw is by inverse CDF (cumsum of `w`, one uniform number per row) instead of Gumbel-max, which
+  would cost two logs and a random number per vocabulary entry;
+- top-k takes the k largest by partition (no sort of the vocabulary); top-p then sorts only those k
+  (the vocabulary only when top-p is used without top-k) and renormalizes within them, as HF does;
+- min-p compares `w` with `min_p` directly: the most likely token has `w` = 1 exactly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import mlx.core as mx
-from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
 
 
 @dataclass
@@ -44,27 +50,67 @@ class SamplingParams:
         return self.temperature == 0
 
 
-def make_sampler(params: SamplingParams) -> Callable[[mx.array], mx.array]:
-    """A sampler over normalized logprobs [B, V] -> token ids [B] with its own key chain."""
+def sample_tokens(logits: mx.array, params: SamplingParams, uniforms: mx.array) -> tuple[mx.array, mx.array]:
+    """One token per row of `logits` [B, V], and its logprob under log-softmax(logits / T): ([B], [B]).
+
+    `uniforms` [B, 1] are the draw's randomness, in (0, 1): the caller makes them in blocks (`Uniforms`),
+    as one small random draw per step costs more than the rest of a small batch's sampling.
+    """
+    x = logits if logits.dtype == mx.float32 else logits.astype(mx.float32)
     if params.greedy:
-        return lambda logprobs: mx.argmax(logprobs, axis=-1)
-    filters = []
-    if 0 < params.top_p < 1:
-        filters.append(lambda x: apply_top_p(x, params.top_p))
-    if params.min_p > 0:
-        filters.append(lambda x: apply_min_p(x, params.min_p))
-    if params.top_k > 0:
-        filters.append(lambda x: apply_top_k(x, params.top_k))
-    key = [mx.random.key(params.seed if params.seed is not None else _fresh_seed())]
+        tokens = mx.argmax(x, axis=-1)
+        return tokens, _gather(x, tokens) - mx.logsumexp(x, axis=-1)
+    if params.temperature != 1.0:
+        x = x * (1.0 / params.temperature)
+    x_max = x.max(axis=-1, keepdims=True)
+    weights = mx.exp(x - x_max)  # the one pass of exp over the vocabulary; the largest weight is 1
+    log_z = x_max.squeeze(-1) + mx.log(weights.sum(axis=-1))
 
-    def sampler(logprobs: mx.array) -> mx.array:
-        for f in filters:
-            logprobs = f(logprobs)
-        key[0], sub = mx.random.split(key[0])
-        return mx.random.categorical(logprobs, key=sub)
+    candidates = None  # vocabulary ids of the columns of `weights`; None while that is the whole vocabulary
+    vocab = x.shape[-1]
+    if 0 < params.top_k < vocab:
+        candidates = mx.argpartition(-x, params.top_k - 1, axis=-1)[:, : params.top_k]
+        weights = mx.take_along_axis(weights, candidates, axis=-1)
+    if params.top_p < 1.0:
+        # the nucleus: the most likely tokens until they hold top_p of the (top-k) mass, the first always;
+        # found on sorted weights, then applied as a threshold so the candidates need no reordering
+        ordered = -mx.sort(-weights, axis=-1)
+        cumulative = mx.cumsum(ordered, axis=-1)
+        in_nucleus = cumulative - ordered < params.top_p * cumulative[:, -1:]
+        threshold = mx.where(in_nucleus, ordered, mx.inf).min(axis=-1, keepdims=True)
+        weights = mx.where(weights >= threshold, weights, 0.0)
+    if params.min_p > 0.0:
+        weights = mx.where(weights >= params.min_p, weights, 0.0)
 
-    return sampler
+    # Inverse-CDF draw: the first column whose cumulative weight reaches u * total. u > 0, so that column
+    # has weight > 0 (truncated tokens are never drawn), and u * total <= total, so there is one.
+    cdf = mx.cumsum(weights, axis=-1)
+    column = (cdf < uniforms * cdf[:, -1:]).sum(axis=-1)
+    tokens = column if candidates is None else _gather(candidates, column)
+    return tokens, _gather(x, tokens) - log_z
 
 
-def _fresh_seed() -> int:
+def _gather(rows: mx.array, columns: mx.array) -> mx.array:
+    return mx.take_along_axis(rows, columns[:, None], axis=-1).squeeze(-1)
+
+
+class Uniforms:
+    """Uniform numbers in (0, 1) for `sample_tokens`, drawn `steps` rows at a time from a seeded key chain."""
+
+    def __init__(self, seed: int, width: int, steps: int = 64):
+        self._key = mx.random.key(seed)
+        self._shape = (steps, max(width, 1))
+        self._block, self._row = None, steps
+
+    def next(self, rows: int) -> mx.array:
+        """[rows, 1] fresh uniforms (rows <= width)."""
+        if self._row == self._shape[0]:
+            self._key, sub = mx.random.split(self._key)
+            # low > 0: a draw of exactly 0 could pick a truncated (zero-weight) first column
+            self._block, self._row = mx.random.uniform(low=1e-12, high=1.0, shape=self._shape, key=sub), 0
+        self._row += 1
+        return self._block[self._row - 1, :rows, None]
+
+
+def fresh_seed() -> int:
     return int(mx.random.randint(0, 2**31 - 1, ()).item())

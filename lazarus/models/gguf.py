@@ -19,10 +19,13 @@ Supported: `general.architecture == "llama"` (Llama, Mistral, SmolLM, TinyLlama.
 
 from __future__ import annotations
 
-from lazarus.errors import LazarusError
 import importlib.metadata
+import mmap
 import re
+import struct
 from pathlib import Path
+
+from lazarus.errors import LazarusError
 
 import mlx.core as mx
 from mlx import nn
@@ -89,13 +92,159 @@ def _build(path: Path):
 
 
 def read_gguf(path: Path) -> tuple[dict[str, mx.array], dict]:
-    """`mx.load` a GGUF file: (tensors by GGUF name, metadata)."""
+    """`mx.load` a GGUF file: (tensors by GGUF name, metadata), once its header has been checked."""
     if not path.is_file():
         raise GGUFError(f"{path}: no such GGUF file")
+    check_gguf_header(path)
     try:
         return mx.load(str(path), return_metadata=True)
     except (RuntimeError, ValueError, OSError) as e:
         raise GGUFError(f"{path}: cannot read as GGUF: {e}") from None
+
+
+# --- header check ---------------------------------------------------------------------------------
+# MLX's GGUF reader trusts the lengths and counts in the header (a 34-byte file claiming a 2 GiB key
+# crashes the process), so every one is checked here against the file size first. The format:
+# "GGUF", version u32, tensor count u64, metadata count u64; each metadata entry is a key string
+# (u64 length + bytes), a value type u32 and the value; each tensor info is a name string, n_dims u32,
+# n_dims u64 dims, a ggml type u32 and a u64 offset into the data section, which starts at the next
+# multiple of `general.alignment` (default 32). All little-endian.
+
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # by GGUF value type
+_STRING, _ARRAY = 8, 9
+#: ggml tensor types whose storage is known: type -> (values per block, bytes per block).
+_GGML_BLOCKS = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
+                9: (32, 36), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210),
+                15: (256, 292), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 30: (1, 2)}
+_MAX_DIMS = 4
+
+
+class _HeaderReader:
+    """Reads little-endian fields from a buffer, refusing any that would run past its end."""
+
+    def __init__(self, data, path: Path):
+        self.data, self.path, self.at = data, path, 0
+
+    def remaining(self) -> int:
+        return len(self.data) - self.at
+
+    def fail(self, what: str) -> GGUFError:
+        return GGUFError(f"{self.path}: malformed GGUF header at byte {self.at}: {what}")
+
+    def take(self, fmt: str, what: str):
+        size = struct.calcsize(fmt)
+        if size > self.remaining():
+            raise self.fail(f"{what} runs past the end of the file")
+        value = struct.unpack_from(fmt, self.data, self.at)
+        self.at += size
+        return value[0] if len(value) == 1 else value
+
+    def string(self, what: str) -> bytes:
+        length = self.take("<Q", f"length of {what}")
+        if length > self.remaining():
+            raise self.fail(f"{what} claims {length} bytes, only {self.remaining()} remain in the file")
+        value = bytes(self.data[self.at:self.at + length])
+        self.at += length
+        return value
+
+    def count(self, what: str, min_item_size: int) -> int:
+        n = self.take("<Q", f"count of {what}")
+        if n * min_item_size > self.remaining():
+            raise self.fail(f"{what}: {n} claimed, the {self.remaining()} remaining bytes cannot hold them")
+        return n
+
+    def value(self, value_type: int, what: str, in_array: bool = False):
+        if value_type in _SCALAR_SIZES:
+            fmt = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}[_SCALAR_SIZES[value_type]]
+            return self.take(fmt, what)
+        if value_type == _STRING:
+            return self.string(what)
+        if value_type == _ARRAY and not in_array:
+            item_type = self.take("<I", f"item type of {what}")
+            if item_type == _ARRAY:
+                raise self.fail(f"{what} is an array of arrays (not supported)")
+            if item_type not in _SCALAR_SIZES and item_type != _STRING:
+                raise self.fail(f"{what} has unknown item type {item_type}")
+            n = self.count(what, _SCALAR_SIZES.get(item_type, 8))
+            if item_type in _SCALAR_SIZES:  # fixed size: skip the items at once
+                self.at += n * _SCALAR_SIZES[item_type]
+                return None
+            for i in range(n):
+                self.string(f"{what}[{i}]")
+            return None
+        raise self.fail(f"{what} has unknown value type {value_type}")
+
+
+def check_gguf_header(path: str | Path) -> dict:
+    """Check every length, count, tensor shape and offset of a GGUF header against the file size.
+
+    Returns a summary (`version`, `tensors`, `metadata`: counts; `data_start`); raises `GGUFError` naming
+    the file and the byte offset. Reads the header in place (memory-mapped), nothing is allocated for it.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, 2) == 0:
+                raise GGUFError(f"{path}: empty file, not GGUF")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                return _check_header(_HeaderReader(data, path))
+    except OSError as e:
+        raise GGUFError(f"{path}: cannot read: {e}") from None
+
+
+def _check_header(r: _HeaderReader) -> dict:
+    if r.remaining() < 4 or bytes(r.data[:4]) != b"GGUF":
+        raise GGUFError(f"{r.path}: not a GGUF file (no GGUF magic)")
+    r.at = 4
+    version = r.take("<I", "version")
+    if version not in (2, 3):
+        raise r.fail(f"version {version} is not supported (2 or 3)")
+    n_tensors = r.take("<Q", "tensor count")
+    n_metadata = r.count("metadata entries", 8 + 4 + 1)
+    if n_tensors * (8 + 4 + 4 + 8) > r.remaining():
+        raise r.fail(f"{n_tensors} tensors claimed, the rest of the file cannot hold their descriptions")
+    alignment = 32
+    for i in range(n_metadata):
+        key = r.string(f"metadata key {i}")
+        value_type = r.take("<I", f"value type of {key[:80]!r}")
+        value = r.value(value_type, f"metadata {key[:80]!r}")
+        if key == b"general.alignment":
+            if value_type != 4 or not value or value & (value - 1):
+                raise r.fail(f"general.alignment must be a power-of-two uint32, got {value!r}")
+            alignment = value
+    tensors = []
+    for i in range(n_tensors):
+        name = r.string(f"tensor name {i}")
+        n_dims = r.take("<I", f"dimension count of tensor {name[:80]!r}")
+        if not 1 <= n_dims <= _MAX_DIMS:
+            raise r.fail(f"tensor {name[:80]!r} has {n_dims} dimensions (1..{_MAX_DIMS})")
+        dims = [r.take("<Q", f"dimension of tensor {name[:80]!r}") for _ in range(n_dims)]
+        ggml_type = r.take("<I", f"type of tensor {name[:80]!r}")
+        offset = r.take("<Q", f"offset of tensor {name[:80]!r}")
+        tensors.append((name, dims, ggml_type, offset))
+    data_start = -(-r.at // alignment) * alignment
+    data_size = len(r.data) - data_start
+    for name, dims, ggml_type, offset in tensors:
+        label = name[:80].decode("utf-8", "replace")
+        if offset % alignment:
+            raise r.fail(f"tensor {label!r} offset {offset} is not a multiple of the alignment {alignment}")
+        count = 1
+        for d in dims:
+            if d == 0:
+                raise r.fail(f"tensor {label!r} has a zero dimension {dims}")
+            count *= d
+        if ggml_type in _GGML_BLOCKS:
+            per_block, block_bytes = _GGML_BLOCKS[ggml_type]
+            if dims[0] % per_block:
+                raise r.fail(f"tensor {label!r}: first dimension {dims[0]} is not a multiple of its type's "
+                             f"block of {per_block}")
+            size = count // per_block * block_bytes
+        else:
+            size = 1  # an exotic type: at least its offset must fall inside the data
+        if offset + size > data_size:
+            raise r.fail(f"tensor {label!r} (shape {dims}, type {ggml_type}) ends at byte {data_start + offset + size} "
+                         f"of the file, which has {len(r.data)}: truncated?")
+    return {"version": version, "tensors": n_tensors, "metadata": n_metadata, "data_start": data_start}
 
 
 def _meta(metadata: dict, key: str, path: Path, default=None, required: bool = True):

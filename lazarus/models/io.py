@@ -15,7 +15,7 @@ from typing import Iterator
 
 import mlx.core as mx
 
-from lazarus.data.io import atomic_writer
+from lazarus.data.io import atomic_writer, dir_mode, file_mode, write_error
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -28,15 +28,20 @@ def write_json(path: str | Path, obj) -> None:
 def save_safetensors(path: str | Path, weights: dict[str, mx.array], metadata: dict[str, str] | None = None):
     """Save `weights` to `path` as safetensors, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # mx.save_safetensors appends ".safetensors" when missing; keep the suffix on the temp name.
     tmp = path.parent / f".{path.stem}.{os.getpid()}.tmp.safetensors"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         mx.save_safetensors(str(tmp), weights, metadata=metadata or {})
+        os.chmod(tmp, file_mode())  # MLX creates 0644 whatever the umask
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        # MLX reports a failed write as RuntimeError; judge the cause before the partial file is removed
+        error = write_error(path, e) if isinstance(e, (OSError, RuntimeError)) else None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if error is not None:
+            raise error from None
         raise
 
 
@@ -47,8 +52,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     An existing `path` is moved aside first and removed only after the new one is in place.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; outputs follow the umask like every other file
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         yield tmp
         old = None

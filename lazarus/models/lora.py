@@ -10,20 +10,25 @@ mlx-lm's LoRALinear computes `base(x) + scale * (x @ A) @ B`; we expose the usua
 
 from __future__ import annotations
 
-from lazarus.errors import LazarusError
 import contextlib
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear, LoRASwitchLinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
+from lazarus.errors import LazarusError
 from lazarus.models.io import atomic_dir, read_json, save_safetensors, write_json
 
+#: Architecture sizes that an adapter's base must share (from the model's `args`, as in config.json).
+_BASE_DIMS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "vocab_size")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapters.safetensors"
 LORA_TYPES = (LoRALinear, LoRASwitchLinear, LoRAEmbedding)
@@ -65,8 +70,8 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: fl
         known = {name for name, m in model.layers[-1].named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))}
         unknown = sorted(set(target_modules) - known)
         if unknown:
-            raise ValueError(f"lora target_modules {unknown} are not linear layers of a block; "
-                             f"choose from {sorted(known)}")
+            raise AdapterError(f"lora.target_modules: {unknown} are not linear layers of a block; "
+                               f"choose from {sorted(known)}")
     model.freeze()
     linear_to_lora_layers(model, num_layers, _mlx_lm_parameters(settings))
     model._lazarus_lora = settings  # what save_adapter writes
@@ -93,8 +98,43 @@ def adapter_parameters(model: nn.Module) -> dict[str, mx.array]:
     return {k: v for k, v in tree_flatten(model.parameters()) if k.rsplit(".", 1)[-1] in ("lora_a", "lora_b")}
 
 
+def base_fingerprint(model: nn.Module) -> dict:
+    """What identifies the base model an adapter was trained on: architecture, sizes, and a hash of the
+    normalization weights (never quantized, never adapted; they differ between checkpoints of one family).
+
+    Quantizing the base (QLoRA) does not change it, so a QLoRA adapter still fits the full-precision base.
+    """
+    args = getattr(model, "args", None)
+    dims = {k: getattr(args, k) for k in _BASE_DIMS if isinstance(getattr(args, k, None), int)}
+    digest = hashlib.sha256()
+    for name, value in sorted(tree_flatten(model.parameters()), key=lambda item: item[0]):
+        parts = name.split(".")
+        if len(parts) >= 2 and "norm" in parts[-2] and parts[-1] == "weight":
+            digest.update(name.encode())
+            digest.update(np.asarray(mx.round(value.astype(mx.float32), 3)).tobytes())
+    return {"model_type": str(getattr(model, "model_type", type(model).__name__)), "dims": dims,
+            "norms_sha256": digest.hexdigest()}
+
+
+def fingerprint_differences(saved: dict, current: dict) -> list[str]:
+    """What differs between the base an adapter was trained on and this model (empty when they match)."""
+    differences = []
+    if saved.get("model_type") not in (None, current["model_type"]):
+        differences.append(f"architecture {saved['model_type']!r}, this model is {current['model_type']!r}")
+    for key, value in (saved.get("dims") or {}).items():
+        if key in current["dims"] and current["dims"][key] != value:
+            differences.append(f"{key} {value}, this model has {current['dims'][key]}")
+    if not differences and saved.get("norms_sha256") not in (None, current["norms_sha256"]):
+        differences.append("same architecture and sizes but different weights (normalization weights differ)")
+    return differences
+
+
 def save_adapter(model: nn.Module, out_dir: str | Path, metadata: dict | None = None) -> Path:
-    """Write `adapter_config.json` + `adapters.safetensors` (mlx-lm's format) atomically."""
+    """Write `adapter_config.json` + `adapters.safetensors` (mlx-lm's format) atomically.
+
+    The base model's fingerprint goes into `adapter_config.json` (`lazarus.base_fingerprint`, an extra key
+    mlx-lm ignores); `load_adapter` refuses the adapter on a base that does not match it.
+    """
     settings: LoraSettings | None = getattr(model, "_lazarus_lora", None)
     if settings is None:
         raise AdapterError("model has no LoRA adapters to save (call apply_lora or load_adapter first)")
@@ -103,7 +143,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, metadata: dict | None = 
         "fine_tune_type": "lora",
         "num_layers": settings.num_layers or len(model.layers),
         "lora_parameters": _mlx_lm_parameters(settings),
-        "lazarus": {"alpha": settings.alpha, **(metadata or {})},
+        "lazarus": {"alpha": settings.alpha, "base_fingerprint": base_fingerprint(model), **(metadata or {})},
     }
     with atomic_dir(out_dir) as tmp:
         save_safetensors(tmp / ADAPTER_WEIGHTS, weights)
@@ -118,7 +158,12 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     for p in (config_path, weights_path):
         if not p.exists():
             raise AdapterError(f"adapter directory {adapter_dir} has no {p.name}")
-    config = read_json(config_path)
+    try:
+        config = read_json(config_path)
+    except (OSError, ValueError) as e:
+        raise AdapterError(f"{config_path}: unreadable ({e})") from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"{config_path}: must be a JSON object")
     if config.get("fine_tune_type", "lora") != "lora":
         raise AdapterError(f"{config_path}: fine_tune_type {config.get('fine_tune_type')!r} is not supported "
                            "(only 'lora')")
@@ -128,12 +173,23 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
         num_layers = int(config["num_layers"])
     except (KeyError, TypeError, ValueError) as e:
         raise AdapterError(f"{config_path}: missing or bad field {e}") from None
-    alpha = config.get("lazarus", {}).get("alpha", scale * rank)
+    ours = config.get("lazarus") if isinstance(config.get("lazarus"), dict) else {}
+    saved_base = ours.get("base_fingerprint")
+    if isinstance(saved_base, dict):
+        differences = fingerprint_differences(saved_base, base_fingerprint(model))
+        if differences:
+            raise AdapterError(f"{adapter_dir}: adapter was trained on a different base model: "
+                               f"{'; '.join(differences)}" + (f" (trained on {ours['base_model']})"
+                                                              if ours.get("base_model") else ""))
+    alpha = ours.get("alpha", scale * rank)
     if not has_lora(model):
         apply_lora(model, rank=rank, alpha=alpha, dropout=float(params.get("dropout", 0.0)),
                    target_modules=params.get("keys"), num_layers=min(num_layers, len(model.layers)))
     expected = adapter_parameters(model)
-    weights = mx.load(str(weights_path))
+    try:
+        weights = mx.load(str(weights_path))
+    except (RuntimeError, ValueError, OSError) as e:
+        raise AdapterError(f"{weights_path}: unreadable (truncated or damaged?): {e}") from None
     for name, w in weights.items():
         if name not in expected:
             raise AdapterError(f"{weights_path}: tensor {name} is not an adapter parameter of this model")

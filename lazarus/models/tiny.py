@@ -16,7 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from lazarus.models.io import atomic_dir, write_json
+from lazarus.models.io import atomic_dir, save_safetensors, write_json
 
 ARCHITECTURES = ("llama", "mistral", "gemma", "starcoder2", "granite", "qwen2", "lazyfox")
 
@@ -139,7 +139,7 @@ def init_model(arch: str = "llama", size: str = "tiny", out: str | Path = "tiny-
     weights = dict(tree_flatten(model.parameters()))
     mx.eval(weights)
     with atomic_dir(out) as tmp:
-        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+        save_safetensors(tmp / "model.safetensors", weights, metadata={"format": "mlx"})
         write_json(tmp / "config.json", config)
         tokenizer.save(str(tmp / "tokenizer.json"))
         write_json(tmp / "tokenizer_config.json", {

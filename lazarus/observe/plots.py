@@ -43,6 +43,11 @@ GROUPS: list[tuple[str, str, Callable[[str], bool]]] = [
         lambda name: re.search(r"tok(en)?s?_?(per_?s|/s)", name.lower()) is not None,
     ),
     ("elapsed", "wall time (s)", lambda name: _words(name)[0] == "elapsed"),
+    # the distributed runtime: version lag of each batch, weight sync, and the work queue's counts
+    ("staleness", "staleness (versions behind)", lambda name: "staleness" in _words(name)),
+    ("weight_sync", "weight sync (ms, bytes)", lambda name: name.lower().startswith("weight_sync")),
+    ("runtime", "runtime counts", lambda name: _words(name)[0] in (
+        "dropped", "requeued", "queue", "tasks", "duplicate", "trajectories", "actors")),
     # step_s, generation_s, update_s: seconds per step and per phase
     ("step_time", "step time (s)", lambda name: "time" in _words(name) or _words(name)[-1] == "s"),
     ("memory", "memory (GB)", lambda name: bool({"memory", "mem", "rss"} & set(_words(name)))),

@@ -1,11 +1,13 @@
 """Live progress of a training run: a rich bar on a terminal, a compact line every few steps elsewhere.
 
-Both show step/total, loss, reward, KL, tokens/s and the ETA. They read these metric names, the first
-present of each:
+Both show step/total, loss, reward, KL, tokens/s and the ETA (and, for RL runs, the batch's staleness and
+the learner's wait for it). They read these metric names, the first present of each:
 
     loss       loss
     reward     reward_mean, reward
     kl         kl
+    stale      staleness_max
+    wait       wait_for_batch_s
     tokens/s   tokens_per_s
 """
 
@@ -29,6 +31,8 @@ SHOWN = (
     ("loss", ("loss",), "{:.4f}"),
     ("reward", ("reward_mean", "reward"), "{:.3f}"),
     ("kl", ("kl",), "{:.4f}"),
+    ("stale", ("staleness_max",), "{:.0f}"),  # the distributed runtime: version lag and the learner's wait
+    ("wait", ("wait_for_batch_s",), "{:.2f}s"),
 )
 TOKENS_PER_S = "tokens_per_s"
 

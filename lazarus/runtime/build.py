@@ -112,6 +112,8 @@ def build_trainer(cfg: Config):
     """The SFT or DPO trainer (one process, no runtime): data, model, reference."""
     import mlx.core as mx
 
+    from lazarus.data.tokenize import check_special_tokens
+
     ensure_data(cfg)
     mx.random.seed(cfg.training.seed)  # LoRA init depends only on the seed
     model, tokenizer = prepare_model(cfg)
@@ -128,8 +130,10 @@ def build_trainer(cfg: Config):
                 return []
             if str(path).endswith(".npz"):
                 return load_npz(path)
+            records = read_sft(path)
+            check_special_tokens(records, tokenizer, d.special_tokens_in_text, str(path))
             return [encode_sft(r, tokenizer, mask_prompt=d.mask_prompt, max_length=d.max_length,
-                               use_chat_template=d.use_chat_template) for r in read_sft(path)]
+                               use_chat_template=d.use_chat_template) for r in records]
 
         train = tokenized(d.train)
         if d.pack:
@@ -143,9 +147,12 @@ def build_trainer(cfg: Config):
         from lazarus.training.dpo import DPOTrainer
 
         def pairs(path):
-            return [] if path is None else [encode_preference(r, tokenizer, max_length=d.max_length,
-                                                              use_chat_template=d.use_chat_template)
-                                            for r in read_preference(path)]
+            if path is None:
+                return []
+            records = read_preference(path)
+            check_special_tokens(records, tokenizer, d.special_tokens_in_text, str(path))
+            return [encode_preference(r, tokenizer, max_length=d.max_length, use_chat_template=d.use_chat_template)
+                    for r in records]
 
         return DPOTrainer(cfg, model, tokenizer, pairs(d.train), pairs(d.eval), reference=reference)
     raise ConfigError(f"algorithm: {cfg.algorithm} is trained by the RL runtime (build_learner), not build_trainer")
@@ -163,6 +170,10 @@ def build_learner(cfg: Config, model=None, tokenizer=None):
     reference = prepare_model(cfg, for_reference=True)[0] if needs_reference(cfg) else None
     eval_prompts = read_prompts(cfg.data.eval) if cfg.data.eval else []
     rewards = resolve_rewards(cfg)
+    if eval_prompts:
+        from lazarus.env.rewards import check_reward_columns
+
+        check_reward_columns([rf for rf in rewards if rf.name == cfg.eval.reward], eval_prompts, str(cfg.data.eval))
     if cfg.algorithm == "ppo":
         from lazarus.training.ppo import PPOLearner
 
@@ -173,12 +184,15 @@ def build_learner(cfg: Config, model=None, tokenizer=None):
 
 
 def read_rl_prompts(cfg: Config, tokenizer):
-    """(records, token ids) of the RL prompt set, templated as the run says."""
+    """(records, token ids) of the RL prompt set, templated as the run says; checked against the rewards."""
     from lazarus.data.records import read_prompts
-    from lazarus.data.tokenize import encode_prompt
+    from lazarus.data.tokenize import check_special_tokens, encode_prompt
+    from lazarus.env.rewards import check_reward_columns
 
     records = read_prompts(cfg.data.train)
     if not records:
         raise ConfigError(f"data.train: {cfg.data.train} holds no prompts")
+    check_reward_columns(resolve_rewards(cfg), records, str(cfg.data.train))
+    check_special_tokens(records, tokenizer, cfg.data.special_tokens_in_text, str(cfg.data.train))
     ids = [encode_prompt(r.prompt, tokenizer, use_chat_template=cfg.data.use_chat_template) for r in records]
     return records, ids

@@ -31,6 +31,7 @@ from lazarus.config import Config
 from lazarus.data.batching import BatchIterator
 from lazarus.data.trajectory import RolloutTask, SamplingSettings, Trajectory
 from lazarus.distributed.experience import ExperienceHub
+from lazarus.observe.signal import NoSignalMonitor
 from lazarus.training.rl import RLLearner, rollout_metrics
 
 WAIT_LOG_S = 30.0
@@ -87,6 +88,7 @@ class Coordinator:
         self.prompts_per_task = rt.prompts_per_task or max(1, math.ceil(self.batch_groups / (actors or rt.actors)))
         self.groups_outstanding = 0  # issued and not yet learned on or dropped
         self.dropped_stale = 0  # trajectories
+        self.no_signal = NoSignalMonitor(cfg.rl.no_signal_steps)
         self._actor_stats: dict[str, dict] = {}
 
     # --- the loop -----------------------------------------------------------------------------
@@ -117,6 +119,10 @@ class Coordinator:
                 metrics.update(rollout_metrics(batch, [rf.name for rf in learner.reward_functions]))
                 metrics.update(self.runtime_metrics(batch, wait_s=t1 - t0, update_s=t2 - t1, publish_s=t3 - t2,
                                                     step_s=t3 - t0), **sync)
+                warning = self.no_signal.update(learner.step, metrics["groups_with_zero_std"], metrics["reward_mean"])
+                if warning:
+                    self.echo(f"warning: {warning}")
+                    metrics["no_signal_warning"] = 1.0
                 if self.cfg.training.eval_every and learner.step % self.cfg.training.eval_every == 0:
                     metrics.update(learner.evaluate())
                 learner.log(metrics)

@@ -37,7 +37,7 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     sft.training.max_steps, sft.training.batch_size = cfg.demo.sft_steps, cfg.demo.sft_batch_size
     sft.training.run_dir = str(run_root / "sft")
     echo(f"[2/4] SFT {sft.training.max_steps} steps from a random-init {cfg.model.init_arch or ''} model")
-    run_training(sft)
+    run_training(sft, force=True)  # the demo owns runs/demo/sft: a rerun starts it over
     sft_model = str(run_root / "sft" / "model")
 
     evaluate = lambda adapter=None, model=sft_model: run_eval(  # noqa: E731
@@ -52,7 +52,7 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     grpo = cfg.model_copy(deep=True)
     grpo.model.path, grpo.model.init_arch = sft_model, None
     grpo.training.run_dir = str(run_root / "grpo")
-    run_training(grpo)
+    run_training(grpo, force=True)
     grpo_eval = evaluate(str(run_root / "grpo" / "adapter")) if grpo.lora.enabled else evaluate(
         model=str(run_root / "grpo" / "model"))
     after, work_after = grpo_eval["mean_reward"], shows_work(grpo_eval["completions"])

@@ -17,8 +17,19 @@ from lazarus.runtime.build import (build_learner, build_trainer, ensure_data, ne
                                    prepare_model, resolve_rewards)
 
 
-def run_training(cfg: Config, resume: str | Path | None = None) -> dict:
-    """Train per `cfg`; export the result to `run_dir/adapter` (LoRA) or `run_dir/model` (full)."""
+def run_training(cfg: Config, resume: str | Path | None = None, force: bool = False) -> dict:
+    """Train per `cfg`; export the result to `run_dir/adapter` (LoRA) or `run_dir/model` (full).
+
+    The run directory is locked for the run; one that holds a previous run needs `resume` (continue it) or
+    `force` (start over), checked before anything is written.
+    """
+    from lazarus.training.rundir import prepare_run_dir
+
+    with prepare_run_dir(cfg, resume, force):
+        return _run(cfg, resume)
+
+
+def _run(cfg: Config, resume: str | Path | None) -> dict:
     if cfg.algorithm in ("grpo", "ppo"):
         launcher = cfg.runtime.launcher
         if launcher == "process":
@@ -66,18 +77,29 @@ def save_model_dir(model: nn.Module, source: Path, out: Path) -> Path:
 
 
 def run_eval(model_path: str, adapter: str | None, data: str, reward: str, num_prompts: int,
-             max_new_tokens: int, temperature: float = 0.0, use_chat_template: bool = True) -> dict:
+             max_new_tokens: int, temperature: float = 0.0, use_chat_template: bool = True,
+             progress=None, dequantize: str = "auto") -> dict:
+    """Mean `reward` of the model (plus adapter) on the first `num_prompts` prompts of `data`, greedy by default.
+
+    `progress(line)` is called with a progress line every few dozen prompts; `dequantize` is `load`'s.
+    The result also holds each completion, its reward and (for math rewards) the extracted answer.
+    """
+    from lazarus.data.math import extract_answer
     from lazarus.data.records import read_prompts
     from lazarus.env.rewards import resolve_reward_function
     from lazarus.inference.engine import Engine
     from lazarus.models.load import load
     from lazarus.training.evaluate import evaluate
 
-    model, tokenizer = load(model_path, adapter=adapter)
-    records = read_prompts(data)[:num_prompts]
     try:
         fn = resolve_reward_function(reward)
     except ValueError as e:
         raise ConfigError(f"--reward: {e}") from None
-    return evaluate(Engine(model, tokenizer), tokenizer, records, fn, max_new_tokens=max_new_tokens,
-                    temperature=temperature, use_chat_template=use_chat_template)
+    model, tokenizer = load(model_path, adapter=adapter, dequantize=dequantize)
+    records = read_prompts(data)[:num_prompts]
+    result = evaluate(Engine(model, tokenizer), tokenizer, records, fn, max_new_tokens=max_new_tokens,
+                      temperature=temperature, use_chat_template=use_chat_template, progress=progress)
+    result["prompts"] = [r.prompt for r in records]
+    result["answers"] = [r.columns.get("answer") for r in records]
+    result["extracted"] = [extract_answer(c) for c in result["completions"]]
+    return result

@@ -29,8 +29,17 @@ class ActorsExited(LazarusError):
 def serve_and_learn(cfg: Config, resume: str | Path | None = None, *, listen: str | None = None,
                     token_file: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
                     on_ready: Callable[[str], None] | None = None, watchdog: Callable[[], None] | None = None,
-                    echo: Callable[[str], None] = print):
-    """Run the learner with its gRPC server until the last step; returns (learner, final metrics)."""
+                    echo: Callable[[str], None] = print, force: bool = False):
+    """Run the learner with its gRPC server until the last step; returns (learner, final metrics).
+
+    The run directory is locked for the run (a previous run there needs `resume` or `force`)."""
+    from lazarus.training.rundir import prepare_run_dir
+
+    with prepare_run_dir(cfg, resume, force):
+        return _serve_and_learn(cfg, resume, listen, token_file, tls_cert, tls_key, on_ready, watchdog, echo)
+
+
+def _serve_and_learn(cfg, resume, listen, token_file, tls_cert, tls_key, on_ready, watchdog, echo):
     from lazarus.distributed.auth import check_bind, read_token
     from lazarus.runtime.build import build_learner, ensure_data, read_rl_prompts
     from lazarus.runtime.coordinator import Coordinator, TaskSource
@@ -58,9 +67,9 @@ def serve_and_learn(cfg: Config, resume: str | Path | None = None, *, listen: st
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     try:
         result = coordinator.run()
-        server.wait_for_actors_to_stop(timeout=3 * cfg.runtime.heartbeat_s + 2)
     finally:
-        hub.stop()
+        hub.stop()  # actors hear it in their next call (also after Ctrl-C or an error)
+        server.wait_for_actors_to_stop(timeout=3 * cfg.runtime.heartbeat_s + 2)
         server.stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -27,7 +27,7 @@ import numpy as np
 
 from lazarus.algorithms.advantages import group_advantages, reinforce_pp_token_advantages, rloo_group_advantages
 from lazarus.algorithms.kl import kl_shaped_sequence_rewards
-from lazarus.algorithms.logprobs import masked_mean, token_entropy, token_logprobs
+from lazarus.algorithms.logprobs import masked_mean
 from lazarus.algorithms.policy_gradient import policy_gradient_loss
 from lazarus.algorithms.rloo import rloo_sequence_loss
 from lazarus.config import Config
@@ -35,6 +35,7 @@ from lazarus.data.records import PromptRecord
 from lazarus.data.trajectory import SamplingSettings, Trajectory
 from lazarus.env.rewards import RewardFunction
 from lazarus.errors import LazarusError
+from lazarus.models.forward import policy_token_logprobs
 from lazarus.models.lora import adapters_disabled, has_lora
 from lazarus.training.base import Trainer, pad_length
 from lazarus.training.evaluate import evaluate
@@ -254,14 +255,14 @@ class RLLearner(Trainer):
             return 1.0  # a sum over tokens / a constant: micro-batch sums add up
         return len(rows) / len(rows_in_step)
 
-    def policy_logprobs(self, model, inputs, targets):
-        logits = model(inputs)
-        return logits, token_logprobs(logits, targets, self.temperature)
+    def policy_logprobs(self, model, inputs, targets, with_entropy: bool = False):
+        """Selected-token logprobs (and entropy) in chunks over the sequence: never a full [B, L, V] tensor."""
+        return policy_token_logprobs(model, inputs, targets, self.temperature, with_entropy=with_entropy)
 
     def loss(self, model, inputs, targets, mask, behavior_logprobs, advantages, ref_logprobs=None,
              proximal_logprobs=None):
         rl = self.cfg.rl
-        logits, logprobs = self.policy_logprobs(model, inputs, targets)
+        logprobs, entropy = self.policy_logprobs(model, inputs, targets, with_entropy=True)
         if self.trl_rloo:
             loss, metrics = rloo_sequence_loss(logprobs, behavior_logprobs, advantages, mask, epsilon=rl.epsilon_low)
         else:
@@ -273,11 +274,11 @@ class RLLearner(Trainer):
                 beta=self.loss_beta, kl_estimator=self.kl_estimator, proximal_logprobs=proximal_logprobs,
                 importance_cap=self.cfg.runtime.importance_cap, delta=rl.delta, clip_ratio_c=rl.clip_ratio_c,
                 loss_agg_mode=rl.loss_agg_mode)
-        metrics["entropy"] = masked_mean(mx.stop_gradient(token_entropy(logits, self.temperature)), mask)
+        metrics["entropy"] = masked_mean(mx.stop_gradient(entropy), mask)
         return loss, metrics
 
     def _frozen_logprobs(self, model, batch: RolloutBatch) -> mx.array:
-        _, logprobs = self.policy_logprobs(model, batch.inputs, batch.targets)
+        logprobs, _ = self.policy_logprobs(model, batch.inputs, batch.targets)
         logprobs = mx.stop_gradient(logprobs)
         mx.eval(logprobs)
         return logprobs

@@ -118,3 +118,117 @@ def test_learner_and_actor_say_not_yet_available():
     for script in ("lazarus-learner", "lazarus-actor"):
         proc = subprocess.run([str(Path(sys.executable).parent / script)], capture_output=True, text=True)
         assert proc.returncode == 2 and "not yet available" in proc.stderr
+
+
+def test_init_model_refuses_to_replace_a_non_empty_directory_without_force(tmp_path):
+    # given a directory holding the user's files
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    # when init-model is pointed at it without --force
+    proc = run("init-model", "--size", "micro", "--out", out, check=False)
+    # then it refuses in one line (exit 2) and the files are untouched
+    assert proc.returncode == 2 and "--force" in proc.stderr and "Traceback" not in proc.stderr
+    assert (out / "notes.txt").read_text() == "precious"
+    # and with --force it replaces the directory with a model
+    run("init-model", "--size", "micro", "--out", out, "--force")
+    assert (out / "config.json").exists() and not (out / "notes.txt").exists()
+
+
+def test_init_model_refuses_to_replace_a_file_without_force(tmp_path):
+    out = tmp_path / "model.bin"
+    out.write_bytes(b"precious")
+    proc = run("init-model", "--size", "micro", "--out", out, check=False)
+    assert proc.returncode == 2 and out.read_bytes() == b"precious"
+
+
+def test_init_model_writes_into_an_empty_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    run("init-model", "--size", "micro", "--out", tmp_path / "empty")
+    assert (tmp_path / "empty" / "config.json").exists()
+
+
+def test_sigterm_unwinds_like_ctrl_c_with_exit_130():
+    # given the real CLI entry point running a command that is busy (a 60 s sleep stands in for training)
+    import signal
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys, time
+        from lazarus.cli import main as cli
+
+        @cli.app.command("nap")
+        def nap():
+            try:
+                print("ready", flush=True)
+                time.sleep(60)
+            finally:
+                print("cleaned up", flush=True)
+
+        sys.argv = ["lazarus", "nap"]
+        cli.main()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout.readline().strip() == "ready"
+    # when it gets SIGTERM
+    proc.send_signal(signal.SIGTERM)
+    # then it unwinds like Ctrl-C: `finally` blocks run, exit 130 (not -15, killed by the signal)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "cleaned up" in out, err
+
+
+def test_every_resume_failure_is_one_line_exit_2(tmp_path):
+    # given a valid small SFT setup (generated data, random-init micro model)
+    settings = [f"model.path={tmp_path}/model", "model.init_arch=llama", "model.init_size=micro",
+                f"data.train={tmp_path}/data/sft_train.jsonl", "data.generate_math={train: 16, eval: 4}",
+                f"training.run_dir={tmp_path}/run", "training.max_steps=1", "training.batch_size=2",
+                "training.progress=false"]
+    common = [arg for setting in settings for arg in ("--set", setting)]
+    half_deleted = tmp_path / "elsewhere" / "checkpoints" / "step_000001"
+    half_deleted.mkdir(parents=True)
+    (half_deleted / "trainer_state.json").write_text('{"step": 1, "files": {"model.safetensors": 10}}')
+    truncated = tmp_path / "old" / "checkpoints" / "step_000001"  # an old-style checkpoint, weights cut short
+    truncated.mkdir(parents=True)
+    (truncated / "trainer_state.json").write_text('{"step": 1}')
+    (truncated / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    (truncated / "optimizer.safetensors").write_bytes(b"")
+    for resume in (tmp_path / "missing", tmp_path / "elsewhere", half_deleted, truncated):
+        # when a run is resumed from something that is not a complete checkpoint
+        proc = run("train", "sft", *common, "--resume", resume, check=False)
+        # then it is one line naming it, exit 2
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and str(resume) in proc.stderr
+
+
+def test_second_train_in_the_same_run_dir_is_refused_naming_the_first_which_sigterm_stops_cleanly(tmp_path):
+    # given a long SFT run in progress
+    import signal
+    import time
+
+    settings = [f"model.path={tmp_path}/model", "model.init_arch=llama", "model.init_size=micro",
+                f"data.train={tmp_path}/data/sft_train.jsonl", "data.generate_math={train: 64, eval: 4}",
+                f"training.run_dir={tmp_path}/run", "training.max_steps=100000", "training.batch_size=2",
+                "training.save_every=5", "training.progress=false"]
+    args = [LAZARUS, "train", "sft", *[a for s in settings for a in ("--set", s)]]
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "run" / "checkpoints" / "latest").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.poll() else ""
+            time.sleep(0.5)
+        # when a second run starts in the same directory
+        second = run("train", "sft", *[a for s in settings for a in ("--set", s)], check=False)
+        # then it is refused in one line naming the process that holds the directory
+        assert second.returncode == 2 and f"pid {first.pid}" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        # and SIGTERM stops the first like Ctrl-C: exit 130, lock released, no temp directories left
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+    assert first.returncode == 130
+    leftovers = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+    from lazarus.training.rundir import lock_run_dir
+
+    lock_run_dir(tmp_path / "run").release()

