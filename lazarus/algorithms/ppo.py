@@ -5,7 +5,8 @@
     total:   L = L^CLIP + c_v L^V - c_e * entropy_bonus
 
 Means are over masked (completion) tokens by default; `loss_agg_mode` picks verl's other aggregations
-(`aggregate_loss`) for the policy and the value loss alike. `clip_ratio_c` is verl's dual-clip. approx_kl tells the trainer when the policy has moved too
+(`aggregate_loss`) for the policy and the value loss alike. `clip_ratio_c` is verl's dual-clip.
+approx_kl tells the trainer when the policy has moved too
 far from the one that sampled the batch and the remaining PPO epochs should stop.
 """
 

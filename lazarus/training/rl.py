@@ -133,7 +133,8 @@ class RLLearner(Trainer):
     def __init__(self, cfg: Config, model: nn.Module, tokenizer, reference: nn.Module | None = None,
                  eval_prompts: list[PromptRecord] | None = None, reward_functions: list[RewardFunction] | None = None):
         rl = cfg.rl
-        super().__init__(cfg, model, tokenizer, optimizer_steps=cfg.training.max_steps * optimizer_steps_per_update(cfg))
+        steps = cfg.training.max_steps * optimizer_steps_per_update(cfg)
+        super().__init__(cfg, model, tokenizer, optimizer_steps=steps)
         if rl.beta > 0 and reference is None and not has_lora(model):
             raise TrajectoryBatchError("rl.beta > 0 with full fine-tuning needs a reference model (or enable LoRA)")
         if rl.micro_batch_size is not None and cfg.training.grad_accum_steps > 1:

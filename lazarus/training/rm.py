@@ -26,8 +26,8 @@ from lazarus.config import Config
 from lazarus.data.batching import BatchIterator
 from lazarus.data.tokenize import TokenizedPreference
 from lazarus.models.io import write_json
-from lazarus.models.value_head import (REWARD_MODEL_FILE, VALUE_HEAD_FILE, PolicyWithValue, collate_scored, last_token_values,
-                                       save_value_head)
+from lazarus.models.value_head import (REWARD_MODEL_FILE, VALUE_HEAD_FILE, PolicyWithValue, collate_scored,
+                                       last_token_values, save_value_head)
 from lazarus.training.base import Trainer
 
 

@@ -5,7 +5,8 @@ The check is a grep over the modules other than config.py, honest but coarse: fi
 counts as read when `.b.c` occurs (`cfg.rl.delta`), or `x.c` where `x` is bound to the section somewhere
 (`rl = cfg.rl`, `for spec in cfg.rl.rewards`, `spec = cfg.data.generate_math`), or one of the few
 parameter names in ALIASES (functions handed a section: `resolve_reward_specs(specs)` reads `spec.model`).
-An unrelated variable of the same name can still be matched; a miss is never excused. Fields whose reader is being written
+An unrelated variable of the same name can still be matched; a miss is never excused.
+Fields whose reader is being written
 elsewhere right now are listed in PENDING with the reason; the test also fails when a pending field has
 become read, so the list cannot go stale.
 """
