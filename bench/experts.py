@@ -9,9 +9,10 @@ the update step), and the same batch layout per row:
 
 The baseline (bench/experts_torch.py) runs in the same bench run, in a subprocess with a python that has
 torch (`--torch-python`, default .venv-bench/bin/python, which `make bench-experts` creates from PyPI's CPU
-wheel). Without one the torch column says so and no ratio is printed. Printed: each side's env steps/s and
-the ratio lazarus / torch (above 1: faster than the recipe in torch). On a shared machine both sides see the
-same contention only roughly; run it when the machine is quiet for numbers to quote.
+wheel; torch runs one intra-op thread, which suits networks this small). Without one the torch columns say
+so and no ratio is printed. Printed: each side's env steps per wall second and per CPU second of its process,
+and the ratios lazarus / torch (above 1: faster than the recipe in torch). On a busy machine the wall-clock
+rates depend on the CPU share each process happened to get; the per-CPU-second ratio is the steadier one.
 """
 
 from __future__ import annotations
@@ -36,19 +37,19 @@ ROWS = [  # (label, our arch, our config overrides, torch baseline arch)
 ]
 
 
-def lazarus_rate(arch: str, overrides: dict, updates: int) -> float:
-    """Env steps/s over `updates` updates, after one warm-up update (timed from its end)."""
+def lazarus_rate(arch: str, overrides: dict, updates: int) -> tuple[float, float]:
+    """(env steps per wall second, per CPU second of this process) over `updates` updates after a warm-up one."""
     config = preset(
         "CartPole-v1", arch=arch, rollout_steps=128, update_epochs=4, learning_rate=2.5e-4, eval_every=10**9,
         stop_at_return=None, total_steps=(updates + 1) * overrides["num_envs"] * 128, **overrides,
     )
     marks = []
-    train(config, on_update=lambda env_steps, metrics: marks.append((env_steps, time.perf_counter())))
-    (first_steps, first_time), (last_steps, last_time) = marks[0], marks[-1]
-    return (last_steps - first_steps) / (last_time - first_time)
+    train(config, on_update=lambda env_steps, _: marks.append((env_steps, time.perf_counter(), time.process_time())))
+    (first_steps, first_wall, first_cpu), (last_steps, last_wall, last_cpu) = marks[0], marks[-1]
+    return (last_steps - first_steps) / (last_wall - first_wall), (last_steps - first_steps) / (last_cpu - first_cpu)
 
 
-def torch_rate(python: Path, arch: str, updates: int) -> float | None:
+def torch_rate(python: Path, arch: str, updates: int) -> tuple[float, float] | None:
     if not python.exists():
         return None
     result = subprocess.run(
@@ -58,7 +59,8 @@ def torch_rate(python: Path, arch: str, updates: int) -> float | None:
     if result.returncode != 0:
         print(f"torch baseline failed: {result.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return None
-    return json.loads(result.stdout.strip().splitlines()[-1])["env_steps_per_s"]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return report["env_steps_per_s"], report["env_steps_per_cpu_s"]
 
 
 def main() -> None:
@@ -68,13 +70,17 @@ def main() -> None:
     parser.add_argument("--torch-python", type=Path, default=ROOT / ".venv-bench" / "bin" / "python")
     args = parser.parse_args()
     updates = 3 if args.quick else args.updates
-    print(f"{'row':28s} {'lazarus steps/s':>16s} {'torch steps/s':>14s} {'ratio':>7s}")
+    print(f"{'row':26s} {'lazarus steps/s':>15s} {'torch steps/s':>13s} {'ratio':>6s}   "
+          f"{'per CPU-s: lazarus':>18s} {'torch':>7s} {'ratio':>6s}")
     for label, arch, overrides, torch_arch in ROWS:
         ours = lazarus_rate(arch, overrides, updates)
         theirs = None if args.quick else torch_rate(args.torch_python, torch_arch, updates)
-        ratio = f"{ours / theirs:7.2f}" if theirs else "      -"
-        theirs_text = f"{theirs:14.0f}" if theirs else f"{'not run':>14s}"
-        print(f"{label:28s} {ours:16.0f} {theirs_text} {ratio}", flush=True)
+        if theirs is None:
+            print(f"{label:26s} {ours[0]:15.0f} {'not run':>13s} {'-':>6s}   {ours[1]:18.0f} {'-':>7s} {'-':>6s}",
+                  flush=True)
+        else:
+            print(f"{label:26s} {ours[0]:15.0f} {theirs[0]:13.0f} {ours[0] / theirs[0]:6.2f}   "
+                  f"{ours[1]:18.0f} {theirs[1]:7.0f} {ours[1] / theirs[1]:6.2f}", flush=True)
     if not args.quick and not args.torch_python.exists():
         print(f"torch baseline not run: no {args.torch_python} (make bench-experts creates it)")
 

@@ -1,10 +1,10 @@
 """The baseline of bench/experts.py: CleanRL's PPO recipe in torch (CPU), timed in env steps per second.
 
 Run by bench/experts.py with the torch virtualenv's python (`make bench-experts` makes one); prints one JSON
-line {"arch": ..., "env_steps_per_s": ...}. Written for this bench from the recipe's published settings,
-not CleanRL's code: gymnasium's SyncVectorEnv, a torch forward per env step under no_grad, GAE, then
-`epochs` passes of `minibatches` minibatches with Adam (eps 1e-5), the clipped surrogate, the clipped
-value loss, an entropy bonus and a 0.5 global gradient-norm clip.
+line {"arch": ..., "env_steps_per_s": ..., "env_steps_per_cpu_s": ...}. Written for this bench from the
+recipe's published settings, not CleanRL's code: gymnasium's SyncVectorEnv, a torch forward per env step
+under no_grad, GAE, then `epochs` passes of `minibatches` minibatches with Adam (eps 1e-5), the clipped
+surrogate, the clipped value loss, an entropy bonus and a 0.5 global gradient-norm clip.
 
   mlp (ppo.py):           4 envs x 128 steps, separate actor and critic MLPs 64-64 tanh, shuffled steps.
   gru (ppo_atari_lstm.py): 8 envs x 128 steps, shared encoder 64 + recurrent core 64 (a GRU here, as the
@@ -72,7 +72,8 @@ class GruAgent(nn.Module):
         return actions, dist.log_prob(actions), dist.entropy(), self.critic(features)[:, 0], state
 
 
-def run(arch: str, updates: int, warmup: int) -> float:
+def run(arch: str, updates: int, warmup: int) -> tuple[float, float]:
+    """(env steps per wall second, env steps per CPU second of this process) over `updates` updates."""
     num_envs = 4 if arch == "mlp" else 8
     steps, minibatches, epochs, gamma, lam = 128, 4, 4, 0.99, 0.95
     envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(num_envs)])
@@ -88,7 +89,7 @@ def run(arch: str, updates: int, warmup: int) -> float:
     started = None
     for update in range(warmup + updates):
         if update == warmup:
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
         initial_state = state.clone()
         for t in range(steps):
             obs_buf[t], start_buf[t] = obs, starts
@@ -145,7 +146,8 @@ def run(arch: str, updates: int, warmup: int) -> float:
                 nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
                 optimizer.step()
     envs.close()
-    return updates * steps * num_envs / (time.perf_counter() - started)
+    env_steps = updates * steps * num_envs
+    return env_steps / (time.perf_counter() - started), env_steps / (time.process_time() - started_cpu)
 
 
 def main() -> None:
@@ -153,9 +155,15 @@ def main() -> None:
     parser.add_argument("--arch", choices=["mlp", "gru"], required=True)
     parser.add_argument("--updates", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch intra-op threads; 1 suits networks this small (more only spin against the env loop)",
+    )
     args = parser.parse_args()
-    rate = run(args.arch, args.updates, args.warmup)
-    print(json.dumps({"arch": args.arch, "env_steps_per_s": rate, "torch": torch.__version__,
+    torch.set_num_threads(args.threads)
+    rate, cpu_rate = run(args.arch, args.updates, args.warmup)
+    print(json.dumps({"arch": args.arch, "env_steps_per_s": rate, "env_steps_per_cpu_s": cpu_rate,
+                      "torch": torch.__version__,
                       "threads": torch.get_num_threads()}))
 
 

@@ -1,7 +1,7 @@
 """GRPO learner update throughput: tokens/s of `RLTrainer.learn` and its GFLOP/s against a float32 matmul.
 
 For each model size, one batch of trajectories (4 prompts x 8 completions x 32 new tokens, EOS disabled so
-every completion is full length) is sampled with the trainer's own `rollout`; then `learn` (the compiled
+every completion is full length) is sampled with the local actor's `run_task`; then the learner's `learn` (the compiled
 step: forward, backward, clip, AdamW) is timed on that batch after a warm-up call that compiles it.
 Two rows per size: LoRA rank 8 and full fine-tuning, both GRPO with beta 0 (no reference forward).
 
@@ -42,7 +42,7 @@ from lazarus.config import load_config
 from lazarus.data.math import write_math_dataset
 from lazarus.models.load import num_parameters
 from lazarus.models.tiny import init_model
-from lazarus.runtime.local import build_trainer
+from lazarus.runtime.coordinator import local_roles
 
 PROMPTS, GROUP, NEW_TOKENS, LORA_RANK = 4, 8, 32, 8
 
@@ -55,17 +55,24 @@ def grpo_config(model_dir: Path, data_dir: Path, run_dir: Path, lora: bool):
         "generation.temperature=1.0", "rl.beta=0", f"lora.enabled={str(lora).lower()}", f"lora.rank={LORA_RANK}"])
 
 
+def on_policy(trajectories, learner) -> None:
+    """Tag the batch with the learner's current version, so every timed update is an on-policy one."""
+    for t in trajectories:
+        t.policy_version = t.policy_version_end = learner.policy_version
+
+
 def measure_learner(model_dir: Path, data_dir: Path, run_dir: Path, lora: bool, repeats: int,
                     matmul_repeats: int) -> dict:
     """Seconds per `learn()` on one rolled-out batch and its GFLOP/s over the matmul's, each timed
     update followed by a matmul probe (medians of `repeats`, after one compiling warm-up)."""
-    trainer = build_trainer(grpo_config(model_dir, data_dir, run_dir, lora))
+    trainer, actor, tasks = local_roles(grpo_config(model_dir, data_dir, run_dir, lora))
     trainer.seed_step()
     with eos_disabled(trainer.tokenizer):
-        trajectories = trainer.rollout(list(range(PROMPTS)))
+        trajectories = actor.run_task(tasks.next_task(PROMPTS, trainer.policy_version))
     tokens = sum(len(t.prompt_ids) + len(t.completion_ids) for t in trajectories)
     for i, t in enumerate(trajectories):  # a random-init model scores all alike, and `learn` would skip the update
         t.reward = float(i % 2)
+    on_policy(trajectories, trainer)
     trainer.learn(trajectories)  # warm-up: compiles the step
     params = num_parameters(trainer.model)
     per_update = (4 if lora else 6) * params * tokens
@@ -74,6 +81,7 @@ def measure_learner(model_dir: Path, data_dir: Path, run_dir: Path, lora: bool, 
         mx.clear_cache()
         resident = mx.get_active_memory()
         mx.reset_peak_memory()
+        on_policy(trajectories, trainer)  # the same batch each time, as if sampled at the current version
         start = time.perf_counter()
         trainer.learn(trajectories)
         seconds.append(time.perf_counter() - start)
@@ -147,7 +155,8 @@ def main() -> None:
     rows, length = PROMPTS * GROUP, 128
     peaks = logprob_memory(work / f"llama-{sizes[-1]}", rows, length)
     print(f"policy log-probs value-and-grad, {sizes[-1]}, {rows} x {length} tokens: peak {peaks['full']:.1f} MB with "
-          f"full logits, {peaks['chunked']:.1f} MB chunked (ratio {peaks['chunked'] / peaks['full']:.2f}, lower is better)")
+          f"full logits, {peaks['chunked']:.1f} MB chunked "
+          f"(ratio {peaks['chunked'] / peaks['full']:.2f}, lower is better)")
 
 
 if __name__ == "__main__":

@@ -326,16 +326,6 @@ class EvalConfig(Section):
     reward: str = Field("accuracy", description="Reward function whose mean is reported as accuracy: a built-in "
                         "(accuracy, accuracy_strict, format) or `module:function`.")
 
-    @model_validator(mode="after")
-    def _known_reward(self):
-        from lazarus.env.rewards import BUILTIN_REWARDS
-
-        module_name, sep, function_name = self.reward.partition(":")
-        if self.reward not in BUILTIN_REWARDS and not (sep and module_name and function_name):
-            raise ValueError(f"eval.reward {self.reward!r} is not a known reward: use a built-in "
-                             f"({', '.join(BUILTIN_REWARDS)}) or module:function")
-        return self
-
 
 class RayConfig(Section):
     address: Optional[str] = Field(
@@ -421,6 +411,7 @@ class Config(Section):
                                  f"(with none every reward is 0 and nothing learns)")
             if all(spec.weight == 0 for spec in self.rl.rewards):
                 raise ValueError("rl.rewards: every weight is 0, so every reward is 0 and nothing learns")
+        self._check_eval_reward()
         rl = self.rl
         if rl.delta is not None and rl.delta <= 1 + rl.epsilon_high:
             raise ValueError(f"rl.delta ({rl.delta}) must be > 1 + rl.epsilon_high ({1 + rl.epsilon_high})")
@@ -435,6 +426,18 @@ class Config(Section):
                 raise ValueError(f"rl.rewards.{i}.task: {spec.task!r} is not a data.tasks name "
                                  f"({', '.join(sorted(names)) or 'no tasks'})")
         return self
+
+    def _check_eval_reward(self) -> None:
+        """eval.reward is a built-in, `module:function`, or the name of one of rl.rewards (never silently unused)."""
+        from lazarus.env.rewards import BUILTIN_REWARDS, reward_name
+
+        reward = self.eval.reward
+        module_name, sep, function_name = reward.partition(":")
+        named = {reward_name(spec.function) for spec in self.rl.rewards if getattr(spec, "function", None)}
+        if reward not in BUILTIN_REWARDS and not (sep and module_name and function_name) and reward not in named:
+            raise ValueError(f"eval.reward {reward!r} is not a known reward: use a built-in "
+                             f"({', '.join(BUILTIN_REWARDS)}), module:function, or the name of one of rl.rewards "
+                             f"({', '.join(sorted(named)) or 'none'})")
 
 
 def safe_load_yaml(text: str, source: str, max_nodes: int = MAX_YAML_NODES) -> Any:

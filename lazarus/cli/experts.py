@@ -28,7 +28,7 @@ class ExpertsUsageError(LazarusError):
 def train(
     env: Annotated[str, typer.Option("--env", help="CartPole-v1, CartPoleNoVel-v1, Pendulum-v1 or Projectile-v0.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory: the expert, metrics.jsonl, plots/.")],
-    arch: Annotated[str, typer.Option("--arch", help="gru, lstm or mlp.")] = "gru",
+    arch: Annotated[Optional[str], typer.Option("--arch", help="gru, lstm or mlp (default gru).")] = None,
     total_steps: Annotated[
         Optional[int], typer.Option("--total-steps", help="Env steps (default: the env's preset).")
     ] = None,
@@ -47,14 +47,15 @@ def train(
     from lazarus.experts.ppo import train_to_directory
     from lazarus.experts.registry import register
 
-    if arch not in ARCHES:
+    if arch is not None and arch not in ARCHES:
         raise ExpertsUsageError(f"--arch must be one of {', '.join(ARCHES)}, got {arch!r}")
     if out.exists() and any(out.iterdir()) and not force:
         raise ExpertsUsageError(f"--out {out} is not empty; pass --force to train into it anyway")
     fields = _read_config(config) if config is not None else {}
+    flags = {"arch": arch, "total_steps": total_steps, "hidden_size": hidden_size, "seed": seed}
+    fields.update({key: value for key, value in flags.items() if value is not None})  # flags beat the file
     try:
-        ppo_config = preset(env, **{**fields, "arch": arch, "total_steps": total_steps,
-                                    "hidden_size": hidden_size, "seed": seed})
+        ppo_config = preset(env, **fields)
     except ValidationError as error:
         raise ExpertsUsageError(f"{config or 'experts train'}: {_first_error(error)}") from None
     summary = train_to_directory(ppo_config, out, log=typer.echo)

@@ -24,6 +24,7 @@ FORMAT_VERSION = 2
 TASK_FORMAT_VERSION = 1
 MAX_TOKENS = 1 << 20  # per array: far above any context length, far below what could exhaust memory
 MAX_BYTES = 64 << 20  # one encoded trajectory or task
+MAX_GROUP_SIZE = 1024
 _DTYPES = {"prompt_ids": "<i4", "completion_ids": "<i4", "behavior_logprobs": "<f4", "loss_mask": "|i1"}
 
 
@@ -51,10 +52,17 @@ class SamplingSettings:
         unknown = set(obj) - {"temperature", "top_p", "top_k", "min_p"}
         if unknown:
             raise TrajectoryDecodeError(f"{where}: unknown keys {sorted(unknown)}")
-        return cls(temperature=_finite(obj.get("temperature", 1.0), f"{where}.temperature"),
-                   top_p=_finite(obj.get("top_p", 1.0), f"{where}.top_p"),
-                   top_k=_int(obj.get("top_k", 0), f"{where}.top_k"),
-                   min_p=_finite(obj.get("min_p", 0.0), f"{where}.min_p"))
+        settings = cls(temperature=_finite(obj.get("temperature", 1.0), f"{where}.temperature"),
+                       top_p=_finite(obj.get("top_p", 1.0), f"{where}.top_p"),
+                       top_k=_int(obj.get("top_k", 0), f"{where}.top_k"),
+                       min_p=_finite(obj.get("min_p", 0.0), f"{where}.min_p"))
+        for name, ok, rule in (("temperature", settings.temperature >= 0, ">= 0"),
+                               ("top_p", 0 < settings.top_p <= 1, "in (0, 1]"),
+                               ("top_k", settings.top_k >= 0, ">= 0"),
+                               ("min_p", 0 <= settings.min_p < 1, "in [0, 1)")):
+            if not ok:
+                raise TrajectoryDecodeError(f"{where}.{name}: {getattr(settings, name)} is not {rule}")
+        return settings
 
     @property
     def truncated(self) -> bool:
@@ -192,8 +200,14 @@ class RolloutTask:
         if len(self.rows) != n or len(self.group_ids) != n:
             raise TrajectoryDecodeError(f"task {self.task_id}: {n} prompts but {len(self.rows)} rows and "
                                         f"{len(self.group_ids)} group ids")
-        if self.group_size < 1 or self.max_tokens < 1:
-            raise TrajectoryDecodeError(f"task {self.task_id}: group_size and max_tokens must be >= 1")
+        if not 1 <= self.group_size <= MAX_GROUP_SIZE:
+            raise TrajectoryDecodeError(f"task {self.task_id}: group_size {self.group_size} is outside "
+                                        f"[1, {MAX_GROUP_SIZE}]")
+        if not 1 <= self.max_tokens <= MAX_TOKENS:
+            raise TrajectoryDecodeError(f"task {self.task_id}: max_tokens {self.max_tokens} is outside "
+                                        f"[1, {MAX_TOKENS}]")
+        if not 0 <= self.seed < (1 << 63):
+            raise TrajectoryDecodeError(f"task {self.task_id}: seed {self.seed} is outside [0, 2^63)")
 
     def to_bytes(self) -> bytes:
         return msgpack.packb({

@@ -79,6 +79,11 @@ def resolve_reward_function(spec: str) -> RewardFn:
     return function
 
 
+def reward_name(spec: str) -> str:
+    """The name a reward is logged and selected under: `pkg.mod:digit_reward` -> `digit`, `accuracy` -> `accuracy`."""
+    return spec.split(":")[-1].removesuffix("_reward")
+
+
 def completion_text(completion) -> str:
     """The text of a completion: the string itself, or the content of the last assistant message."""
     if isinstance(completion, str):

@@ -105,7 +105,7 @@ PRESETS: dict[str, dict] = {
     "CartPole-v1": dict(total_steps=400_000, learning_rate=1e-3, stop_at_return=500.0),
     "CartPoleNoVel-v1": dict(total_steps=600_000, learning_rate=1e-3, chunk_length=32, stop_at_return=500.0),
     "Pendulum-v1": dict(
-        total_steps=600_000, learning_rate=1e-3, gamma=0.9, entropy_coef=0.0, rollout_steps=256,
+        total_steps=400_000, learning_rate=1e-3, gamma=0.9, entropy_coef=0.0, rollout_steps=256,
         chunk_length=32, num_minibatches=8, update_epochs=10, reward_scale=0.1, init_log_std=-0.5,
         clip_range_value=None, stop_at_return=-170.0,
     ),
@@ -117,7 +117,5 @@ PRESETS: dict[str, dict] = {
 
 
 def preset(env: str, **overrides) -> PPOConfig:
-    """`PPOConfig` for `env` from its preset (if any) with `overrides` on top (None values are ignored)."""
-    fields = {"env": env, **PRESETS.get(env, {})}
-    fields.update({key: value for key, value in overrides.items() if value is not None})
-    return PPOConfig(**fields)
+    """`PPOConfig` for `env` from its preset (if any) with `overrides` on top (a None sets the field to None)."""
+    return PPOConfig(**{"env": env, **PRESETS.get(env, {}), **overrides})

@@ -94,7 +94,7 @@ def ensure_data(cfg: Config) -> None:
 
 
 def resolve_rewards(cfg: Config):
-    from lazarus.env.rewards import resolve_reward_function
+    from lazarus.env.rewards import resolve_reward_function, reward_name
     from lazarus.env.rewards import RewardFunction
 
     functions = []
@@ -103,7 +103,7 @@ def resolve_rewards(cfg: Config):
             fn = resolve_reward_function(spec.function)
         except ValueError as e:
             raise ConfigError(f"rl.rewards.{i}.function: {e}") from None
-        name = spec.function.split(":")[-1].removesuffix("_reward")
+        name = reward_name(spec.function)
         functions.append(RewardFunction(name, fn, spec.weight))
     return functions
 
@@ -171,9 +171,10 @@ def build_learner(cfg: Config, model=None, tokenizer=None):
     eval_prompts = read_prompts(cfg.data.eval) if cfg.data.eval else []
     rewards = resolve_rewards(cfg)
     if eval_prompts:
-        from lazarus.env.rewards import check_reward_columns
+        from lazarus.env.rewards import check_reward_columns, reward_name
 
-        check_reward_columns([rf for rf in rewards if rf.name == cfg.eval.reward], eval_prompts, str(cfg.data.eval))
+        check_reward_columns([rf for rf in rewards if rf.name == reward_name(cfg.eval.reward)], eval_prompts,
+                             str(cfg.data.eval))
     if cfg.algorithm == "ppo":
         from lazarus.training.ppo import PPOLearner
 

@@ -250,20 +250,31 @@ def local_pump(hub: ExperienceHub, actors: list) -> Callable[[], bool]:
     return pump
 
 
-def run_local(cfg: Config, resume: str | Path | None = None, echo: Callable[[str], None] = print):
-    """RL with every role in this process: the coordinator pumps one actor that shares the learner's model."""
+def local_roles(cfg: Config, incarnation: str = "local"):
+    """(learner, actor, tasks) in this process: the actor samples with the learner's own model object."""
     from lazarus.runtime.build import build_learner, ensure_data, read_rl_prompts
-    from lazarus.runtime.roles import RolloutActor, SharedWeights
+    from lazarus.runtime.roles import RolloutActor, SharedWeights, env_worker_scorer
 
     ensure_data(cfg)
     learner = build_learner(cfg)
     records, prompt_ids = read_rl_prompts(cfg, learner.tokenizer)
-    hub = ExperienceHub("local", lambda: learner.policy_version, lease_s=cfg.runtime.lease_s,
-                        max_queue_bytes=cfg.runtime.max_queue_bytes)
     actor = RolloutActor("local", learner.model, learner.tokenizer, learner.reward_functions,
                          SharedWeights(lambda: learner.policy_version), stop=list(cfg.generation.stop),
-                         completion_batch_size=cfg.training.batch_size * cfg.generation.num_generations)
-    coordinator = Coordinator(cfg, learner, TaskSource(cfg, records, prompt_ids, "local"), hub,
-                              pump=local_pump(hub, [actor]), echo=echo, actors=1)
-    result = coordinator.run(resume)
+                         completion_batch_size=cfg.training.batch_size * cfg.generation.num_generations,
+                         scorer=env_worker_scorer(cfg.runtime.env_workers))
+    actor.sync_weights()
+    return learner, actor, TaskSource(cfg, records, prompt_ids, incarnation)
+
+
+def run_local(cfg: Config, resume: str | Path | None = None, echo: Callable[[str], None] = print):
+    """RL with every role in this process: the coordinator pumps one actor that shares the learner's model."""
+    learner, actor, tasks = local_roles(cfg)
+    hub = ExperienceHub("local", lambda: learner.policy_version, lease_s=cfg.runtime.lease_s,
+                        max_queue_bytes=cfg.runtime.max_queue_bytes)
+    coordinator = Coordinator(cfg, learner, tasks, hub, pump=local_pump(hub, [actor]), echo=echo, actors=1)
+    try:
+        result = coordinator.run(resume)
+    finally:
+        if hasattr(actor.scorer, "close"):
+            actor.scorer.close()
     return learner, result

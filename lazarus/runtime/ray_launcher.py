@@ -141,7 +141,8 @@ class RolloutRole:
     def run(self, address: str, token: str | None) -> int:
         from lazarus.runtime.transports import run_actor
 
-        return run_actor(address, self.actor_id, token, echo=lambda line: print(line, flush=True))
+        return run_actor(address, self.actor_id, token, echo=lambda line: print(line, flush=True),
+                         scorer_pool=ray_scorer)
 
 
 def run_ray(cfg: Config, resume: str | Path | None = None, echo: Callable[[str], None] = print) -> dict:

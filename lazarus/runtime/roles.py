@@ -16,7 +16,7 @@ from typing import Protocol
 import mlx.nn as nn
 
 from lazarus.data.trajectory import RolloutTask, Trajectory
-from lazarus.env.rewards import RewardFunction
+from lazarus.env.rewards import RewardFunction, score
 from lazarus.env.rollout import rollout
 from lazarus.inference.engine import Engine
 
@@ -69,7 +69,9 @@ class RolloutActor:
 
     def __init__(self, actor_id: str, model: nn.Module, tokenizer, reward_functions: list[RewardFunction],
                  weights: WeightSource, *, stop: list[str] | None = None, completion_batch_size: int = 64,
-                 version: int = -1):
+                 version: int = -1, scorer: Callable = score):
+        """`scorer` has `env.rewards.score`'s signature: a `PooledScorer` runs the reward functions in a pool
+        of env workers (`runtime.env_workers`) instead of this process."""
         self.actor_id = actor_id
         self.model = model
         self.tokenizer = tokenizer
@@ -78,6 +80,7 @@ class RolloutActor:
         self.stop = list(stop or [])
         self.engine = Engine(model, tokenizer, completion_batch_size=completion_batch_size)
         self.version = version
+        self.scorer = scorer
         self.stats = ActorStats()
 
     def sync_weights(self, at_least: int = -1) -> None:
@@ -101,7 +104,7 @@ class RolloutActor:
         try:
             trajectories = rollout(self.engine, task, self.reward_functions, policy_version=self.version,
                                    actor_id=self.actor_id, stop=self.stop,
-                                   current_version=self.weights.latest_version)
+                                   current_version=self.weights.latest_version, scorer=self.scorer)
         finally:
             self.model.train(training)
         elapsed = time.perf_counter() - t0
@@ -111,3 +114,14 @@ class RolloutActor:
         self.stats.tasks += 1
         self.stats.last.update(generation_s=elapsed, tokens=float(tokens))
         return trajectories
+
+
+def env_worker_scorer(workers: int, pool: Callable[[int], Callable] | None = None) -> Callable:
+    """`runtime.env_workers`: the reward functions in N worker processes (or the launcher's `pool`), else here."""
+    if workers <= 0:
+        return score
+    if pool is not None:
+        return pool(workers)
+    from lazarus.env.pool import PooledScorer, process_pool
+
+    return PooledScorer(process_pool(workers), workers)

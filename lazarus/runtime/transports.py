@@ -37,7 +37,7 @@ from lazarus.distributed.experience import ExperienceHub, RunSpec
 from lazarus.distributed.experience_client import ExperienceClient, LearnerError, LearnerUnavailable
 from lazarus.distributed.server import ParameterStore, serve
 from lazarus.errors import LazarusError
-from lazarus.runtime.roles import RolloutActor
+from lazarus.runtime.roles import RolloutActor, env_worker_scorer
 
 
 def parse_address(listen: str) -> tuple[str, int]:
@@ -148,7 +148,8 @@ def actor_stats(actor: RolloutActor) -> dict[str, float]:
 
 
 def build_remote_actor(client: ExperienceClient, spec, actor_id: str, token: str | None,
-                       tls_cert: str | None, echo: Callable[[str], None]) -> tuple[RolloutActor, Config]:
+                       tls_cert: str | None, echo: Callable[[str], None],
+                       scorer_pool: Callable | None = None) -> tuple[RolloutActor, Config]:
     """The run's model, built from the learner's config and files (fetched once, cached by sha256)."""
     from lazarus.runtime.build import prepare_model, resolve_rewards
 
@@ -161,20 +162,25 @@ def build_remote_actor(client: ExperienceClient, spec, actor_id: str, token: str
     params = ParameterClient(client.address, token=token, tls_cert=tls_cert, timeout=60.0)
     weights = GrpcWeights(params, lambda: -1)
     actor = RolloutActor(actor_id, model, tokenizer, resolve_rewards(cfg), weights, stop=list(cfg.generation.stop),
-                         completion_batch_size=cfg.training.batch_size * cfg.generation.num_generations)
+                         completion_batch_size=cfg.training.batch_size * cfg.generation.num_generations,
+                         scorer=env_worker_scorer(cfg.runtime.env_workers, scorer_pool))
     size = sum(v.size for _, v in tree_flatten(model.parameters()))
     echo(f"actor {actor_id}: built {cfg.model.path} ({size / 1e6:.2f}M parameters) for learner {client.address}")
     return actor, cfg
 
 
 def run_actor(address: str, actor_id: str | None = None, token: str | None = None, tls_cert: str | None = None,
-              wait: float = 600.0, echo: Callable[[str], None] = print) -> int:
-    """A rollout actor joined to the learner at `address` until the run ends; returns the exit code (0)."""
+              wait: float = 600.0, echo: Callable[[str], None] = print,
+              scorer_pool: Callable[[int], Callable] | None = None) -> int:
+    """A rollout actor joined to the learner at `address` until the run ends; returns the exit code (0).
+
+    `scorer_pool(n)` makes the env-worker scorer when the run sets `runtime.env_workers` (default: processes).
+    """
     actor_id = actor_id or f"actor-{uuid.uuid4().hex[:8]}"
     with ExperienceClient(address, actor_id, token=token, tls_cert=tls_cert) as client:
         spec = client.join(wait=wait)
         echo(f"actor {actor_id}: joined learner {address} at version {spec.policy_version}")
-        actor, cfg = build_remote_actor(client, spec, actor_id, token, tls_cert, echo)
+        actor, cfg = build_remote_actor(client, spec, actor_id, token, tls_cert, echo, scorer_pool)
         heartbeat = _Heartbeat(client, actor, spec.heartbeat_s)
         actor.weights._latest = lambda: heartbeat.learner_version
         heartbeat.start()
@@ -212,6 +218,9 @@ def run_actor(address: str, actor_id: str | None = None, token: str | None = Non
                 heartbeat.task_ids = []
         finally:
             heartbeat.close()
+            close = getattr(actor.scorer, "close", None)
+            if close is not None:
+                close()
 
 
 def push_with_retries(client: ExperienceClient, task: RolloutTask, trajectories, actor: RolloutActor,

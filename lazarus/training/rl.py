@@ -33,7 +33,7 @@ from lazarus.algorithms.rloo import rloo_sequence_loss
 from lazarus.config import Config
 from lazarus.data.records import PromptRecord
 from lazarus.data.trajectory import SamplingSettings, Trajectory
-from lazarus.env.rewards import RewardFunction
+from lazarus.env.rewards import RewardFunction, resolve_reward_function, reward_name
 from lazarus.errors import LazarusError
 from lazarus.models.forward import policy_token_logprobs
 from lazarus.models.lora import adapters_disabled, has_lora
@@ -307,9 +307,9 @@ class RLLearner(Trainer):
         if not self.eval_prompts:
             return {}
         e = self.cfg.eval
-        reward = next((rf for rf in self.reward_functions if rf.name == e.reward), None)
-        if reward is None:
-            return {}
+        reward = next((rf for rf in self.reward_functions if rf.name == reward_name(e.reward)), None)
+        if reward is None:  # not among rl.rewards: a built-in or module:function of its own
+            reward = RewardFunction(reward_name(e.reward), resolve_reward_function(e.reward))
         if self._engine is None:
             from lazarus.inference.engine import Engine
 
@@ -322,7 +322,7 @@ class RLLearner(Trainer):
                               temperature=e.temperature, use_chat_template=self.cfg.data.use_chat_template)
         finally:
             self.model.train(training)
-        return {f"eval_{e.reward}": result["mean_reward"]}
+        return {f"eval_{reward.name}": result["mean_reward"]}
 
 
 def rollout_metrics(trajectories: list[Trajectory], reward_names: list[str]) -> dict:

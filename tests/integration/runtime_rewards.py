@@ -4,3 +4,15 @@
 def starts_with_a_digit(prompts, completions, **kwargs):
     """1 when the completion starts with a digit: a random-init model learns it in a few dozen steps."""
     return [1.0 if c[:1].isdigit() else 0.0 for c in completions]
+
+
+def digit_in_worker_process(prompts, completions, **kwargs):
+    """`starts_with_a_digit`, recording the pid that scored it (so a test can see scoring left the actor)."""
+    import os
+    from pathlib import Path
+
+    log = os.environ.get("LAZARUS_TEST_SCORER_PIDS")
+    if log:
+        with Path(log).open("a") as f:
+            f.write(f"{os.getpid()}\n")
+    return starts_with_a_digit(prompts, completions)

@@ -266,3 +266,21 @@ def test_lazarus_train_with_the_process_launcher_runs_its_own_actors_and_exports
     assert [m["step"] for m in history] == [1, 2, 3, 4] and history[-1]["actors"] == 2
     assert (tmp_path / "run" / "adapter" / "adapters.safetensors").exists()
     assert proc.stdout.count("the run is over") == 2
+
+
+@pytest.mark.slow
+def test_runtime_env_workers_score_in_a_pool_of_worker_processes(run_config, tmp_path):
+    # given a process-launcher run whose rewards are scored by 2 env workers per actor
+    pids = tmp_path / "scorer-pids"
+    config = run_config(training={"max_steps": 3}, runtime={"env_workers": 2, "heartbeat_s": 0.3, "lease_s": 3.0},
+                        rl={"rewards": [{"function": "runtime_rewards:digit_in_worker_process"}]},
+                        eval={"num_prompts": 4, "reward": "digit_in_worker_process"})
+    proc = subprocess.run([str(BIN / "lazarus"), "train", "--config", str(config), "--launcher", "process",
+                           "--actors", "1"], capture_output=True, text=True, timeout=600,
+                          env={**env(), "LAZARUS_CACHE": str(tmp_path / "cache"),
+                               "LAZARUS_TEST_SCORER_PIDS": str(pids)})
+    # then the run completes, and the rewards were computed in two processes other than the learner and actor
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [m["step"] for m in steps(tmp_path / "run")] == [1, 2, 3]
+    scorers = set(pids.read_text().split())
+    assert len(scorers) >= 2, scorers

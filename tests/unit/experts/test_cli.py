@@ -62,6 +62,9 @@ def test_register_then_list_then_eval_by_name(trained):
     assert re.search(r"^cartpole@v1\s+env=CartPole-v1\s+arch=gru", listed.stdout, re.MULTILINE), listed.stdout
     by_name = experts("eval", "cartpole@v1", "--episodes", "2", registry=registry)
     assert MEAN_RETURN.search(by_name.stdout), by_name.stderr
+    ran = experts("run", "cartpole", "--seed", "3", registry=registry)
+    result = json.loads(ran.stdout)
+    assert result["env"] == "CartPole-v1" and result["return"] == result["steps"] > 0, ran.stdout
 
 
 def test_bad_arguments_are_one_line_errors_with_exit_2(trained, tmp_path):
@@ -77,3 +80,25 @@ def test_bad_arguments_are_one_line_errors_with_exit_2(trained, tmp_path):
         result = experts(*args, registry=registry)
         assert result.returncode == 2, (args, result.stderr[-2000:])
         assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_config_file_sets_ppo_fields_and_a_misspelt_field_is_named(tmp_path):
+    registry = tmp_path / "registry"
+    # given: a YAML of PPOConfig fields
+    (tmp_path / "small.yaml").write_text(
+        "arch: lstm\nnum_envs: 2\nrollout_steps: 64\nchunk_length: 8\ntotal_steps: 256\nstop_at_return: null\n"
+    )
+    # when: training with it
+    result = experts("train", "--env", "Pendulum-v1", "--out", str(tmp_path / "run"),
+                     "--config", str(tmp_path / "small.yaml"), registry=registry)
+    # then: its fields were used (2 envs x 64 steps per update, 2 updates)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["env_steps"] for r in records if "policy_loss" in r] == [128, 256]
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert (saved["num_envs"], saved["arch"], saved["env"], saved["stop_at_return"]) == (2, "lstm", "Pendulum-v1", None)
+    # and a misspelt field is a one-line error naming it
+    (tmp_path / "bad.yaml").write_text("learning_rat: 0.1\n")
+    bad = experts("train", "--env", "Pendulum-v1", "--out", str(tmp_path / "bad"), "--config",
+                  str(tmp_path / "bad.yaml"), registry=registry)
+    assert bad.returncode == 2 and "learning_rat" in bad.stderr and not (tmp_path / "bad").exists()

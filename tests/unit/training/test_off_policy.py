@@ -21,20 +21,14 @@ def lengths_vary(prompts, completions, **kwargs):
 
 
 def roles(make_config, *overrides):
-    from lazarus.runtime.build import build_learner, read_rl_prompts
-    from lazarus.runtime.coordinator import TaskSource
-    from lazarus.runtime.roles import RolloutActor, SharedWeights
+    from lazarus.runtime.coordinator import local_roles
 
     cfg = make_config("grpo", "lora.enabled=true", "optim.optimizer=sgd", "optim.learning_rate=0.5",
                       "optim.max_grad_norm=null", "training.compile=false", "rl.loss_type=dapo",
                       "rl.epsilon_low=0.2", "rl.epsilon_high=0.28", "runtime.importance_cap=2.0", *overrides)
-    learner = build_learner(cfg)
-    learner.reward_functions = [RewardFunction("lengths_vary", lengths_vary)]
-    records, ids = read_rl_prompts(cfg, learner.tokenizer)
-    actor = RolloutActor("a0", learner.model, learner.tokenizer, learner.reward_functions,
-                         SharedWeights(lambda: learner.policy_version))
-    actor.sync_weights()
-    return cfg, learner, actor, TaskSource(cfg, records, ids, "t")
+    learner, actor, tasks = local_roles(cfg, "t")
+    learner.reward_functions = actor.reward_functions = [RewardFunction("lengths_vary", lengths_vary)]
+    return cfg, learner, actor, tasks
 
 
 def test_a_stale_batch_gives_the_decoupled_ppo_update_computed_by_hand(make_config):

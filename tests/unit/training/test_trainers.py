@@ -145,17 +145,12 @@ def test_a_batch_where_every_group_scored_alike_does_not_move_the_weights(make_c
 
 def local_roles(cfg, reward_functions=None):
     """The learner, an actor sharing its model, and the task source: the local launcher's parts."""
-    from lazarus.runtime.build import build_learner, read_rl_prompts
-    from lazarus.runtime.coordinator import TaskSource
-    from lazarus.runtime.roles import RolloutActor, SharedWeights
+    from lazarus.runtime.coordinator import local_roles as roles
 
-    learner = build_learner(cfg)
+    learner, actor, tasks = roles(cfg)
     if reward_functions is not None:
-        learner.reward_functions = reward_functions
-    records, ids = read_rl_prompts(cfg, learner.tokenizer)
-    actor = RolloutActor("a0", learner.model, learner.tokenizer, learner.reward_functions,
-                         SharedWeights(lambda: learner.policy_version))
-    return learner, actor, TaskSource(cfg, records, ids, "test")
+        learner.reward_functions = actor.reward_functions = reward_functions
+    return learner, actor, tasks
 
 
 def starts_with_a_digit(prompts, completions, **kwargs):
@@ -171,7 +166,6 @@ def test_grpo_learns_a_simple_verifiable_reward(make_config, tmp_path):
     cfg = make_config("grpo", "optim.learning_rate=0.003", "training.max_steps=30", "training.batch_size=8",
                       "generation.num_generations=8", "generation.max_new_tokens=4")
     learner, actor, tasks = local_roles(cfg, [RewardFunction("digit", starts_with_a_digit)])
-    actor.reward_functions = learner.reward_functions
     hub = ExperienceHub(policy_version=lambda: learner.policy_version)
     # when GRPO trains on that reward
     Coordinator(cfg, learner, tasks, hub, pump=local_pump(hub, [actor]), actors=1).run()
