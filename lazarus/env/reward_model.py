@@ -21,7 +21,7 @@ import numpy as np
 
 from lazarus.data.records import PreferenceRecord
 from lazarus.data.tokenize import encode_preference
-from lazarus.env.rewards import RewardFunction, completion_text, resolve_reward_function
+from lazarus.env.rewards import RewardFunction, completion_text, resolve_reward_function, reward_name
 from lazarus.errors import LazarusError
 from lazarus.models.value_head import (REWARD_MODEL_FILE, REWARD_POOLINGS, VALUE_HEAD_FILE, collate_scored,
                                        last_token_values)
@@ -133,7 +133,7 @@ def resolve_reward_specs(specs, use_chat_template: bool = True) -> list[RewardFu
                 fn = resolve_reward_function(spec.function)
             except ValueError as e:
                 raise RewardSpecError(f"rl.rewards.{i}.function: {e}") from None
-            name = spec.function.split(":")[-1].removesuffix("_reward")
+            name = reward_name(spec.function)
         if spec.task is not None:
             fn, name = for_task(fn, spec.task), f"{name}/{spec.task}"
         functions.append(RewardFunction(name, fn, spec.weight))

@@ -28,10 +28,6 @@ PENDING = {
     "rl.max_sampling_rounds": "coordinator: cap on dynamic_sampling's rounds",
     **{f"data.curriculum.{name}": "coordinator: DifficultySchedule(...) + curriculum_batch(mix=...)"
        for name in ("schedule", "levels", "steps", "promote_at", "demote_at", "window", "mix")},
-    # The runtime section arrived with the lead's runtime seams; its readers (launchers, RLLearner,
-    # coordinator) are being written on main now.
-    **{f"runtime.{name}": "runtime launchers / coordinator (lead, in progress)"
-       for name in ("env_workers",)},
     "model.dequantize": "arrived on main with the SmolLM2 work; runtime/build.prepare_model does not pass it to load",
 }
 
