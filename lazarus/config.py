@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(LazarusError, ValueError):
@@ -62,6 +62,68 @@ class LoraConfig(Section):
     num_layers: Optional[int] = Field(None, gt=0, description="Adapt only the last N blocks; null = all.")
 
 
+class GenerateMathConfig(Section):
+    train: int = Field(2000, ge=1, description="Training problems (each file of the split gets one row per problem).")
+    eval: int = Field(200, ge=0, description="Held-out problems (0 = no eval files).")
+    difficulty: int | list[int] = Field(
+        1, description="1 (small numbers, one step) to 3; a list (e.g. [1, 2, 3]) writes every level, `train` "
+        "and `eval` problems each, with a `difficulty` column for data.curriculum.")
+    kinds: Optional[list[str]] = Field(
+        None, description="Problem kinds (arithmetic, fractions, percentages, word_problems, multi_step, "
+        "comparison); null = all.")
+    seed: int = Field(0, description="Generator seed: the same seed writes the same files.")
+    answer_only: float = Field(
+        0.0, ge=0, le=1, description="Fraction of SFT rows whose completion is the `Answer:` line alone.")
+    instruction: Optional[str] = Field(
+        None, description="Text appended to every prompt telling the model the answer format (e.g. "
+        "lazarus.data.math.INSTRUCTION, \"Give only the final answer in the form 'Answer: N'.\"); null = none "
+        "(`lazarus data math` writes the instruction by default; the smollm2 demo too).")
+
+    @field_validator("difficulty")
+    @classmethod
+    def _levels(cls, value):
+        levels = value if isinstance(value, list) else [value]
+        if not levels or any(level not in (1, 2, 3) for level in levels) or len(set(levels)) != len(levels):
+            raise ValueError(f"difficulty must be 1, 2 or 3, or a list of distinct levels, got {value!r}")
+        return value
+
+
+class CurriculumConfig(Section):
+    schedule: Literal["none", "step", "accuracy"] = Field(
+        "none", description="Difficulty schedule of the math task: none (sample every level of data.train "
+        "uniformly), step (level i from training step `steps[i-1]`), accuracy (move up a level when the rolling "
+        "accuracy of the current one reaches `promote_at`, down when it falls below `demote_at`). Needs a "
+        "`difficulty` column (data.generate_math.difficulty as a list writes one).")
+    levels: list[int] = Field(default_factory=lambda: [1, 2, 3], description="Difficulty levels, easiest first.")
+    steps: list[int] = Field(
+        default_factory=list, description="step: the training step at which each level after the first starts "
+        "(len(levels) - 1 increasing steps).")
+    promote_at: float = Field(0.8, gt=0, le=1, description="accuracy: rolling accuracy that moves a level up.")
+    demote_at: Optional[float] = Field(
+        None, ge=0, lt=1, description="accuracy: rolling accuracy that moves a level down (null = never).")
+    window: int = Field(128, gt=0, description="accuracy: completions in the rolling accuracy window.")
+    mix: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of each batch drawn from the easier levels already passed "
+        "(keeps them from being forgotten).")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.schedule == "step" and (len(self.steps) != len(self.levels) - 1 or self.steps != sorted(self.steps)):
+            raise ValueError(f"steps must hold len(levels) - 1 = {len(self.levels) - 1} increasing steps, "
+                             f"got {self.steps}")
+        if self.demote_at is not None and self.demote_at >= self.promote_at:
+            raise ValueError(f"demote_at ({self.demote_at}) must be below promote_at ({self.promote_at})")
+        return self
+
+
+class TaskSpec(Section):
+    name: str = Field(..., min_length=1, description="Task name: written to the `task` column of its prompts, "
+                      "which rl.rewards entries with `task` select on (their metrics: reward_<fn>/<name>_mean).")
+    train: str = Field(..., description="Prompt JSONL of this task.")
+    eval: Optional[str] = Field(None, description="Held-out prompt JSONL of this task.")
+    weight: float = Field(1.0, gt=0, description="Share of each batch's prompts (normalised over the tasks).")
+
+
 class DataConfig(Section):
     train: Optional[str] = Field(None, description="Training JSONL (TRL column names) or pre-tokenized .npz.")
     eval: Optional[str] = Field(None, description="Held-out JSONL used by evaluation.")
@@ -71,14 +133,26 @@ class DataConfig(Section):
     use_chat_template: bool = Field(True, description="Format prompts with the tokenizer's chat template.")
     shuffle: bool = Field(True, description="Shuffle the training set every epoch (seeded).")
     pack: bool = Field(False, description="SFT: pack several short examples into one row of max_length.")
-    generate_math: Optional[dict[str, Any]] = Field(
+    generate_math: Optional[GenerateMathConfig] = Field(
         None,
-        description="When set and `train` does not exist, write the math dataset there first "
-        "(keys of `lazarus data math`: train, eval, difficulty, kinds, seed, answer_only).",
+        description="When set and `train` does not exist, write the math dataset into its directory first "
+        "(the options of `lazarus data math`).",
     )
     special_tokens_in_text: Literal["error", "warn", "allow"] = Field(
         "warn", description="Text in a dataset row that spells a special token (`<|im_end|>`) would become that "
         "control token: error refuses the row, warn counts and reports such rows once, allow keeps them silently.")
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    tasks: list[TaskSpec] = Field(
+        default_factory=list, description="Multi-task RL: several prompt sets with weights, each prompt tagged "
+        "with its task; rl.rewards entries with `task` apply to that task only. Empty = the single data.train.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct_tasks(cls, tasks):
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be distinct, got {names}")
+        return tasks
 
 
 class OptimConfig(Section):
@@ -124,15 +198,34 @@ class GenerationConfig(Section):
 
 
 class RewardSpec(Section):
-    function: str = Field(..., description="Built-in name (accuracy, format) or `module:function` (TRL signature).")
+    function: Optional[str] = Field(
+        None, description="Built-in name (accuracy, format) or `module:function` (TRL signature).")
+    model: Optional[str] = Field(
+        None, description="A reward model directory written by `lazarus train rm` (RUN_DIR/reward_model): "
+        "scores each prompt + completion with its value head. Give `function` or `model`, not both.")
+    batch_size: int = Field(32, gt=0, description="model: completions scored per forward pass.")
     weight: float = Field(1.0, description="Weight of this reward in the total.")
+    task: Optional[str] = Field(
+        None, description="Multi-task runs: apply this reward only to prompts of this task (data.tasks name); "
+        "null = every task.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.function is None) == (self.model is None):
+            raise ValueError("give exactly one of `function` (a reward function) or `model` (a reward model dir)")
+        return self
 
 
 class RLConfig(Section):
     advantage: Literal["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = Field(
         "grpo", description="Advantage estimator: group-normalized (GRPO), RLOO leave-one-out, REINFORCE++."
     )
-    scale_rewards: bool = Field(True, description="GRPO: divide group-centred rewards by the group std.")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="GRPO (TRL `scale_rewards`): divide group-centred rewards by the group's std "
+        "(group), by the batch's std (batch), or not at all (none: Dr. GRPO). true/false mean group/none.")
+    rloo_form: Literal["token", "trl"] = Field(
+        "token", description="rl.advantage rloo: token (leave-one-out advantages in the clipped token-level "
+        "loss) or trl (TRL RLOOTrainer: k1 KL folded into the reward, one summed ratio per sequence).")
     loss_type: Literal["grpo", "bnpo", "dapo", "dr_grpo"] = Field(
         "dapo", description="Loss aggregation: per-sequence mean (grpo), token mean (bnpo/dapo), "
         "token sum / (sequences x max length) (dr_grpo)."
@@ -145,11 +238,37 @@ class RLConfig(Section):
         0.2, ge=0, description="Upper clip: ratio <= 1 + epsilon_high (DAPO clip-higher: 0.28)."
     )
     beta: float = Field(0.0, ge=0, description="KL coefficient to the reference; 0 = no reference forward at all.")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator used when beta > 0.")
+    kl_estimator: Optional[Literal["k1", "k2", "k3", "abs", "low_var_kl"]] = Field(
+        None, description="KL estimator used when beta > 0 (Schulman's k1/k2/k3; verl's abs and low_var_kl, "
+        "k3 clamped to [-10, 10], verl's default); null = the algorithm's own (grpo: k3, DeepSeekMath eq. 4; "
+        "ppo: k1 per token in the reward, InstructGPT).")
+    kl_placement: Optional[Literal["loss", "reward"]] = Field(
+        None, description="Where beta * KL enters: the loss (GRPO, DeepSeekMath eq. 3) or the reward, shaping "
+        "the advantages (PPO/RLHF, verl `use_kl_in_reward`, TRL PPO/RLOO); null = the algorithm's own (grpo: "
+        "loss, ppo: reward per token).")
+    delta: Optional[float] = Field(
+        None, gt=1, description="TRL two-sided GRPO clipping: the unclipped ratio is capped at delta (> 1 + "
+        "epsilon_high) for every token; null = off.")
+    clip_ratio_c: Optional[float] = Field(
+        None, gt=1, description="verl dual-clip PPO: for negative advantages the loss is at most -A * clip_ratio_c "
+        "(verl's default when on: 3.0); null = off.")
+    loss_agg_mode: Optional[Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
+                                    "seq-mean-token-sum-norm"]] = Field(
+        None, description="verl's loss aggregation, for the policy loss and (PPO) the value loss; null = from "
+        "loss_type (grpo = seq-mean-token-mean, dapo/bnpo = token-mean, dr_grpo = token sum / max length).")
+    dynamic_sampling: bool = Field(
+        False, description="DAPO dynamic sampling: drop groups whose rewards are all equal (no advantage) and "
+        "generate more until the batch holds training.batch_size groups with signal.")
+    max_sampling_rounds: int = Field(
+        3, gt=0, description="dynamic_sampling: generation rounds per step before training on what there is.")
     num_iterations: int = Field(1, gt=0, description="Optimizer passes over each generated batch (mu).")
     mini_batch_size: Optional[int] = Field(
-        None, gt=0, description="Completions per gradient micro-step (null = the whole batch at once)."
-    )
+        None, gt=0, description="Prompts (whole groups) per optimizer step: each generated batch of "
+        "training.batch_size prompts gives batch_size / mini_batch_size optimizer steps per pass (TRL/verl "
+        "`ppo_mini_batch_size`); null = one step per batch.")
+    micro_batch_size: Optional[int] = Field(
+        None, gt=0, description="Completions per forward/backward pass; gradients accumulate over the micro-"
+        "batches of a mini-batch (memory only, the result is the same); null = the whole mini-batch at once.")
     rewards: list[RewardSpec] = Field(
         default_factory=lambda: [RewardSpec(function="accuracy")], description="Reward functions and weights."
     )
@@ -162,18 +281,46 @@ class RLConfig(Section):
     target_kl: Optional[float] = Field(
         None, gt=0, description="PPO: stop the inner epochs when approx KL exceeds this."
     )
-    value_lr: Optional[float] = Field(None, gt=0, description="PPO: learning rate of the value head (null = same).")
+    value_lr: Optional[float] = Field(
+        None, gt=0, description="PPO: learning rate of the value head, stepped by its own optimizer (null = "
+        "optim.learning_rate).")
     no_signal_steps: int = Field(
         5, ge=1, description="Warn (once) when every group has scored alike for this many consecutive steps: "
         "nothing is being learned (the reward never fires, the temperature is too low or groups too small).")
 
+    @field_validator("scale_rewards", mode="before")
+    @classmethod
+    def _scale_rewards_bool(cls, value):
+        """Old configs said true/false: group/none."""
+        if isinstance(value, bool):
+            return "group" if value else "none"
+        return value
+
 
 class DPOConfig(Section):
-    loss_type: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = Field("sigmoid", description="DPO-family loss.")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero", "apo_down", "simpo", "orpo"] = Field(
+        "sigmoid", description="DPO-family loss (TRL names): sigmoid DPO; ipo (length-normalised log-ratios, as "
+        "TRL); hinge (SLiC); robust (Chowdhury et al. 2024, label_smoothing = flip rate); apo_zero/apo_down "
+        "(Anchored Preference Optimization); simpo; orpo. Formulas: docs/algorithms.md.")
     beta: float = Field(0.1, gt=0, description="Inverse temperature of the implicit reward.")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="sigmoid: conservative-DPO label smoothing.")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="sigmoid: conservative-DPO label smoothing; robust: the assumed rate at "
+        "which preference labels are flipped.")
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO target margin.")
     orpo_lambda: float = Field(0.1, ge=0, description="ORPO weight of the odds-ratio term.")
+
+
+class RMConfig(Section):
+    pooling: Literal["last", "mean"] = Field(
+        "last", description="rm: the score of a completion is the value head at its last token (InstructGPT, "
+        "TRL) or the mean over its tokens (every token adds evidence; learns token-local checks faster).")
+    center_rewards_coef: float = Field(
+        0.0, ge=0, description="rm: weight of (r_chosen + r_rejected)^2, keeping rewards centred on 0 "
+        "(TRL RewardTrainer `center_rewards_coefficient`; 0.01 is TRL's suggestion). 0 = off.")
+    sft_coef: float = Field(
+        0.0, ge=0, description="rm: weight of an auxiliary next-token loss on the chosen completions through the "
+        "policy's LM head (the SFT regulariser of Yang et al. 2024, 'Generalizable Reward Model'). Teaches a "
+        "model trained from scratch the task the rewards judge; 0 = pure Bradley-Terry.")
 
 
 class EvalConfig(Section):
@@ -267,7 +414,8 @@ class DemoConfig(Section):
 
 
 class Config(Section):
-    algorithm: Literal["sft", "dpo", "grpo", "ppo"] = Field("grpo", description="What `lazarus train` runs.")
+    algorithm: Literal["sft", "dpo", "grpo", "ppo", "rm"] = Field(
+        "grpo", description="What `lazarus train` runs (rm: a Bradley-Terry reward model on preference pairs).")
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -276,6 +424,7 @@ class Config(Section):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
+    rm: RMConfig = Field(default_factory=RMConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
@@ -295,6 +444,19 @@ class Config(Section):
             if all(spec.weight == 0 for spec in self.rl.rewards):
                 raise ValueError("rl.rewards: every weight is 0, so every reward is 0 and nothing learns")
         self._check_eval_reward()
+        rl = self.rl
+        if rl.delta is not None and rl.delta <= 1 + rl.epsilon_high:
+            raise ValueError(f"rl.delta ({rl.delta}) must be > 1 + rl.epsilon_high ({1 + rl.epsilon_high})")
+        if rl.mini_batch_size is not None and self.training.batch_size % rl.mini_batch_size:
+            raise ValueError(f"rl.mini_batch_size ({rl.mini_batch_size}) must divide training.batch_size "
+                             f"({self.training.batch_size})")
+        if self.data.tasks and self.data.train is not None:
+            raise ValueError("give data.tasks or data.train, not both")
+        names = {t.name for t in self.data.tasks}
+        for i, spec in enumerate(rl.rewards):
+            if spec.task is not None and spec.task not in names:
+                raise ValueError(f"rl.rewards.{i}.task: {spec.task!r} is not a data.tasks name "
+                                 f"({', '.join(sorted(names)) or 'no tasks'})")
         return self
 
     def _check_eval_reward(self) -> None:
@@ -445,6 +607,9 @@ def describe(section: type[BaseModel] = Config, prefix: str = "") -> list[tuple[
     for name, field in section.model_fields.items():
         key = f"{prefix}{name}"
         annotation = field.annotation
+        inner = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+        if len(inner) == 1 and isinstance(inner[0], type) and issubclass(inner[0], BaseModel):
+            annotation = inner[0]  # an optional section (data.generate_math): list its fields
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows.extend(describe(annotation, key + "."))
             continue

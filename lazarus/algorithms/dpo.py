@@ -6,7 +6,14 @@ With h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)):
 
 - DPO, sigmoid (Rafailov et al. 2023, eq. 7):  -log sigma(beta h); with label smoothing e (conservative
   DPO, Mitchell 2023): -(1 - e) log sigma(beta h) - e log sigma(-beta h)
-- IPO (Azar et al. 2023, eq. 17):             (h - 1 / (2 beta))^2
+- IPO (Azar et al. 2023, eq. 17):             (h - 1 / (2 beta))^2, with each log-ratio divided by its
+                                              completion's length first (TRL, on the IPO authors' advice:
+                                              then beta does not depend on length)
+- robust DPO (Chowdhury et al. 2024, eq. 9):  ((1 - e) (-log sigma(beta h)) - e (-log sigma(-beta h))) / (1 - 2e),
+                                              unbiased under preference labels flipped with rate e
+- APO-zero / APO-down (D'Oosterlinck et al. 2024, "Anchored Preference Optimization"; TRL):
+      zero: (1 - sigma(beta c)) + sigma(beta l)      down: sigma(beta c) + (1 - sigma(beta (c - l)))
+      with c, l the chosen and rejected log-ratios to the reference
 - hinge (SLiC, Zhao et al. 2023):             max(0, 1 - beta h)
 - SimPO (Meng et al. 2024, eq. 6):            -log sigma(beta (avg log pi(y_w) - avg log pi(y_l)) - gamma), no reference
 - ORPO (Hong et al. 2024, eq. 6-7):           NLL(y_w) - lam * log sigma(log odds(y_w) - log odds(y_l)),
@@ -19,7 +26,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "apo_zero", "apo_down")
 
 
 def _log_sigmoid(x: mx.array) -> mx.array:
@@ -50,9 +57,13 @@ def dpo_loss(
     beta: float = 0.1,
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
+    chosen_lengths: mx.array | None = None,
+    rejected_lengths: mx.array | None = None,
 ) -> tuple[mx.array, dict[str, mx.array]]:
     """DPO family on summed completion logprobs [B]: returns (mean loss over pairs, metrics).
 
+    IPO needs `chosen_lengths`/`rejected_lengths` (completion tokens per pair) to length-normalise;
+    `label_smoothing` is conservative DPO's smoothing for "sigmoid" and the flip rate for "robust".
     The metrics' implicit rewards are beta * (log pi - log pi_ref) of each completion.
     """
     if loss_type not in DPO_LOSS_TYPES:
@@ -65,7 +76,17 @@ def dpo_loss(
     if loss_type == "sigmoid":
         losses = -(1.0 - label_smoothing) * _log_sigmoid(beta * h) - label_smoothing * _log_sigmoid(-beta * h)
     elif loss_type == "ipo":
+        if chosen_lengths is None or rejected_lengths is None:
+            raise ValueError("loss_type 'ipo' needs chosen_lengths and rejected_lengths (length-normalised IPO)")
+        h = chosen_logratio / mx.maximum(chosen_lengths, 1.0) - rejected_logratio / mx.maximum(rejected_lengths, 1.0)
         losses = mx.square(h - 1.0 / (2.0 * beta))
+    elif loss_type == "robust":
+        losses = (-(1.0 - label_smoothing) * _log_sigmoid(beta * h)
+                  + label_smoothing * _log_sigmoid(-beta * h)) / (1.0 - 2.0 * label_smoothing)
+    elif loss_type == "apo_zero":
+        losses = (1.0 - mx.sigmoid(beta * chosen_logratio)) + mx.sigmoid(beta * rejected_logratio)
+    elif loss_type == "apo_down":
+        losses = mx.sigmoid(beta * chosen_logratio) + (1.0 - mx.sigmoid(beta * h))
     else:  # hinge
         losses = mx.maximum(1.0 - beta * h, 0.0)
     return losses.mean(), _preference_metrics(beta * chosen_logratio, beta * rejected_logratio)

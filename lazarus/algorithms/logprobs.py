@@ -189,3 +189,29 @@ def masked_mean(x: mx.array, mask: mx.array, axis: int | None = None) -> mx.arra
 def sequence_logprobs(token_logprobs: mx.array, mask: mx.array) -> mx.array:
     """log pi(completion | prompt) = sum of the masked (completion) token logprobs: [B,T] -> [B]."""
     return masked_sum(token_logprobs, mask, axis=-1)
+
+
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+def aggregate_loss(loss: mx.array, mask: mx.array, mode: str = "token-mean",
+                   normalizer: float | None = None) -> mx.array:
+    """A [B,T] per-token loss to a scalar, by verl's `agg_loss` modes (verl/trainer/ppo/core_algos.py):
+
+    - token-mean:              sum over valid tokens / their number (DAPO; TRL "dapo"/"bnpo")
+    - seq-mean-token-sum:      mean over sequences of each sequence's token sum
+    - seq-mean-token-mean:     mean over sequences of each sequence's token mean (GRPO; TRL "grpo")
+    - seq-mean-token-sum-norm: sum over all valid tokens / `normalizer` (default T, the padded length;
+                               Dr. GRPO: keep it a constant such as the maximum completion length)
+
+    Sequences without a valid token count as 0 in the seq-mean modes, as in verl.
+    """
+    if mode == "token-mean":
+        return masked_mean(loss, mask)
+    if mode == "seq-mean-token-sum":
+        return masked_sum(loss, mask, axis=-1).mean()
+    if mode == "seq-mean-token-mean":
+        return masked_mean(loss, mask, axis=-1).mean()
+    if mode == "seq-mean-token-sum-norm":
+        return masked_sum(loss, mask) / float(normalizer or loss.shape[-1])
+    raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {mode!r}")

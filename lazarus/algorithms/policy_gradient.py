@@ -26,15 +26,25 @@ importance weight, w_{i,t} = min(pi_prox / pi_behavior, importance_cap), held co
 On-policy pi_prox = pi_behavior, w = 1, and this is the loss above.
 
 Where the clip is active (ratio below 1 - eps_low with A < 0, or above 1 + eps_high with A > 0) the
-token gets no gradient; those fractions are reported as clip_fraction_low / clip_fraction_high.
+token gets no gradient; those fractions are reported as clip_fraction_low / clip_fraction_high. Under
+GSPO the ratio belongs to the sequence, so the fractions count clipped *sequences*, as TRL does.
+
+Safety and the knobs users bring from TRL and verl:
+- log-ratios are clamped to [-20, 20] before exp (verl `compute_policy_loss`), so a stale or diverged
+  trajectory gives a finite loss and gradient (a clamped token gets no gradient);
+- `delta` (TRL `GRPOConfig.delta`, two-sided GRPO, after INTELLECT-2): the unclipped term uses
+  min(ratio, delta), bounding the loss of a negative-advantage token whose ratio explodes;
+- `clip_ratio_c` (verl dual-clip PPO, Ye et al. 2020 "Mastering Complex Control in MOBA Games"): for
+  A < 0 the loss is at most -A * clip_ratio_c (> 1); reported as clip_fraction_dual;
+- `loss_agg_mode` (verl's names, `aggregate_loss`) overrides `loss_type` when given.
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
 
-from lazarus.algorithms.kl import KL_ESTIMATORS, kl_penalty
-from lazarus.algorithms.logprobs import masked_mean, masked_sum
+from lazarus.algorithms.kl import KL_ESTIMATORS, LOG_RATIO_CLAMP, kl_penalty
+from lazarus.algorithms.logprobs import LOSS_AGG_MODES, aggregate_loss, masked_mean, masked_sum
 
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
@@ -56,6 +66,9 @@ def policy_gradient_loss(
     kl_estimator: str = "k3",
     proximal_logprobs: mx.array | None = None,
     importance_cap: float | None = None,
+    delta: float | None = None,
+    clip_ratio_c: float | None = None,
+    loss_agg_mode: str | None = None,
 ) -> tuple[mx.array, dict[str, mx.array]]:
     """Clipped surrogate loss over completion tokens: returns (scalar loss, metrics).
 
@@ -68,6 +81,12 @@ def policy_gradient_loss(
                      epsilon_low, epsilon_high, loss_type, importance_sampling_level, kl_estimator, proximal_logprobs)
     if importance_cap is not None and importance_cap <= 0:
         raise ValueError(f"importance_cap must be > 0, got {importance_cap}")
+    if delta is not None and delta <= 1.0 + epsilon_high:
+        raise ValueError(f"delta must be > 1 + epsilon_high = {1.0 + epsilon_high}, got {delta}")
+    if clip_ratio_c is not None and clip_ratio_c <= 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1, got {clip_ratio_c}")
+    if loss_agg_mode is not None and loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {loss_agg_mode!r}")
     # Padding may hold any logprob (even -inf); zeroing it keeps exp() finite in the loss and its gradient.
     valid = mask.astype(mx.bool_)
     logprobs = mx.where(valid, logprobs, 0.0)
@@ -81,7 +100,7 @@ def policy_gradient_loss(
     weight = None
     if proximal_logprobs is not None:
         proximal_logprobs = mx.where(valid, mx.stop_gradient(proximal_logprobs), 0.0)
-        weight = mx.exp(proximal_logprobs - behavior_logprobs)
+        weight = mx.exp(mx.clip(proximal_logprobs - behavior_logprobs, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
         if importance_cap is not None:
             weight = mx.minimum(weight, importance_cap)
         behavior_logprobs = proximal_logprobs  # the clip is around the proximal policy
@@ -89,9 +108,15 @@ def policy_gradient_loss(
     if importance_sampling_level == "sequence":
         sequence_log_ratio = masked_mean(log_ratio, mask, axis=-1)[:, None]
         log_ratio = mx.stop_gradient(sequence_log_ratio) + logprobs - mx.stop_gradient(logprobs)
-    ratio = mx.exp(log_ratio)
+    ratio = mx.exp(mx.clip(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     clipped_ratio = mx.clip(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
-    per_token_loss = -mx.minimum(ratio * advantages, clipped_ratio * advantages)
+    unclipped_ratio = ratio if delta is None else mx.minimum(ratio, delta)
+    per_token_loss = -mx.minimum(unclipped_ratio * advantages, clipped_ratio * advantages)
+    dual_clipped = mx.zeros_like(per_token_loss)
+    if clip_ratio_c is not None:
+        dual_bound = -advantages * clip_ratio_c
+        dual_clipped = ((advantages < 0) & (per_token_loss > dual_bound)).astype(mx.float32)
+        per_token_loss = mx.where(advantages < 0, mx.minimum(per_token_loss, dual_bound), per_token_loss)
     if weight is not None:
         per_token_loss = weight * per_token_loss
 
@@ -99,7 +124,9 @@ def policy_gradient_loss(
     if beta != 0.0:
         per_token_loss = per_token_loss + beta * kl
 
-    if loss_type == "grpo":
+    if loss_agg_mode is not None:
+        loss = aggregate_loss(per_token_loss, mask, loss_agg_mode, normalizer=max_completion_length)
+    elif loss_type == "grpo":
         loss = masked_mean(per_token_loss, mask, axis=-1).mean()
     elif loss_type in ("bnpo", "dapo"):
         loss = masked_mean(per_token_loss, mask)
@@ -110,10 +137,12 @@ def policy_gradient_loss(
     ratio = mx.stop_gradient(ratio)
     clipped_low = ((ratio < 1.0 - epsilon_low) & (advantages < 0)).astype(mx.float32)
     clipped_high = ((ratio > 1.0 + epsilon_high) & (advantages > 0)).astype(mx.float32)
+    fraction = _sequence_fraction if importance_sampling_level == "sequence" else masked_mean
     metrics = {
-        "clip_fraction_low": masked_mean(clipped_low, mask),
-        "clip_fraction_high": masked_mean(clipped_high, mask),
-        "clip_fraction": masked_mean(clipped_low + clipped_high, mask),
+        "clip_fraction_low": fraction(clipped_low, mask),
+        "clip_fraction_high": fraction(clipped_high, mask),
+        "clip_fraction": fraction(clipped_low + clipped_high, mask),
+        "clip_fraction_dual": fraction(dual_clipped, mask),
         "kl": mx.array(0.0) if kl is None else masked_mean(mx.stop_gradient(kl), mask),
         "ratio_mean": masked_mean(ratio, mask),
         "ratio_max": mx.where(valid, ratio, 0.0).max(),
@@ -122,6 +151,13 @@ def policy_gradient_loss(
         metrics["behavior_weight_mean"] = masked_mean(weight, mask)
         metrics["behavior_weight_max"] = mx.where(valid, weight, 0.0).max()
     return loss, metrics
+
+
+def _sequence_fraction(flags: mx.array, mask: mx.array) -> mx.array:
+    """The fraction of sequences (with at least one valid token) flagged at any valid token."""
+    has_tokens = mask.sum(axis=-1) > 0
+    flagged = mx.where(mask.astype(mx.bool_), flags, 0.0).max(axis=-1)
+    return flagged.sum() / mx.maximum(has_tokens.sum(), 1).astype(mx.float32)
 
 
 def _check_arguments(logprobs, behavior_logprobs, advantages, mask, ref_logprobs, beta,

@@ -4,7 +4,9 @@
     value:   L^V    = 0.5 * mean_t max((V_t - R_t)^2, (V_old + clip(V_t - V_old, -c, c) - R_t)^2)
     total:   L = L^CLIP + c_v L^V - c_e * entropy_bonus
 
-Means are over masked (completion) tokens. approx_kl tells the trainer when the policy has moved too
+Means are over masked (completion) tokens by default; `loss_agg_mode` picks verl's other aggregations
+(`aggregate_loss`) for the policy and the value loss alike. `clip_ratio_c` is verl's dual-clip.
+approx_kl tells the trainer when the policy has moved too
 far from the one that sampled the batch and the remaining PPO epochs should stop.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from lazarus.algorithms.kl import kl_penalty
-from lazarus.algorithms.logprobs import masked_mean
+from lazarus.algorithms.logprobs import aggregate_loss, masked_mean
 from lazarus.algorithms.policy_gradient import policy_gradient_loss
 
 
@@ -24,13 +26,21 @@ def ppo_policy_loss(
     mask: mx.array,
     clip_range: float = 0.2,
     clip_range_high: float | None = None,
+    *,
+    loss_agg_mode: str = "token-mean",
+    clip_ratio_c: float | None = None,
+    ref_logprobs: mx.array | None = None,
+    beta: float = 0.0,
+    kl_estimator: str = "k3",
 ) -> tuple[mx.array, dict[str, mx.array]]:
-    """Token-mean clipped surrogate; `clip_range_high` (default = clip_range) clips the upper side."""
+    """Clipped surrogate; `clip_range_high` (default = clip_range) clips the upper side; with `beta` the
+    KL to `ref_logprobs` is added in the loss (rl.kl_placement "loss")."""
     return policy_gradient_loss(
         logprobs, old_logprobs, advantages, mask,
         epsilon_low=clip_range,
         epsilon_high=clip_range if clip_range_high is None else clip_range_high,
-        loss_type="bnpo",
+        loss_agg_mode=loss_agg_mode, clip_ratio_c=clip_ratio_c,
+        ref_logprobs=ref_logprobs, beta=beta, kl_estimator=kl_estimator,
     )
 
 
@@ -40,6 +50,8 @@ def value_loss(
     returns: mx.array,
     mask: mx.array,
     clip_range_value: float | None = 0.2,
+    *,
+    loss_agg_mode: str = "token-mean",
 ) -> tuple[mx.array, dict[str, mx.array]]:
     """0.5 * masked mean of the squared error to `returns`, pessimistic over the clipped value
     (the critic may move at most `clip_range_value` from `old_values` per update; None: no clipping)."""
@@ -55,7 +67,7 @@ def value_loss(
         "value_clip_fraction": masked_mean(clipped, mask),
         "value_error": masked_mean(mx.stop_gradient(squared_error), mask),
     }
-    return 0.5 * masked_mean(loss_per_token, mask), metrics
+    return 0.5 * aggregate_loss(loss_per_token, mask, loss_agg_mode), metrics
 
 
 def entropy_bonus(entropy: mx.array, mask: mx.array) -> mx.array:

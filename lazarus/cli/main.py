@@ -110,9 +110,10 @@ def config_show(
                  "runtime"},
         "ppo": {"algorithm", "model", "lora", "data", "optim", "training", "generation", "rl", "eval", "env",
                 "runtime"},
+        "rm": {"algorithm", "model", "lora", "data", "optim", "training", "rm"},
     }
     if algorithm is not None and algorithm not in relevant:
-        raise UsageError(f"unknown algorithm {algorithm!r}: choose sft, dpo, grpo or ppo")
+        raise UsageError(f"unknown algorithm {algorithm!r}: choose {', '.join(relevant)}")
     table = Table(title=f"lazarus config{' for ' + algorithm if algorithm else ''}", show_lines=False)
     for column in ("key", "type", "default", "description"):
         table.add_column(column, overflow="fold")

@@ -1,4 +1,4 @@
-"""`lazarus train sft|dpo|grpo|ppo`, `lazarus eval` and `lazarus demo`: thin calls into the runtime."""
+"""`lazarus train sft|dpo|grpo|ppo|rm`, `lazarus eval` and `lazarus demo`: thin calls into the runtime."""
 
 from __future__ import annotations
 
@@ -20,11 +20,46 @@ def _train(algorithm: str | None, config: Optional[Path], overrides: List[str], 
     from lazarus.runtime.local import run_training
 
     cfg = apply_launcher(load_config(config, overrides, algorithm=algorithm), launcher, actors, address)
+    if cfg.algorithm == "rm":
+        return _train_reward_model(cfg, resume, force)
     result = run_training(cfg, resume=resume, force=force)
     run_dir = Path(cfg.training.run_dir)
     for key, value in result.items():
         typer.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     typer.echo(f"run directory: {run_dir} (metrics.jsonl, checkpoints/, {'adapter' if cfg.lora.enabled else 'model'}/)")
+
+
+def _train_reward_model(cfg, resume: Optional[Path], force: bool = False) -> None:
+    """`lazarus train rm`: Bradley-Terry reward model on data.train; the last line is the held-out accuracy."""
+    from lazarus.training.rundir import prepare_run_dir
+
+    with prepare_run_dir(cfg, resume, force):  # the run directory's lock, --resume/--force, as every trainer
+        result, out = _reward_model_run(cfg, resume)
+    typer.echo(f"reward model: {out} (use it as rl.rewards: [{{model: {out}}}])")
+    if "eval_pairwise_accuracy" in result:
+        typer.echo(f"held-out pairwise accuracy {result['eval_pairwise_accuracy']:.4f}")
+
+
+def _reward_model_run(cfg, resume: Optional[Path]):
+    from lazarus.data.records import read_preference
+    from lazarus.data.tokenize import encode_preference
+    from lazarus.runtime.local import ensure_data, prepare_model, save_model_dir
+    from lazarus.training.rm import RewardModelTrainer, export_reward_model
+
+    ensure_data(cfg)
+    model, tokenizer = prepare_model(cfg)
+    d = cfg.data
+
+    def pairs(path):
+        return [] if path is None else [encode_preference(r, tokenizer, max_length=d.max_length,
+                                                          use_chat_template=d.use_chat_template)
+                                        for r in read_preference(path)]
+
+    trainer = RewardModelTrainer(cfg, model, tokenizer, pairs(d.train), pairs(d.eval))
+    result = trainer.train(resume=resume)
+    out = export_reward_model(trainer.model, Path(cfg.model.path), Path(cfg.training.run_dir) / "reward_model",
+                              save_model_dir, pooling=cfg.rm.pooling)
+    return result, out
 
 
 def _command(algorithm: str):
@@ -46,7 +81,7 @@ def _command(algorithm: str):
     return command
 
 
-for _algorithm in ("sft", "dpo", "grpo", "ppo"):
+for _algorithm in ("sft", "dpo", "grpo", "ppo", "rm"):
     train_app.command(_algorithm)(_command(_algorithm))
 
 

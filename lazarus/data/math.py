@@ -433,3 +433,35 @@ def _terminates(value: Fraction) -> bool:
         while d % p == 0:
             d //= p
     return d == 1
+
+
+def write_math_levels(out_dir: str | Path, *, n_train: int, n_eval: int, levels: list[int] | tuple[int, ...],
+                      kinds=None, seed: int = 0, answer_only: float = 0.0) -> dict[str, Path]:
+    """`write_math_dataset` at several difficulty levels in one set of files, for curricula.
+
+    Each level contributes `n_train` train and `n_eval` eval problems (drawn with seed `seed + level`,
+    so a level's problems do not depend on which other levels are asked); rl_* rows carry a
+    `difficulty` column, which `lazarus.data.curriculum` samples by. Rows are grouped by level, easiest
+    first; the trainer shuffles.
+    """
+    import json
+    import tempfile
+
+    if not levels or any(level not in DIFFICULTIES for level in levels):
+        raise ValueError(f"levels must be a non-empty list of {DIFFICULTIES}, got {levels!r}")
+    merged: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for level in levels:
+            paths = write_math_dataset(Path(scratch) / str(level), n_train=n_train, n_eval=n_eval, kinds=kinds,
+                                       difficulty=level, seed=seed + level, answer_only=answer_only)
+            for name, path in paths.items():
+                rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+                if name.startswith("rl_"):
+                    rows = [{**row, "difficulty": level} for row in rows]
+                merged.setdefault(name, []).extend(rows)
+    out_dir = Path(out_dir)
+    written = {}
+    for name, rows in merged.items():
+        written[name] = out_dir / f"{name}.jsonl"
+        write_jsonl(written[name], rows)
+    return written

@@ -5,6 +5,8 @@
 scalar, so `values(model, head, input_ids)` is `[B, T]`: the value of the state after each token.
 `PolicyWithValue` puts both in one module, so a single forward pass gives logits and values and one
 `nn.value_and_grad` covers policy and critic (freeze the policy to train the head alone).
+A reward model is the same module read at one position: `collate_scored` right-pads prompt +
+completion rows and `last_token_values` takes the head's value at each row's last token.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import mlx.core as mx
 from mlx import nn
 
 from lazarus.models.io import save_safetensors
+
+VALUE_HEAD_FILE = "value_head.safetensors"  # the head's file in a reward-model directory (`lazarus train rm`)
+REWARD_MODEL_FILE = "reward_model.json"  # and how its values become one score ({"pooling": "last" | "mean"})
 
 #: Families whose LM head is `lm_head` or the tied embedding, optionally divided by `logits_scaling`.
 #: `logits_from_hidden` refuses the others rather than guess (some add softcapping or extra norms).
@@ -136,3 +141,51 @@ def load_value_head(path: str | Path) -> ValueHead:
     head = ValueHead(weight.shape[1])
     head.update({"weight": weight, "bias": bias})
     return head
+
+
+def collate_scored(sequences: list[tuple[list[int], list[int]]], pad_id: int, multiple: int = 16):
+    """(prompt, completion) id pairs -> (ids [N,W], last-token index [N], completion target mask [N,W]).
+
+    `ids` is prompt + completion, right-padded to a multiple of `multiple` (few distinct shapes for
+    compiled steps); `last` indexes each row's final completion token, where a reward model reads its
+    score; the mask marks positions t whose next token ids[t+1] is a completion token.
+    """
+    import numpy as np
+
+    if not sequences:
+        raise ValueError("collate_scored needs at least one (prompt, completion) pair")
+    longest = max(len(p) + len(c) for p, c in sequences)
+    width = ((longest + multiple - 1) // multiple) * multiple
+    ids = np.full((len(sequences), width), pad_id, np.int32)
+    mask = np.zeros((len(sequences), width), np.float32)
+    last = np.zeros(len(sequences), np.int32)
+    for i, (prompt, completion) in enumerate(sequences):
+        if not completion:
+            raise ValueError(f"row {i}: empty completion (nothing to score)")
+        full = list(prompt) + list(completion)
+        ids[i, : len(full)] = full
+        mask[i, max(len(prompt) - 1, 0): len(full) - 1] = 1.0
+        last[i] = len(full) - 1
+    return mx.array(ids), mx.array(last), mx.array(mask)
+
+
+REWARD_POOLINGS = ("last", "mean")
+
+
+def last_token_values(model: PolicyWithValue, ids: mx.array, last: mx.array, mask: mx.array | None = None,
+                      pooling: str = "last") -> tuple[mx.array, mx.array]:
+    """(one score per row [N], logits [N,W,V]) in one forward pass.
+
+    pooling "last": the value at each row's `last` position (InstructGPT, TRL's sequence classifier);
+    "mean": the mean value over the row's completion tokens (positions t with mask[t-1] = 1, `mask`
+    as `collate_scored` returns it), where every completion token adds its evidence.
+    """
+    if pooling not in REWARD_POOLINGS:
+        raise ValueError(f"pooling must be one of {REWARD_POOLINGS}, got {pooling!r}")
+    logits, values = model(ids)
+    if pooling == "last":
+        return mx.take_along_axis(values, last[:, None].astype(mx.int32), axis=1).squeeze(1), logits
+    if mask is None:
+        raise ValueError("pooling 'mean' needs the completion mask")
+    completion = mx.concatenate([mx.zeros_like(mask[:, :1]), mask[:, :-1]], axis=1)
+    return (values * completion).sum(axis=1) / mx.maximum(completion.sum(axis=1), 1.0), logits

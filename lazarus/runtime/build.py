@@ -72,20 +72,21 @@ def ensure_data(cfg: Config) -> None:
     if cfg.data.train is None:
         raise ConfigError("data.train: no training data given")
     train = Path(cfg.data.train)
-    if train.exists() or cfg.data.generate_math is None:
+    spec = cfg.data.generate_math
+    if train.exists() or spec is None:
         if not train.exists():
             raise ConfigError(f"data.train: {train} does not exist")
         return
-    from lazarus.data.math import write_math_dataset
+    from lazarus.data.math import write_math_dataset, write_math_levels
 
-    spec = dict(cfg.data.generate_math)
-    unknown = set(spec) - {"train", "eval", "difficulty", "kinds", "seed", "answer_only"}
-    if unknown:
-        raise ConfigError(f"data.generate_math: unknown keys {sorted(unknown)}")
     try:
-        write_math_dataset(train.parent, n_train=int(spec.get("train", 2000)), n_eval=int(spec.get("eval", 200)),
-                           kinds=spec.get("kinds"), difficulty=int(spec.get("difficulty", 1)),
-                           seed=int(spec.get("seed", 0)), answer_only=float(spec.get("answer_only", 0.0)))
+        if isinstance(spec.difficulty, list):
+            write_math_levels(train.parent, n_train=spec.train, n_eval=spec.eval, levels=spec.difficulty,
+                              kinds=spec.kinds, seed=spec.seed, answer_only=spec.answer_only)
+        else:
+            write_math_dataset(train.parent, n_train=spec.train, n_eval=spec.eval, kinds=spec.kinds,
+                               difficulty=spec.difficulty, seed=spec.seed, answer_only=spec.answer_only,
+                               instruction=spec.instruction)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"data.generate_math: {e}") from None
     if not train.exists():
@@ -94,18 +95,10 @@ def ensure_data(cfg: Config) -> None:
 
 
 def resolve_rewards(cfg: Config):
-    from lazarus.env.rewards import resolve_reward_function, reward_name
-    from lazarus.env.rewards import RewardFunction
+    """`rl.rewards` as RewardFunctions: built-ins, `module:function`, and trained reward models (loaded once)."""
+    from lazarus.env.reward_model import resolve_reward_specs
 
-    functions = []
-    for i, spec in enumerate(cfg.rl.rewards):
-        try:
-            fn = resolve_reward_function(spec.function)
-        except ValueError as e:
-            raise ConfigError(f"rl.rewards.{i}.function: {e}") from None
-        name = reward_name(spec.function)
-        functions.append(RewardFunction(name, fn, spec.weight))
-    return functions
+    return resolve_reward_specs(cfg.rl.rewards, cfg.data.use_chat_template)
 
 
 def build_trainer(cfg: Config):

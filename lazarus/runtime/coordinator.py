@@ -88,6 +88,14 @@ class Coordinator:
         self.prompts_per_task = rt.prompts_per_task or max(1, math.ceil(self.batch_groups / (actors or rt.actors)))
         self.groups_outstanding = 0  # issued and not yet learned on or dropped
         self.dropped_stale = 0  # trajectories
+        self.dropped_no_signal = 0  # trajectories of groups that scored alike (rl.dynamic_sampling)
+        self.dynamic_sampling = cfg.rl.dynamic_sampling
+        self.max_sampling_rounds = cfg.rl.max_sampling_rounds
+        if cfg.data.curriculum.schedule != "none" or cfg.data.tasks:
+            from lazarus.config import ConfigError
+
+            raise ConfigError("data.curriculum / data.tasks: the RL coordinator does not draw prompts by "
+                              "curriculum or task mixture yet; write the levels or tasks into data.train instead")
         self.no_signal = NoSignalMonitor(cfg.rl.no_signal_steps)
         self._actor_stats: dict[str, dict] = {}
 
@@ -154,6 +162,7 @@ class Coordinator:
         """`batch_size` whole groups, none older than version - max_staleness."""
         groups: list[list[Trajectory]] = []
         waited_since = time.monotonic()
+        no_signal_budget = self.batch_groups * (self.max_sampling_rounds - 1) if self.dynamic_sampling else 0
         while len(groups) < self.batch_groups:
             taken = self.hub.take_groups(self.batch_groups - len(groups), timeout=0.0 if self.pump else 0.2)
             if not taken:
@@ -169,6 +178,12 @@ class Coordinator:
             for group in taken:
                 if self.is_stale(group):
                     self.dropped_stale += len(group)
+                    self.groups_outstanding -= 1
+                elif no_signal_budget > 0 and len({t.reward for t in group}) == 1:
+                    # DAPO dynamic sampling: a group that scored alike has no advantage; sample another instead
+                    # (at most max_sampling_rounds - 1 batches' worth per step, then train on what there is)
+                    no_signal_budget -= 1
+                    self.dropped_no_signal += len(group)
                     self.groups_outstanding -= 1
                 else:
                     groups.append(group)  # outstanding until learned on
@@ -196,6 +211,7 @@ class Coordinator:
                    "tokens_per_s": tokens / max(step_s, 1e-9), "queue_groups": status["groups_waiting"],
                    "tasks_in_flight": status["tasks_queued"] + status["tasks_leased"],
                    "dropped_stale": self.dropped_stale, "requeued_tasks": counts["tasks_requeued"],
+                   "dropped_no_signal": self.dropped_no_signal,
                    "trajectories_received": counts["trajectories_received"],
                    "duplicate_pushes": counts["duplicate_pushes"]}
         actors = status["actors"]

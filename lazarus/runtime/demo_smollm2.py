@@ -16,8 +16,6 @@ from lazarus.config import Config, ConfigError
 from lazarus.runtime.demo import DemoFailed
 from lazarus.runtime.local import run_eval, run_training
 
-_GENERATE_KEYS = {"train", "eval", "difficulty", "kinds", "seed", "instruction"}
-
 #: MLX keeps freed buffers for reuse; on a 24 GB machine its default cache limit lets them add gigabytes to
 #: the process's resident memory. This demo promises a peak RSS of 2 GB, so it caps the cache (its process,
 #: its choice: set once here, where the process starts its work).
@@ -74,23 +72,15 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
 
 
 def write_data(cfg: Config) -> None:
-    """Write the math prompts (with the answer instruction) per `data.generate_math` unless `data.train` exists."""
-    from lazarus.data.math import INSTRUCTION, write_math_dataset
+    """Write the math prompts per `data.generate_math` unless `data.train` exists; the instruction asking for
+    `Answer: N` is on by default here (a pretrained model answers in its own words otherwise)."""
+    from lazarus.data.math import INSTRUCTION
+    from lazarus.runtime.build import ensure_data
 
     if cfg.data.train is None or cfg.data.eval is None:
         raise ConfigError("data.train, data.eval: the smollm2 demo needs both")
-    train = Path(cfg.data.train)
-    if train.exists():
-        return
-    spec = dict(cfg.data.generate_math or {})
-    unknown = set(spec) - _GENERATE_KEYS
-    if unknown:
-        raise ConfigError(f"data.generate_math: unknown keys {sorted(unknown)} (known: {sorted(_GENERATE_KEYS)})")
-    try:
-        write_math_dataset(train.parent, n_train=int(spec.get("train", 2000)), n_eval=int(spec.get("eval", 200)),
-                           kinds=spec.get("kinds"), difficulty=int(spec.get("difficulty", 1)),
-                           seed=int(spec.get("seed", 0)), instruction=spec.get("instruction", INSTRUCTION))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"data.generate_math: {e}") from None
-    if not train.exists():
-        raise ConfigError(f"data.train: {train} is not one of the files the math generator writes (rl_train.jsonl)")
+    spec = cfg.data.generate_math
+    if spec is not None and spec.instruction is None:
+        cfg = cfg.model_copy(deep=True)
+        cfg.data.generate_math.instruction = INSTRUCTION
+    ensure_data(cfg)

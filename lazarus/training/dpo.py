@@ -1,4 +1,5 @@
-"""DPO trainer: sigmoid / IPO / hinge DPO, SimPO and ORPO on summed completion-token logprobs.
+"""DPO trainer: sigmoid / IPO / hinge / robust DPO, APO, SimPO and ORPO on completion-token logprobs
+(summed; IPO, SimPO and ORPO per token).
 
 Reference logprobs come from the base model with adapters disabled when training LoRA (no second
 copy of the weights), else from a frozen copy; they are computed once per batch, outside the
@@ -82,7 +83,8 @@ class DPOTrainer(Trainer):
             loss, metrics = orpo_loss(chosen_avg, rejected / lengths[half:], -chosen_avg, lam=d.orpo_lambda)
         else:
             loss, metrics = dpo_loss(chosen, rejected, ref_logps[:half], ref_logps[half:], beta=d.beta,
-                                     loss_type=d.loss_type, label_smoothing=d.label_smoothing)
+                                     loss_type=d.loss_type, label_smoothing=d.label_smoothing,
+                                     chosen_lengths=lengths[:half], rejected_lengths=lengths[half:])
         metrics["chosen_nll"] = masked_mean(-per_token[:half], mask[:half])
         return loss, metrics
 

@@ -2,27 +2,35 @@
 
 One update, on trajectories sampled and scored by rollout actors (as for GRPO):
 
-    rewards_t   the sequence reward on the last completion token, minus beta * k1(policy || ref) per token
-    A, returns  GAE(gamma, lambda) against the old values, advantages whitened over the batch
-    update      `num_iterations` epochs of clipped surrogate + vf_coef * clipped value loss
-                - entropy_coef * entropy; stop early when approx KL exceeds `target_kl`
+    rewards_t   the sequence reward on the last completion token, minus beta * KL_t per token
+                (rl.kl_placement "reward", PPO's default; "loss" adds beta * KL to the policy loss instead)
+    A, returns  GAE(gamma, lambda) against the old values, advantages whitened over the batch (Bessel)
+    update      `num_iterations` epochs; each takes one optimizer step per mini-batch of rl.mini_batch_size
+                prompts (micro-batches of rl.micro_batch_size completions accumulate) of clipped surrogate
+                (dual-clip with rl.clip_ratio_c) + vf_coef * clipped value loss - entropy_coef * entropy,
+                both aggregated by rl.loss_agg_mode (token-mean when null); stop early when an epoch's
+                approx KL exceeds `target_kl`
 
-The value head shares the policy's trunk (one forward pass gives logits and values); it is trained
-with the policy by the same optimizer and saved with every checkpoint (`value_head.safetensors`).
+The value head shares the policy's trunk (one forward pass gives logits and values) and is saved with
+every checkpoint (`value_head.safetensors`). With `rl.value_lr` it has its own optimizer (the same kind
+and schedule as the policy's, at that learning rate), as TRL's and verl's separate critic optimizers.
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
+import mlx.optimizers as optim
 import numpy as np
 
 from lazarus.algorithms.advantages import gae, whiten
+from lazarus.algorithms.kl import kl_shaped_token_rewards
 from lazarus.algorithms.logprobs import masked_mean, token_entropy, token_logprobs
 from lazarus.algorithms.ppo import approx_kl, entropy_bonus, ppo_policy_loss, value_loss
 from lazarus.data.trajectory import Trajectory
 from lazarus.models.value_head import ValueHead, hidden_size, hidden_states, logits_from_hidden
-from lazarus.training.rl import RLLearner, collate
+from lazarus.training.optim import build_optimizer
+from lazarus.training.rl import RLLearner, collate, optimizer_steps_per_update, update_plan
 
 
 class PolicyAndValue(nn.Module):
@@ -38,14 +46,24 @@ class PolicyAndValue(nn.Module):
         return logits_from_hidden(self.policy, hidden), self.value_head(hidden)
 
 
+def is_policy_parameter(path: str, _weight) -> bool:
+    return not path.startswith("value_head.")
+
+
 class PPOLearner(RLLearner):
     def __init__(self, cfg, model, tokenizer, reference=None, eval_prompts=None, reward_functions=None):
         self.value_head = ValueHead(hidden_size(model))
         self.both = PolicyAndValue(model, self.value_head)
         super().__init__(cfg, model, tokenizer, reference, eval_prompts, reward_functions)
         self.name = "ppo"
+        self.loss_agg_mode = cfg.rl.loss_agg_mode or "token-mean"
         self.extra_modules = {"value_head": self.value_head}
         self.optimizer_target = self.both
+        if cfg.rl.value_lr is not None:
+            value_optimizer = build_optimizer(cfg.optim, cfg.training.max_steps * optimizer_steps_per_update(cfg),
+                                              learning_rate=cfg.rl.value_lr)
+            # The policy's optimizer first: `optimizer.learning_rate` (logged) stays the policy's.
+            self.optimizer = optim.MultiOptimizer([self.optimizer, value_optimizer], [is_policy_parameter])
         self.stepper = self.make_stepper(self.ppo_loss, model=self.both)
 
     def _learn(self, trajectories: list[Trajectory]) -> dict:
@@ -53,51 +71,65 @@ class PPOLearner(RLLearner):
         batch = collate(trajectories, self.pad_id)
         _, old_values = self.both(batch.inputs)
         old_values = mx.stop_gradient(old_values)
-        token_rewards = self.token_rewards(batch)
+        reference = self.reference_logprobs(batch) if rl.beta > 0 else None
+        token_rewards = self.token_rewards(batch, reference)
         advantages, returns = gae(token_rewards, old_values, batch.mask, rl.gamma, rl.lam)
         advantages = whiten(advantages, batch.mask)
         mx.eval(old_values, advantages, returns)
-        history, epochs = [], 0
+        plan = update_plan(batch.inputs.shape[0], self.group_size, rl.mini_batch_size, rl.micro_batch_size,
+                           self.cfg.training.grad_accum_steps)
+        tokens_per_row = np.array(batch.mask.sum(axis=-1))
+        history, epochs, optimizer_steps = [], 0, 0
         for _ in range(rl.num_iterations):
-            loss, metrics = self.stepper.accumulate(batch.inputs, batch.targets, batch.mask, batch.behavior_logprobs,
-                                                    advantages, returns, old_values)
-            grad_norm = self.stepper.apply()
+            epoch = []
+            for mini_batch in plan:
+                rows_in_step = np.concatenate(mini_batch)
+                for idx in mini_batch:
+                    rows = mx.array(idx)
+                    ref = reference[rows] if reference is not None and self.loss_beta else None
+                    loss, metrics = self.stepper.accumulate(
+                        batch.inputs[rows], batch.targets[rows], batch.mask[rows], batch.behavior_logprobs[rows],
+                        advantages[rows], returns[rows], old_values[rows], ref,
+                        weight=self.micro_batch_weight(tokens_per_row, idx, rows_in_step))
+                    epoch.append({"loss": loss.item(), **{k: v.item() for k, v in metrics.items()}})
+                grad_norm = self.stepper.apply()
+                optimizer_steps += 1
             epochs += 1
-            history.append({"loss": loss.item(), **{k: v.item() for k, v in metrics.items()}})
-            if rl.target_kl is not None and history[-1]["approx_kl"] > rl.target_kl:
+            history += epoch
+            if rl.target_kl is not None and np.mean([h["approx_kl"] for h in epoch]) > rl.target_kl:
                 break  # the policy moved too far from the behavior policy: stop this batch
         summary = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
         lag = [self.policy_version - t.policy_version for t in trajectories]
         summary.update(staleness_mean=float(np.mean(lag)), staleness_max=float(np.max(lag)))
-        summary.update(grad_norm=grad_norm, ppo_epochs=epochs, learning_rate=float(self.optimizer.learning_rate),
+        summary.update(grad_norm=grad_norm, ppo_epochs=epochs, optimizer_steps=optimizer_steps,
+                       learning_rate=float(self.optimizer.learning_rate),
                        advantage_mean=masked_mean(advantages, batch.mask).item(),
                        value_mean=masked_mean(old_values, batch.mask).item(),
                        return_mean=masked_mean(returns, batch.mask).item(),
                        reference_forward_passes=self.reference_forward_passes)
         return summary
 
-    def token_rewards(self, batch) -> mx.array:
-        """Sequence reward on each completion's last token; per-token KL penalty when beta > 0."""
-        mask = np.array(batch.mask)
-        rewards = np.zeros_like(mask)
-        rewards_seq = np.array(batch.rewards)
-        for i in range(mask.shape[0]):
-            positions = np.nonzero(mask[i])[0]
-            if len(positions):
-                rewards[i, positions[-1]] = rewards_seq[i]
-        token_rewards = mx.array(rewards)
-        if self.cfg.rl.beta > 0:
-            ref = self.reference_logprobs(batch)
-            token_rewards = token_rewards - self.cfg.rl.beta * (batch.behavior_logprobs - ref) * batch.mask
-        return token_rewards
+    def token_rewards(self, batch, reference: mx.array | None) -> mx.array:
+        """Sequence reward on each completion's last token; minus beta * KL_t per token when the KL is in
+        the reward (the KL of the sampling policy, behaviour logprobs, to the reference)."""
+        beta = self.cfg.rl.beta if self.kl_in_reward else 0.0
+        if reference is None:
+            reference = batch.behavior_logprobs  # KL 0: only the score
+        return kl_shaped_token_rewards(batch.rewards, batch.behavior_logprobs, reference, batch.mask, beta,
+                                       self.kl_estimator)
 
-    def ppo_loss(self, both, inputs, targets, mask, behavior_logprobs, advantages, returns, old_values):
+    def ppo_loss(self, both, inputs, targets, mask, behavior_logprobs, advantages, returns, old_values,
+                 ref_logprobs=None):
         rl = self.cfg.rl
         logits, values = both(inputs)
         logprobs = token_logprobs(logits, targets, self.temperature)
         policy_loss, metrics = ppo_policy_loss(logprobs, behavior_logprobs, advantages, mask,
-                                               clip_range=rl.epsilon_low, clip_range_high=rl.epsilon_high)
-        v_loss, v_metrics = value_loss(values, old_values, returns, mask, clip_range_value=rl.value_clip)
+                                               clip_range=rl.epsilon_low, clip_range_high=rl.epsilon_high,
+                                               loss_agg_mode=self.loss_agg_mode, clip_ratio_c=rl.clip_ratio_c,
+                                               ref_logprobs=ref_logprobs, beta=self.loss_beta if ref_logprobs
+                                               is not None else 0.0, kl_estimator=self.kl_estimator)
+        v_loss, v_metrics = value_loss(values, old_values, returns, mask, clip_range_value=rl.value_clip,
+                                       loss_agg_mode=self.loss_agg_mode)
         entropy = entropy_bonus(token_entropy(logits, self.temperature), mask)
         loss = policy_loss + rl.vf_coef * v_loss - rl.entropy_coef * entropy
         return loss, {**metrics, **v_metrics, "policy_loss": policy_loss, "value_loss": v_loss,

@@ -3,9 +3,13 @@
 `RLLearner.learn(trajectories)` is one update and reads like the algorithm in the papers:
 
     group       whole groups by `group_id` (a short or mixed group is an error naming it)
-    advantages  group-normalized (GRPO), leave-one-out (RLOO) or batch-normalized (REINFORCE++)
+    KL reward   with rl.kl_placement "reward" (or TRL's RLOO), r <- r - beta * sum_t KL_t
+    advantages  by group id: group-normalized (GRPO; scale_rewards group|batch|none), leave-one-out
+                (RLOO) or token-level batch-whitened (REINFORCE++, as verl/OpenRLHF)
     proximal    for stale trajectories, the learner's own logprobs before this batch (decoupled PPO)
-    update      `num_iterations` optimizer passes of the clipped surrogate
+    update      `num_iterations` passes; each pass takes one optimizer step per mini-batch of
+                `rl.mini_batch_size` prompts (all of them when null), accumulating micro-batches of
+                `rl.micro_batch_size` completions (or `training.grad_accum_steps` pieces)
     version     policy_version += 1
 
 The learner owns the optimizer, the stepper, the reference and `policy_version` (= its step). It never
@@ -21,10 +25,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from lazarus.algorithms.advantages import (group_normalized_advantages, reinforce_pp_advantages,
-                                           rloo_advantages)
+from lazarus.algorithms.advantages import group_advantages, reinforce_pp_token_advantages, rloo_group_advantages
+from lazarus.algorithms.kl import kl_shaped_sequence_rewards
 from lazarus.algorithms.logprobs import masked_mean
 from lazarus.algorithms.policy_gradient import policy_gradient_loss
+from lazarus.algorithms.rloo import rloo_sequence_loss
 from lazarus.config import Config
 from lazarus.data.records import PromptRecord
 from lazarus.data.trajectory import SamplingSettings, Trajectory
@@ -89,6 +94,37 @@ def group_trajectories(trajectories: list[Trajectory], group_size: int) -> list[
     return [t for members in groups.values() for t in members]
 
 
+#: the verl aggregation each legacy loss_type is (dr_grpo: token sum / (B x max length), handled as such)
+LOSS_TYPE_AGGREGATION = {"grpo": "seq-mean-token-mean", "bnpo": "token-mean", "dapo": "token-mean",
+                         "dr_grpo": None}
+
+
+def update_plan(num_rows: int, group_size: int, mini_batch_prompts: int | None, micro_batch_rows: int | None,
+                grad_accum_steps: int = 1) -> list[list[np.ndarray]]:
+    """Row indices of each optimizer step (a mini-batch of whole groups), split into micro-batches.
+
+    `mini_batch_prompts` groups per optimizer step (None: all, one step); each mini-batch is cut into
+    micro-batches of `micro_batch_rows` rows, or else into `grad_accum_steps` near-equal pieces.
+    """
+    groups = max(num_rows // group_size, 1)
+    per_step = (mini_batch_prompts or groups) * group_size
+    plan = []
+    for start in range(0, num_rows, per_step):
+        rows = np.arange(start, min(start + per_step, num_rows))
+        if micro_batch_rows:
+            micro = [rows[i: i + micro_batch_rows] for i in range(0, len(rows), micro_batch_rows)]
+        else:
+            micro = [piece for piece in np.array_split(rows, min(grad_accum_steps, len(rows))) if len(piece)]
+        plan.append(micro)
+    return plan
+
+
+def optimizer_steps_per_update(cfg: Config) -> int:
+    """Optimizer steps one `learn()` takes: passes x mini-batches (for the learning-rate schedule)."""
+    mini = cfg.rl.mini_batch_size or cfg.training.batch_size
+    return cfg.rl.num_iterations * -(-cfg.training.batch_size // mini)
+
+
 class RLLearner(Trainer):
     """Owns the optimizer, stepper, reference and `policy_version`; learns from trajectories."""
 
@@ -97,9 +133,20 @@ class RLLearner(Trainer):
     def __init__(self, cfg: Config, model: nn.Module, tokenizer, reference: nn.Module | None = None,
                  eval_prompts: list[PromptRecord] | None = None, reward_functions: list[RewardFunction] | None = None):
         rl = cfg.rl
-        super().__init__(cfg, model, tokenizer, optimizer_steps=cfg.training.max_steps * rl.num_iterations)
+        steps = cfg.training.max_steps * optimizer_steps_per_update(cfg)
+        super().__init__(cfg, model, tokenizer, optimizer_steps=steps)
         if rl.beta > 0 and reference is None and not has_lora(model):
             raise TrajectoryBatchError("rl.beta > 0 with full fine-tuning needs a reference model (or enable LoRA)")
+        if rl.micro_batch_size is not None and cfg.training.grad_accum_steps > 1:
+            raise TrajectoryBatchError("give rl.micro_batch_size or training.grad_accum_steps, not both (each "
+                                       "sets how a mini-batch is split for gradient accumulation)")
+        self.trl_rloo = rl.advantage == "rloo" and rl.rloo_form == "trl"
+        # KL in the reward (or TRL's RLOO, which always folds k1 into it): the loss then carries no KL term.
+        self.kl_placement = rl.kl_placement or ("reward" if cfg.algorithm == "ppo" else "loss")
+        self.kl_estimator = rl.kl_estimator or ("k1" if cfg.algorithm == "ppo" else "k3")
+        self.kl_in_reward = rl.beta > 0 and (self.kl_placement == "reward" or self.trl_rloo)
+        self.loss_beta = 0.0 if self.kl_in_reward else rl.beta
+        self.loss_agg_mode = rl.loss_agg_mode or LOSS_TYPE_AGGREGATION[rl.loss_type]
         self.name = cfg.algorithm
         self.reference = reference
         self.eval_prompts = eval_prompts or []
@@ -132,15 +179,16 @@ class RLLearner(Trainer):
                                            f"policy version {t.policy_version}, newer than the learner's "
                                            f"{self.policy_version}")
 
-    def advantages(self, rewards: mx.array) -> mx.array:
+    def advantages(self, rewards: mx.array, group_ids: list[str], mask: mx.array) -> mx.array:
+        """[N] for GRPO/RLOO, [N,T] for REINFORCE++ (whitened over the batch's tokens); groups by id."""
         rl, g = self.cfg.rl, self.group_size
         if rl.advantage == "grpo":
-            return group_normalized_advantages(rewards, g, scale_by_std=rl.scale_rewards)
+            return group_advantages(rewards, group_ids, group_size=g, scale_rewards=rl.scale_rewards)
         if rl.advantage == "rloo":
-            return rloo_advantages(rewards, g)
+            return rloo_group_advantages(rewards, group_ids, group_size=g)
         if rl.advantage == "reinforce_pp_baseline":
-            return reinforce_pp_advantages(rewards, g)
-        return reinforce_pp_advantages(rewards, None)
+            return reinforce_pp_token_advantages(rewards, mask, group_ids=group_ids, group_size=g)
+        return reinforce_pp_token_advantages(rewards, mask)
 
     def learn(self, trajectories: list[Trajectory]) -> dict:
         """One update (`num_iterations` optimizer passes) on whole groups; policy_version += 1."""
@@ -153,44 +201,60 @@ class RLLearner(Trainer):
     def _learn(self, trajectories: list[Trajectory]) -> dict:
         rl = self.cfg.rl
         batch = collate(trajectories, self.pad_id)
-        advantages = self.advantages(batch.rewards)
         lag = [self.policy_version - t.policy_version for t in trajectories]
+        if self.trl_rloo and max(lag) > 0:
+            raise TrajectoryBatchError("rl.rloo_form trl is on-policy only: it has no correction for trajectories "
+                                       f"{max(lag)} versions old (set runtime.max_staleness: 0)")
+        reference = self.reference_logprobs(batch) if rl.beta > 0 else None
+        rewards = batch.rewards
+        if self.kl_in_reward:
+            estimator = "k1" if self.trl_rloo else self.kl_estimator
+            rewards = kl_shaped_sequence_rewards(rewards, batch.behavior_logprobs, reference, batch.mask, rl.beta,
+                                                 estimator)
+        advantages = self.advantages(rewards, [t.group_id for t in trajectories], batch.mask)
         base = {"staleness_mean": float(np.mean(lag)), "staleness_max": float(np.max(lag)),
                 "reference_forward_passes": self.reference_forward_passes,
                 "proximal_forward_passes": self.proximal_forward_passes}
-        if rl.beta == 0 and not mx.any(advantages != 0).item():
+        if self.loss_beta == 0 and not mx.any(advantages != 0).item():
             # No completion is better than another (every group scored alike): the gradient is exactly 0,
             # and an Adam step would still move the weights along its momentum. Skip the update.
             return {"loss": 0.0, "skipped_update": 1.0, "advantage_mean": 0.0, "advantage_std": 0.0,
                     "advantage_abs_max": 0.0, **base}
-        reference = self.reference_logprobs(batch) if rl.beta > 0 else None
         proximal = self.proximal_logprobs(batch) if max(lag) > 0 else None
         base.update(reference_forward_passes=self.reference_forward_passes,
                     proximal_forward_passes=self.proximal_forward_passes)
-        n = batch.inputs.shape[0]
-        size = rl.mini_batch_size or n
-        chunks = [np.arange(i, min(i + size, n)) for i in range(0, n, size)]
+        plan = update_plan(batch.inputs.shape[0], self.group_size, rl.mini_batch_size, rl.micro_batch_size,
+                           self.cfg.training.grad_accum_steps)
         tokens_per_row = np.array(batch.mask.sum(axis=-1))
-        history = []
+        history, optimizer_steps = [], 0
         for _ in range(rl.num_iterations):
-            for idx in chunks:
-                rows = mx.array(idx)
-                if rl.loss_type in ("bnpo", "dapo"):
-                    weight = float(tokens_per_row[idx].sum() / max(tokens_per_row.sum(), 1))
-                else:
-                    weight = len(idx) / n
-                args = [batch.inputs[rows], batch.targets[rows], batch.mask[rows], batch.behavior_logprobs[rows],
-                        advantages[rows],
-                        reference[rows] if reference is not None else None,
-                        proximal[rows] if proximal is not None else None]
-                loss, metrics = self.stepper.accumulate(*args, weight=weight)
-                history.append({"loss": loss.item(), **{k: v.item() for k, v in metrics.items()}})
-            grad_norm = self.stepper.apply()
+            for mini_batch in plan:
+                rows_in_step = np.concatenate(mini_batch)
+                for idx in mini_batch:
+                    rows = mx.array(idx)
+                    args = [batch.inputs[rows], batch.targets[rows], batch.mask[rows], batch.behavior_logprobs[rows],
+                            advantages[rows],
+                            reference[rows] if reference is not None else None,
+                            proximal[rows] if proximal is not None else None]
+                    weight = self.micro_batch_weight(tokens_per_row, idx, rows_in_step)
+                    loss, metrics = self.stepper.accumulate(*args, weight=weight)
+                    history.append({"loss": loss.item(), **{k: v.item() for k, v in metrics.items()}})
+                grad_norm = self.stepper.apply()
+                optimizer_steps += 1
+        base["optimizer_steps"] = optimizer_steps
         summary = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
         summary.update(grad_norm=grad_norm, learning_rate=float(self.optimizer.learning_rate),
                        advantage_mean=advantages.mean().item(), advantage_std=advantages.std().item(),
                        advantage_abs_max=mx.abs(advantages).max().item(), skipped_update=0.0, **base)
         return summary
+
+    def micro_batch_weight(self, tokens_per_row: np.ndarray, rows: np.ndarray, rows_in_step: np.ndarray) -> float:
+        """A micro-batch's share of its optimizer step, so that accumulation equals one big batch."""
+        if self.loss_agg_mode == "token-mean":
+            return float(tokens_per_row[rows].sum() / max(tokens_per_row[rows_in_step].sum(), 1))
+        if self.loss_agg_mode == "seq-mean-token-sum-norm":
+            return 1.0  # a sum over tokens / a constant: micro-batch sums add up
+        return len(rows) / len(rows_in_step)
 
     def policy_logprobs(self, model, inputs, targets, with_entropy: bool = False):
         """Selected-token logprobs (and entropy) in chunks over the sequence: never a full [B, L, V] tensor."""
@@ -200,12 +264,17 @@ class RLLearner(Trainer):
              proximal_logprobs=None):
         rl = self.cfg.rl
         logprobs, entropy = self.policy_logprobs(model, inputs, targets, with_entropy=True)
-        loss, metrics = policy_gradient_loss(
-            logprobs, behavior_logprobs, advantages, mask, epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high,
-            loss_type=rl.loss_type, importance_sampling_level=rl.importance_sampling_level,
-            max_completion_length=self.cfg.generation.max_new_tokens, ref_logprobs=ref_logprobs, beta=rl.beta,
-            kl_estimator=rl.kl_estimator, proximal_logprobs=proximal_logprobs,
-            importance_cap=self.cfg.runtime.importance_cap)
+        if self.trl_rloo:
+            loss, metrics = rloo_sequence_loss(logprobs, behavior_logprobs, advantages, mask, epsilon=rl.epsilon_low)
+        else:
+            loss, metrics = policy_gradient_loss(
+                logprobs, behavior_logprobs, advantages, mask, epsilon_low=rl.epsilon_low,
+                epsilon_high=rl.epsilon_high, loss_type=rl.loss_type,
+                importance_sampling_level=rl.importance_sampling_level,
+                max_completion_length=self.cfg.generation.max_new_tokens, ref_logprobs=ref_logprobs,
+                beta=self.loss_beta, kl_estimator=self.kl_estimator, proximal_logprobs=proximal_logprobs,
+                importance_cap=self.cfg.runtime.importance_cap, delta=rl.delta, clip_ratio_c=rl.clip_ratio_c,
+                loss_agg_mode=rl.loss_agg_mode)
         metrics["entropy"] = masked_mean(mx.stop_gradient(entropy), mask)
         return loss, metrics
 

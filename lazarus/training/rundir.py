@@ -27,7 +27,8 @@ from lazarus.training.checkpoint import PRUNED_SUFFIX, resolve_checkpoint
 
 LOCK_FILE = ".lock"
 #: What a run writes into its directory; `--force` removes these (and only these) before starting over.
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "tensorboard", "model", "adapter", "plots")
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "tensorboard", "model", "adapter", "plots",
+               "reward_model")
 
 
 class RunDirError(LazarusError, ValueError):

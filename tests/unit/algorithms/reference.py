@@ -28,3 +28,21 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 def f32(values) -> mx.array:
     """numpy/list -> float32 mx.array (the dtype the learner uses)."""
     return mx.array(np.asarray(values, dtype=np.float32))
+
+
+def numeric_grad(f, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    """Central-difference gradient of the float64 numpy function `f` (scalar) at `x`."""
+    x = np.asarray(x, dtype=np.float64)
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[index] += h
+        down[index] -= h
+        grad[index] = (f(up) - f(down)) / (2 * h)
+    return grad
+
+
+def assert_grad_matches(mx_loss, np_loss, x: np.ndarray, tol: float = 1e-4) -> None:
+    """d mx_loss / dx (float32 MLX autodiff) equals the numpy reference's central differences."""
+    grad = mx.grad(lambda v: mx_loss(v))(f32(x))
+    np.testing.assert_allclose(to_numpy(grad), numeric_grad(np_loss, x), rtol=tol, atol=tol)

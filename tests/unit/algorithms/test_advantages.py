@@ -147,14 +147,14 @@ def test_gae_with_gamma_and_lambda_one_and_zero_values_is_the_reward_to_go():
 
 
 @pytest.mark.parametrize("shift_mean", [True, False])
-def test_whiten_normalizes_over_the_masked_entries(shift_mean):
+def test_whiten_normalizes_over_the_masked_entries_with_the_unbiased_variance(shift_mean):
     x = fixed((2, 5), seed=2, scale=3.0, shift=1.0)
     mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
 
     whitened = whiten(f32(x), mx.array(mask), shift_mean=shift_mean)
 
     values = x[mask == 1]
-    expected = (x - values.mean()) / np.sqrt(values.var() + 1e-8)
+    expected = (x - values.mean()) / np.sqrt(values.var(ddof=1) + 1e-8)  # verl/TRL masked_whiten
     if not shift_mean:
         expected += values.mean()
     assert_close(whitened, np.where(mask == 1, expected, 0.0))

@@ -7,13 +7,15 @@ import pytest
 from lazarus.algorithms.dpo import dpo_loss, orpo_loss, simpo_loss
 from lazarus.algorithms.logprobs import sequence_logprobs
 
-from .reference import assert_close, f32, fixed
+from .reference import assert_close, assert_grad_matches, f32, fixed
 
 POLICY_CHOSEN = fixed(4, seed=0, scale=3.0, shift=-20.0)
 POLICY_REJECTED = fixed(4, seed=1, scale=3.0, shift=-20.0)
 REF_CHOSEN = fixed(4, seed=2, scale=3.0, shift=-20.0)
 REF_REJECTED = fixed(4, seed=3, scale=3.0, shift=-20.0)
 H = (POLICY_CHOSEN - REF_CHOSEN) - (POLICY_REJECTED - REF_REJECTED)
+CHOSEN_LENGTHS = np.array([3.0, 7.0, 12.0, 1.0])
+REJECTED_LENGTHS = np.array([5.0, 7.0, 2.0, 9.0])
 
 
 def log_sigmoid(x):
@@ -27,13 +29,70 @@ def dpo(**options):
 @pytest.mark.parametrize("loss_type, beta, label_smoothing, expected", [
     ("sigmoid", 0.1, 0.0, -log_sigmoid(0.1 * H)),
     ("sigmoid", 0.5, 0.1, -0.9 * log_sigmoid(0.5 * H) - 0.1 * log_sigmoid(-0.5 * H)),
-    ("ipo", 0.1, 0.0, (H - 1 / (2 * 0.1)) ** 2),
     ("hinge", 0.3, 0.0, np.maximum(0.0, 1 - 0.3 * H)),
 ])
 def test_dpo_losses_match_their_formulas(loss_type, beta, label_smoothing, expected):
     loss, _ = dpo(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
 
     assert_close(loss, expected.mean())
+
+
+def numpy_preference_loss(loss_type, beta, label_smoothing, policy_chosen, policy_rejected=POLICY_REJECTED):
+    """The TRL `dpo_loss` formulas in float64 numpy (mean over pairs)."""
+    c, r = policy_chosen - REF_CHOSEN, policy_rejected - REF_REJECTED
+    h, e = c - r, label_smoothing
+    sigmoid = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+    if loss_type == "ipo":  # TRL: log-ratios averaged over the completion tokens
+        normalised = c / CHOSEN_LENGTHS - r / REJECTED_LENGTHS
+        return ((normalised - 1 / (2 * beta)) ** 2).mean()
+    if loss_type == "robust":
+        return ((-(1 - e) * log_sigmoid(beta * h) + e * log_sigmoid(-beta * h)) / (1 - 2 * e)).mean()
+    if loss_type == "apo_zero":
+        return ((1 - sigmoid(beta * c)) + sigmoid(beta * r)).mean()
+    if loss_type == "apo_down":
+        return (sigmoid(beta * c) + (1 - sigmoid(beta * h))).mean()
+    raise AssertionError(loss_type)
+
+
+@pytest.mark.parametrize("loss_type, beta, label_smoothing", [
+    ("ipo", 0.1, 0.0), ("robust", 0.5, 0.1), ("robust", 0.1, 0.0), ("apo_zero", 0.1, 0.0), ("apo_down", 0.2, 0.0),
+])
+def test_length_normalised_ipo_robust_dpo_and_apo_match_numpy_in_value_and_gradient(loss_type, beta,
+                                                                                     label_smoothing):
+    def mlx_loss(policy_chosen, policy_rejected=f32(POLICY_REJECTED)):
+        return dpo_loss(policy_chosen, policy_rejected, f32(REF_CHOSEN), f32(REF_REJECTED), beta=beta,
+                        loss_type=loss_type, label_smoothing=label_smoothing,
+                        chosen_lengths=f32(CHOSEN_LENGTHS), rejected_lengths=f32(REJECTED_LENGTHS))[0]
+
+    assert_close(mlx_loss(f32(POLICY_CHOSEN)), numpy_preference_loss(loss_type, beta, label_smoothing, POLICY_CHOSEN),
+                 tol=1e-5)
+    assert_grad_matches(mlx_loss, lambda x: numpy_preference_loss(loss_type, beta, label_smoothing, x), POLICY_CHOSEN)
+    assert_grad_matches(lambda x: mlx_loss(f32(POLICY_CHOSEN), x),
+                        lambda x: numpy_preference_loss(loss_type, beta, label_smoothing, POLICY_CHOSEN, x),
+                        POLICY_REJECTED)
+
+
+def test_ipo_beta_does_not_depend_on_completion_length():
+    # given the same per-token log-ratios on completions twice as long
+    short, _ = dpo_loss(f32([-4.0]), f32([-6.0]), f32([-5.0]), f32([-5.0]), beta=0.1, loss_type="ipo",
+                        chosen_lengths=f32([2.0]), rejected_lengths=f32([2.0]))
+    long, _ = dpo_loss(f32([-8.0]), f32([-12.0]), f32([-10.0]), f32([-10.0]), beta=0.1, loss_type="ipo",
+                       chosen_lengths=f32([4.0]), rejected_lengths=f32([4.0]))
+
+    # then the IPO loss is the same
+    assert short.item() == pytest.approx(long.item(), rel=1e-6)
+
+
+def test_ipo_without_lengths_is_refused():
+    with pytest.raises(ValueError, match="chosen_lengths"):
+        dpo(loss_type="ipo")
+
+
+def test_robust_dpo_with_no_label_noise_is_sigmoid_dpo():
+    robust, _ = dpo(loss_type="robust", beta=0.3)
+    sigmoid, _ = dpo(loss_type="sigmoid", beta=0.3)
+
+    assert robust.item() == pytest.approx(sigmoid.item(), rel=1e-6)
 
 
 def test_dpo_metrics_are_the_implicit_rewards():
@@ -53,8 +112,8 @@ def test_dpo_sigmoid_loss_is_log_2_when_the_policy_is_the_reference():
 
 
 def test_unknown_dpo_loss_type_is_rejected_by_name():
-    with pytest.raises(ValueError, match="'robust'"):
-        dpo(loss_type="robust")
+    with pytest.raises(ValueError, match="'bco'"):
+        dpo(loss_type="bco")
 
 
 def test_dpo_ignores_prompt_tokens_through_sequence_logprobs():

@@ -1,4 +1,4 @@
-"""kl_penalty: k1, k2, k3 against their formulas; k3 is never negative."""
+"""kl_penalty: k1, k2, k3, abs, low_var_kl against their formulas; k3 is never negative; KL in the reward."""
 
 import mlx.core as mx
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lazarus.algorithms.kl import kl_penalty
+from lazarus.algorithms.kl import kl_penalty, kl_shaped_sequence_rewards, kl_shaped_token_rewards
 
-from .reference import assert_close, f32, fixed
+from .reference import assert_close, assert_grad_matches, f32, fixed
 
 LOGPROBS = fixed((3, 4), seed=0, scale=0.5, shift=-2.0)
 REF_LOGPROBS = fixed((3, 4), seed=1, scale=0.5, shift=-2.0)
@@ -56,3 +56,55 @@ def test_every_estimator_is_zero_when_the_policy_equals_the_reference():
 def test_unknown_estimator_is_rejected_by_name():
     with pytest.raises(ValueError, match="'k4'"):
         kl_penalty(mx.zeros((1, 1)), mx.zeros((1, 1)), "k4")
+
+
+def numpy_low_var_kl(logprobs, ref_logprobs):
+    """verl `kl_penalty(..., "low_var_kl")`: k3 with log r clamped to +-20 and the result to [-10, 10]."""
+    log_r = np.clip(ref_logprobs - logprobs, -20.0, 20.0)
+    return np.clip(np.exp(log_r) - log_r - 1.0, -10.0, 10.0)
+
+
+@pytest.mark.parametrize("estimator, reference", [
+    ("abs", lambda lp, ref: np.abs(lp - ref)),
+    ("low_var_kl", numpy_low_var_kl),
+])
+def test_verl_kl_estimators_match_numpy_in_value_and_gradient(estimator, reference):
+    # given log-ratios that include one beyond the low_var_kl clamp (exp(3) - 3 - 1 > 10)
+    logprobs = LOGPROBS.copy()
+    logprobs[0, 0] = REF_LOGPROBS[0, 0] - 3.0
+
+    kl = kl_penalty(f32(logprobs), f32(REF_LOGPROBS), estimator)
+
+    assert_close(kl, reference(logprobs, REF_LOGPROBS), tol=1e-5)
+    assert_grad_matches(lambda x: kl_penalty(x, f32(REF_LOGPROBS), estimator).sum(),
+                        lambda x: reference(x, REF_LOGPROBS).sum(), logprobs)
+
+
+def test_low_var_kl_is_bounded_by_ten_where_k3_explodes():
+    kl = kl_penalty(f32([[-30.0]]), f32([[-1.0]]), "low_var_kl")
+
+    assert kl.item() == 10.0
+
+
+def test_kl_in_the_reward_puts_the_score_on_the_last_token_and_minus_beta_kl_everywhere():
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    scores = np.array([1.0, -0.5, 2.0])
+    logprobs, ref = fixed((3, 4), seed=5, shift=-1.0), fixed((3, 4), seed=6, shift=-1.0)
+
+    token_rewards = kl_shaped_token_rewards(f32(scores), f32(logprobs), f32(ref), mx.array(mask), beta=0.1)
+
+    expected = -0.1 * (logprobs - ref) * mask
+    expected[0, 2] += 1.0
+    expected[1, 3] += -0.5
+    assert_close(token_rewards, expected)
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_sequence_kl_in_the_reward_subtracts_beta_times_the_summed_kl(estimator):
+    mask = np.array([[1, 1, 0], [1, 1, 1]])
+    logprobs, ref = fixed((2, 3), seed=7, shift=-1.0), fixed((2, 3), seed=8, shift=-1.0)
+    per_token = (logprobs - ref) if estimator == "k1" else np.exp(ref - logprobs) - (ref - logprobs) - 1.0
+
+    shaped = kl_shaped_sequence_rewards(f32([1.0, 0.0]), f32(logprobs), f32(ref), mx.array(mask), 0.05, estimator)
+
+    assert_close(shaped, np.array([1.0, 0.0]) - 0.05 * (per_token * mask).sum(axis=1))
