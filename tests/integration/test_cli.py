@@ -118,10 +118,20 @@ def test_config_show_prints_the_reference():
     assert "rl.epsilon_high" in out and "DAPO" in out
 
 
-def test_learner_and_actor_say_not_yet_available():
-    for script in ("lazarus-learner", "lazarus-actor"):
-        proc = subprocess.run([str(Path(sys.executable).parent / script)], capture_output=True, text=True)
-        assert proc.returncode == 2 and "not yet available" in proc.stderr
+def test_an_actor_whose_learner_never_comes_up_gives_up_in_one_line_after_its_wait():
+    # given no learner on the address
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # when an actor waits for it for 2 seconds
+    proc = subprocess.run([str(Path(sys.executable).parent / "lazarus-actor"), "--learner", f"127.0.0.1:{port}",
+                           "--wait", "2"], capture_output=True, text=True, timeout=120)
+    # then it exits 2 with one line naming the learner and what happened, no traceback
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_init_model_refuses_to_replace_a_non_empty_directory_without_force(tmp_path):
