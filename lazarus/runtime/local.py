@@ -25,6 +25,11 @@ def run_training(cfg: Config, resume: str | Path | None = None, force: bool = Fa
     """
     from lazarus.training.rundir import prepare_run_dir
 
+    if cfg.algorithm in ("grpo", "ppo") and cfg.runtime.launcher == "ray":
+        # the learner runs as a Ray actor, maybe on another node: it takes the run directory's lock there
+        from lazarus.runtime.ray_launcher import run_ray
+
+        return run_ray(cfg, resume=resume, force=force)
     with prepare_run_dir(cfg, resume, force):
         return _run(cfg, resume)
 

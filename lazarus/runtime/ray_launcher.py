@@ -73,11 +73,12 @@ def local_num_cpus(cfg: Config) -> int:
 class LearnerRole:
     """The learner as a Ray actor: `serve_and_learn` in a thread, its address and token for the actors."""
 
-    def __init__(self, config: dict, resume: str | None):
+    def __init__(self, config: dict, resume: str | None, force: bool = False):
         import threading
 
         self.cfg = load_config_dict(config, source="ray launcher config")
         self.resume = resume
+        self.force = force  # the learner takes the run directory's lock on its own node
         self._ready = threading.Event()
         self._address: str | None = None
         self._token: str | None = None
@@ -102,7 +103,7 @@ class LearnerRole:
             self._ready.set()
 
         try:
-            learner, result = serve_and_learn(cfg, self.resume, on_ready=on_ready,
+            learner, result = serve_and_learn(cfg, self.resume, on_ready=on_ready, force=self.force,
                                               echo=lambda line: print(line, flush=True))
             export(learner.model, cfg, Path(cfg.training.run_dir))
             return result
@@ -145,12 +146,13 @@ class RolloutRole:
                          scorer_pool=ray_scorer)
 
 
-def run_ray(cfg: Config, resume: str | Path | None = None, echo: Callable[[str], None] = print) -> dict:
+def run_ray(cfg: Config, resume: str | Path | None = None, echo: Callable[[str], None] = print,
+            force: bool = False) -> dict:
     """`--launcher ray`: learner and `runtime.actors` rollout actors as Ray actors; returns the final metrics."""
     ray = import_ray()
     started = connect(ray, cfg, echo)
     try:
-        return _drive(ray, cfg, str(resume) if resume else None, echo)
+        return _drive(ray, cfg, str(resume) if resume else None, echo, force)
     finally:
         if started:
             ray.shutdown()
@@ -205,12 +207,12 @@ def actor_options(cfg: Config) -> dict:
     return options
 
 
-def _drive(ray, cfg: Config, resume: str | None, echo: Callable[[str], None]) -> dict:
+def _drive(ray, cfg: Config, resume: str | None, echo: Callable[[str], None], force: bool = False) -> dict:
     from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
     learner_cls = ray.remote(max_restarts=0, max_concurrency=4)(LearnerRole)
     rollout_cls = ray.remote(max_restarts=-1)(RolloutRole)
-    learner = learner_cls.options(num_cpus=1, **learner_placement(ray, cfg)).remote(to_dict(cfg), resume)
+    learner = learner_cls.options(num_cpus=1, **learner_placement(ray, cfg)).remote(to_dict(cfg), resume, force)
     result_ref = learner.run.remote()
     try:
         address, token = _unwrap(ray, lambda: ray.get(learner.endpoint.remote(600.0), timeout=660))

@@ -139,11 +139,20 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxRes
                              _head(stderr_path, limits.output_chars), timed_out)
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _kill_group(pgid: int, wait_s: float = 5.0) -> None:
+    """Kill the sandbox's whole process group and wait (bounded) until it is gone: a fork bomb's orphans,
+    until init reaps them, would still count against the next run's process limit."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
 
 
 def _head(path: Path, chars: int) -> str:

@@ -10,7 +10,9 @@ def length_reward(prompts, completions, **kwargs) -> list[float]:
     """The completion's length, and a file per call naming the process that scored it."""
     marks = os.environ.get("POOL_TEST_MARKS")
     if marks:
-        (Path(marks) / f"{os.getpid()}-{len(completions)}-{completions[0][:8]}").touch()
+        import uuid
+
+        (Path(marks) / f"{os.getpid()}-{len(completions)}-{uuid.uuid4().hex}").touch()
     return [float(len(c)) for c in completions]
 
 
