@@ -101,6 +101,15 @@ def status(address: str) -> dict:
     return json.loads(out.stdout)
 
 
+def leased_by(address: str, actor_id: str) -> int:
+    """Tasks `actor_id` holds now, per `lazarus status` (0 when the learner did not answer in time: poll again)."""
+    out = subprocess.run([str(BIN / "lazarus"), "status", address, "--json"], capture_output=True, text=True,
+                         timeout=60, env=env())
+    if out.returncode != 0:
+        return 0
+    return json.loads(out.stdout)["actors"].get(actor_id, {}).get("tasks_leased", 0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -156,8 +165,7 @@ def test_an_actor_killed_with_sigkill_mid_task_is_requeued_and_the_counts_add_up
     learner, address = start_learner(config)
     actors = {f"a{i}": start_actor(address, f"a{i}", cache=tmp_path / "cache") for i in range(2)}
     # when actor a0 is killed with SIGKILL while it holds a task
-    wait_until(lambda: status(address)["actors"].get("a0", {}).get("tasks_leased", 0) > 0, 120,
-               "actor a0 to lease a task")
+    wait_until(lambda: leased_by(address, "a0") > 0, 120, "actor a0 to lease a task")
     actors["a0"].send_signal(signal.SIGKILL)
     code, out = finish(learner)
     # then the run completes every step with the other actor
