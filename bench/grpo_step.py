@@ -57,7 +57,7 @@ from lazarus.inference.engine import Engine
 from lazarus.models.load import num_parameters
 from lazarus.models.tiny import init_model
 from lazarus.observe.memory import peak_memory_gb, reset_peak
-from lazarus.runtime.coordinator import local_roles
+from lazarus.runtime.local import local_roles
 from lazarus.env.rollout import sampling_params
 from lazarus.env.rewards import RewardFunction
 from lazarus.training.rl import collate

@@ -42,7 +42,7 @@ from lazarus.config import load_config
 from lazarus.data.math import write_math_dataset
 from lazarus.models.load import num_parameters
 from lazarus.models.tiny import init_model
-from lazarus.runtime.coordinator import local_roles
+from lazarus.runtime.local import local_roles
 
 PROMPTS, GROUP, NEW_TOKENS, LORA_RANK = 4, 8, 32, 8
 

@@ -8,13 +8,17 @@ launchers instead. Either way the result is exported to `run_dir/adapter` (LoRA)
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import mlx.nn as nn
 
 from lazarus.config import Config, ConfigError
+from lazarus.data.trajectory import Trajectory
+from lazarus.distributed.experience import ExperienceHub
 from lazarus.runtime.build import (build_learner, build_trainer, ensure_data, needs_reference,  # noqa: F401
                                    prepare_model, resolve_rewards)
+from lazarus.runtime.coordinator import Coordinator, TaskSource
 
 
 def run_training(cfg: Config, resume: str | Path | None = None, force: bool = False) -> dict:
@@ -45,8 +49,6 @@ def _run(cfg: Config, resume: str | Path | None) -> dict:
             from lazarus.runtime.ray_launcher import run_ray
 
             return run_ray(cfg, resume=resume)
-        from lazarus.runtime.coordinator import run_local
-
         learner, result = run_local(cfg, resume=resume)
         export(learner.model, cfg, Path(cfg.training.run_dir))
         return result
@@ -108,3 +110,59 @@ def run_eval(model_path: str, adapter: str | None, data: str, reward: str, num_p
     result["answers"] = [r.columns.get("answer") for r in records]
     result["extracted"] = [extract_answer(c) for c in result["completions"]]
     return result
+
+
+# --- RL with every role in this process: the in-process transport is the hub called directly ----------
+
+
+def trajectory_nbytes(trajectories: list[Trajectory]) -> int:
+    return sum(t.prompt_ids.nbytes + t.completion_ids.nbytes * 3 for t in trajectories)
+
+
+def local_pump(hub: ExperienceHub, actors: list) -> Callable[[], bool]:
+    """Run one queued task on each in-process actor; False when there was nothing to run."""
+
+    def pump() -> bool:
+        ran = False
+        for actor in actors:
+            lease = hub.next_task(actor.actor_id)
+            if lease is None:
+                continue
+            actor.sync_weights()
+            trajectories = actor.run_task(lease.task)
+            hub.push(actor.actor_id, lease.task.task_id, trajectories, nbytes=trajectory_nbytes(trajectories),
+                     stats={**actor.stats.as_heartbeat(), "generation_s": actor.stats.generation_s})
+            ran = True
+        return ran
+
+    return pump
+
+
+def local_roles(cfg: Config, incarnation: str = "local"):
+    """(learner, actor, tasks) in this process: the actor samples with the learner's own model object."""
+    from lazarus.runtime.build import read_rl_prompts
+    from lazarus.runtime.roles import RolloutActor, SharedWeights, env_worker_scorer
+
+    ensure_data(cfg)
+    learner = build_learner(cfg)
+    records, prompt_ids = read_rl_prompts(cfg, learner.tokenizer)
+    actor = RolloutActor("local", learner.model, learner.tokenizer, learner.reward_functions,
+                         SharedWeights(lambda: learner.policy_version), stop=list(cfg.generation.stop),
+                         completion_batch_size=cfg.training.batch_size * cfg.generation.num_generations,
+                         scorer=env_worker_scorer(cfg.runtime.env_workers))
+    actor.sync_weights()
+    return learner, actor, TaskSource(cfg, records, prompt_ids, incarnation)
+
+
+def run_local(cfg: Config, resume: str | Path | None = None, echo: Callable[[str], None] = print):
+    """RL with every role in this process: the coordinator pumps one actor that shares the learner's model."""
+    learner, actor, tasks = local_roles(cfg)
+    hub = ExperienceHub("local", lambda: learner.policy_version, lease_s=cfg.runtime.lease_s,
+                        max_queue_bytes=cfg.runtime.max_queue_bytes)
+    coordinator = Coordinator(cfg, learner, tasks, hub, pump=local_pump(hub, [actor]), echo=echo, actors=1)
+    try:
+        result = coordinator.run(resume)
+    finally:
+        if hasattr(actor.scorer, "close"):
+            actor.scorer.close()
+    return learner, result

@@ -1,7 +1,7 @@
 """The gRPC transport: a learner behind its server, and the loop of a rollout actor in another process.
 
 (The in-process transport is the `ExperienceHub` called directly, with the actor sharing the learner's
-model object: see `coordinator.run_local`.)
+model object: see `runtime.local.run_local`.)
 
 Learner side, `LearnerServer`: the parameter server (`ParameterStore`) serves the trainable weights
 (the LoRA adapters when training LoRA, everything otherwise) at the learner's `policy_version`; the

@@ -21,7 +21,7 @@ def lengths_vary(prompts, completions, **kwargs):
 
 
 def roles(make_config, *overrides):
-    from lazarus.runtime.coordinator import local_roles
+    from lazarus.runtime.local import local_roles
 
     cfg = make_config("grpo", "lora.enabled=true", "optim.optimizer=sgd", "optim.learning_rate=0.5",
                       "optim.max_grad_norm=null", "training.compile=false", "rl.loss_type=dapo",

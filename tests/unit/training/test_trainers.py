@@ -145,7 +145,7 @@ def test_a_batch_where_every_group_scored_alike_does_not_move_the_weights(make_c
 
 def local_roles(cfg, reward_functions=None):
     """The learner, an actor sharing its model, and the task source: the local launcher's parts."""
-    from lazarus.runtime.coordinator import local_roles as roles
+    from lazarus.runtime.local import local_roles as roles
 
     learner, actor, tasks = roles(cfg)
     if reward_functions is not None:
@@ -161,7 +161,8 @@ def test_grpo_learns_a_simple_verifiable_reward(make_config, tmp_path):
     # given a random-init policy that rarely starts its answer with a digit
     from lazarus.distributed.experience import ExperienceHub
     from lazarus.env.rewards import RewardFunction
-    from lazarus.runtime.coordinator import Coordinator, local_pump
+    from lazarus.runtime.coordinator import Coordinator
+    from lazarus.runtime.local import local_pump
 
     cfg = make_config("grpo", "optim.learning_rate=0.003", "training.max_steps=30", "training.batch_size=8",
                       "generation.num_generations=8", "generation.max_new_tokens=4")
