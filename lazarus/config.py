@@ -372,6 +372,10 @@ class RuntimeConfig(Section):
         0, ge=0, description="Prompts in one rollout task (0 = training.batch_size / actors, at least 1).")
     max_queue_bytes: int = Field(1 << 30, gt=0, description="Cap on trajectory bytes waiting for the learner.")
     env_workers: int = Field(0, ge=0, description="Score rewards in a pool of N workers (0 = in the actor).")
+    actor_niceness: Optional[int] = Field(
+        None, ge=0, le=19, description="process launcher: how much lower the actor processes' CPU priority is "
+        "than the learner's (added nice value). null = 10 in async mode, where the learner's update is the "
+        "bottleneck and the actors generate in the cycles it leaves idle, and 0 in sync mode.")
     ray: RayConfig = Field(default_factory=RayConfig)
 
 

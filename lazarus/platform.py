@@ -35,6 +35,7 @@ class PlatformInfo:
 
 _blas_path: str | None = None
 _blas_before_mlx = False
+_user_blas_threads = os.environ.get("OPENBLAS_NUM_THREADS")  # as the user's environment had it, if at all
 
 
 def find_openblas() -> str | None:
@@ -71,6 +72,25 @@ def setup_blas() -> str | None:
             stacklevel=2,
         )
     return path
+
+
+def user_blas_threads() -> str | None:
+    """OPENBLAS_NUM_THREADS as the user set it before lazarus started (None: lazarus chooses)."""
+    return _user_blas_threads
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set the preloaded OpenBLAS's thread count in this process (it read $OPENBLAS_NUM_THREADS at load).
+
+    False when there is no OpenBLAS of ours to tell (macOS's Accelerate, or no preload)."""
+    if not _blas_path:
+        return False
+    try:
+        ctypes.CDLL(_blas_path).openblas_set_num_threads(ctypes.c_int(max(1, int(n))))
+    except (OSError, AttributeError):
+        return False
+    os.environ["OPENBLAS_NUM_THREADS"] = str(max(1, int(n)))
+    return True
 
 
 def preload_env() -> dict[str, str]:

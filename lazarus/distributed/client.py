@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lazarus.distributed import auth, codec, shared
 from lazarus.distributed import parameter_server_pb2 as pb
 from lazarus.distributed import parameter_server_pb2_grpc as pb_grpc
+from lazarus.distributed.retry import DeadlinePassed, call_with_retries
 
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE,)
 SCOPES = {"full": pb.SCOPE_FULL, "trainable": pb.SCOPE_TRAINABLE}
@@ -266,21 +267,18 @@ class ParameterClient:
 
     def _retrying(self, method: str, timeout: float | None, call: Callable[[float], T]) -> T:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        attempt, last = 0, ""
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ServerUnavailable(f"{self.address}: {method} got no answer within the deadline "
-                                        f"({attempt} attempts{last})", grpc.StatusCode.DEADLINE_EXCEEDED)
-            try:
-                return call(remaining)
-            except grpc.RpcError as e:
-                attempt, last = attempt + 1, f"; last: {e.details()}"
-                if not _busy(e) and (e.code() not in TRANSIENT or attempt > self.retries):
-                    raise _error(method, self.address, e) from None
-                time.sleep(self._delay(attempt, deadline))
-            except codec.CodecError as e:
-                raise ParameterServerError(f"{self.address}: {method}: {e}") from None
+        try:
+            return call_with_retries(
+                call, deadline, backoff=lambda attempt: self._delay(attempt, None),
+                retryable=lambda e, attempt: _busy(e) or (e.code() in TRANSIENT and attempt <= self.retries))
+        except DeadlinePassed as d:
+            last = f"; last: {d.last.details()}" if d.last is not None else ""
+            raise ServerUnavailable(f"{self.address}: {method} got no answer within the deadline "
+                                    f"({d.attempts} attempts{last})", grpc.StatusCode.DEADLINE_EXCEEDED) from None
+        except grpc.RpcError as e:
+            raise _error(method, self.address, e) from None
+        except codec.CodecError as e:
+            raise ParameterServerError(f"{self.address}: {method}: {e}") from None
 
 
 def _busy(e: grpc.RpcError) -> bool:

@@ -22,6 +22,7 @@ from lazarus.data.io import atomic_writer
 from lazarus.distributed import auth
 from lazarus.distributed import experience_pb2 as xpb
 from lazarus.distributed import experience_pb2_grpc
+from lazarus.distributed.retry import DeadlinePassed, call_with_retries
 from lazarus.errors import LazarusError
 
 T = TypeVar("T")
@@ -146,20 +147,15 @@ class ExperienceClient:
 
     def _call(self, method: str, timeout: float | None, call: Callable[[float], T]) -> T:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        attempt = 0
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LearnerUnavailable(f"learner {self.address}: {method} got no answer within the deadline "
-                                         f"({attempt} attempts)", grpc.StatusCode.DEADLINE_EXCEEDED)
-            try:
-                return call(min(remaining, self.timeout))
-            except grpc.RpcError as e:
-                attempt += 1
-                if e.code() not in TRANSIENT:
-                    raise _error(method, self.address, e) from None
-                delay = min(0.05 * 2 ** attempt, self.max_backoff) * random.uniform(0.5, 1.0)
-                time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+        try:
+            return call_with_retries(
+                call, deadline, attempt_timeout=self.timeout, retryable=lambda e, attempt: e.code() in TRANSIENT,
+                backoff=lambda attempt: min(0.05 * 2 ** attempt, self.max_backoff) * random.uniform(0.5, 1.0))
+        except DeadlinePassed as d:
+            raise LearnerUnavailable(f"learner {self.address}: {method} got no answer within the deadline "
+                                     f"({d.attempts} attempts)", grpc.StatusCode.DEADLINE_EXCEEDED) from None
+        except grpc.RpcError as e:
+            raise _error(method, self.address, e) from None
 
 
 def _error(method: str, address: str, e: grpc.RpcError) -> LearnerError:

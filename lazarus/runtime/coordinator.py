@@ -98,6 +98,7 @@ class Coordinator:
                               "curriculum or task mixture yet; write the levels or tasks into data.train instead")
         self.no_signal = NoSignalMonitor(cfg.rl.no_signal_steps)
         self._actor_stats: dict[str, dict] = {}
+        self._actor_rates: dict[str, float] = {}  # tokens/s of each actor's latest generation
 
     # --- the loop -----------------------------------------------------------------------------
     def open(self, resume: str | Path | None = None) -> int:
@@ -222,16 +223,21 @@ class Coordinator:
             d_gen = stats.get("generation_s", 0.0) - before.get("generation_s", 0.0)
             if d_gen > 0:
                 generation_s.append(d_gen)
-                rates.append(d_tokens / d_gen)
-                metrics[f"actor_{actor_id}_tokens_per_s"] = d_tokens / d_gen
+                self._actor_rates[actor_id] = d_tokens / d_gen
+            if actor_id in self._actor_rates and stats["last_heartbeat_s_ago"] <= self.cfg.runtime.lease_s:
+                # its rate over what it generated since the last step, or, when it generated nothing since
+                # (an async actor that is a batch ahead), over its latest generation
+                rates.append(self._actor_rates[actor_id])
+                metrics[f"actor_{actor_id}_tokens_per_s"] = self._actor_rates[actor_id]
             if "weight_sync_ms" in stats:
                 syncs.append(stats["weight_sync_ms"])
                 sync_bytes.append(stats.get("weight_sync_bytes", 0.0))
                 waits.append(stats.get("wait_for_weights_s", 0.0) - before.get("wait_for_weights_s", 0.0))
             self._actor_stats[actor_id] = dict(stats)
         metrics["actors"] = sum(1 for s in actors.values() if s["last_heartbeat_s_ago"] <= self.cfg.runtime.lease_s)
-        if rates:
+        if generation_s:
             metrics["generation_s"] = max(generation_s)
+        if rates:
             metrics["generation_tokens_per_s"] = float(sum(rates))
         if syncs:
             metrics["weight_sync_ms"] = float(np.mean(syncs))

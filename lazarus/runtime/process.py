@@ -5,6 +5,12 @@ server at the learner's version (printing `listening on HOST:PORT`), and runs th
 last step; actors that join at any time are given tasks. `run_process(cfg)` is `lazarus train
 --launcher process --actors N`: the same learner in this process plus N `lazarus-actor` processes on
 loopback, which exit by themselves when the run ends.
+
+The process launcher's processes share one host's cores (`share_cores`): the actors, which generate at
+the same time, split the cores between their BLAS threads; in async mode the learner's update runs while
+they generate, and it is the pipeline's bottleneck (the next step waits for it, never for an actor that
+is a batch ahead), so the actors run at a lower CPU priority and generate in the cycles the update leaves
+idle. An OPENBLAS_NUM_THREADS set in the environment is the user's choice and is kept.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from lazarus.config import Config
@@ -84,13 +91,20 @@ def run_process(cfg: Config, resume: str | Path | None = None, echo: Callable[[s
     if cfg.runtime.listen.rpartition(":")[0] not in ("127.0.0.1", "localhost", "[::1]"):
         echo(f"process launcher: learner listens on {cfg.runtime.listen}; actors connect over loopback")
 
+    from lazarus.platform import set_blas_threads, user_blas_threads
+
+    shares = share_cores(cfg, os.cpu_count() or 1, explicit_threads=user_blas_threads())
+    set_blas_threads(shares.learner_threads)
+
     def start_actors(address: str) -> None:
         port = address.rpartition(":")[2]
         command = [actor_executable(), "--learner", f"127.0.0.1:{port}"]
         if cfg.runtime.token_file:
             command += ["--token-file", cfg.runtime.token_file]
+        env = {**actor_environment(), "OPENBLAS_NUM_THREADS": str(shares.actor_threads)}
+        lower = (lambda: os.nice(shares.actor_niceness)) if shares.actor_niceness else None
         for i in range(cfg.runtime.actors):
-            actors.append(subprocess.Popen(command + ["--id", f"actor-{i}"], env=actor_environment()))
+            actors.append(subprocess.Popen(command + ["--id", f"actor-{i}"], env=env, preexec_fn=lower))
 
     def watchdog() -> None:
         if actors and all(p.poll() is not None for p in actors):
@@ -108,6 +122,39 @@ def run_process(cfg: Config, resume: str | Path | None = None, echo: Callable[[s
                 p.wait()
     export(learner.model, cfg, Path(cfg.training.run_dir))
     return result
+
+
+@dataclass(frozen=True)
+class CoreShares:
+    learner_threads: int
+    actor_threads: int
+    actor_niceness: int  # added to the actors' nice value (0: same priority as the learner)
+
+
+#: How much lower the actors' CPU priority is than the learner's in async mode by default
+#: (`runtime.actor_niceness`; nice 10: about a tenth of a core's time when both want it).
+ACTOR_NICENESS_ASYNC = 10
+
+
+def share_cores(cfg: Config, cores: int, explicit_threads: str | None = None) -> CoreShares:
+    """BLAS threads and priorities for a learner and `runtime.actors` actor processes on one host.
+
+    Actors generate at the same time, so they split the cores; the learner updates while actors wait (sync)
+    and so may use every core. In async mode the learner updates while actors generate: it keeps every core,
+    the actors split them as if the learner were one more actor, and yield to it (`ACTOR_NICENESS_ASYNC`).
+    `explicit_threads` (the user's OPENBLAS_NUM_THREADS) is used for every process as given.
+    """
+    actors = cfg.runtime.actors
+    overlap = cfg.runtime.mode == "async" and cfg.runtime.max_staleness > 0
+    niceness = cfg.runtime.actor_niceness
+    if niceness is None:
+        niceness = ACTOR_NICENESS_ASYNC if overlap else 0
+    if explicit_threads:
+        n = max(1, int(explicit_threads))
+        return CoreShares(n, n, niceness)
+    if overlap:  # the learner keeps every core and the actors take what it leaves idle
+        return CoreShares(max(1, cores), max(1, cores // (actors + 1)), niceness)
+    return CoreShares(max(1, cores), max(1, cores // actors), niceness)
 
 
 def actor_executable() -> str:

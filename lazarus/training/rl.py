@@ -125,6 +125,20 @@ def optimizer_steps_per_update(cfg: Config) -> int:
     return cfg.rl.num_iterations * -(-cfg.training.batch_size // mini)
 
 
+def proximal_is_the_forward(cfg: Config) -> bool:
+    """Whether decoupled PPO's proximal logprobs are the update's own forward pass, detached.
+
+    The proximal policy is the learner's weights before this batch. When a `learn()` takes one optimizer
+    step (one mini-batch, one pass) every micro-batch's forward runs at exactly those weights, so its
+    logprobs (gradient stopped) are the proximal ones and the separate proximal forward pass is skipped:
+    the off-policy update then costs what an on-policy one does (as AReaL does). Only in async mode, where
+    batches are stale by design, and only without dropout, where a training forward equals an eval one.
+    """
+    rt = cfg.runtime
+    return (rt.mode == "async" and rt.max_staleness > 0 and optimizer_steps_per_update(cfg) == 1
+            and not (cfg.lora.enabled and cfg.lora.dropout > 0))
+
+
 class RLLearner(Trainer):
     """Owns the optimizer, stepper, reference and `policy_version`; learns from trajectories."""
 
@@ -157,6 +171,7 @@ class RLLearner(Trainer):
         self.sampling = SamplingSettings(self.temperature, g.top_p, g.top_k, g.min_p)
         self.reference_forward_passes = 0
         self.proximal_forward_passes = 0
+        self.proximal_from_forward = proximal_is_the_forward(cfg)
         self._engine = None
         self.stepper = self.make_stepper(self.loss)
 
@@ -220,7 +235,7 @@ class RLLearner(Trainer):
             # and an Adam step would still move the weights along its momentum. Skip the update.
             return {"loss": 0.0, "skipped_update": 1.0, "advantage_mean": 0.0, "advantage_std": 0.0,
                     "advantage_abs_max": 0.0, **base}
-        proximal = self.proximal_logprobs(batch) if max(lag) > 0 else None
+        proximal = self.proximal_logprobs(batch) if max(lag) > 0 and not self.proximal_from_forward else None
         base.update(reference_forward_passes=self.reference_forward_passes,
                     proximal_forward_passes=self.proximal_forward_passes)
         plan = update_plan(batch.inputs.shape[0], self.group_size, rl.mini_batch_size, rl.micro_batch_size,
@@ -264,6 +279,8 @@ class RLLearner(Trainer):
              proximal_logprobs=None):
         rl = self.cfg.rl
         logprobs, entropy = self.policy_logprobs(model, inputs, targets, with_entropy=True)
+        if proximal_logprobs is None and self.proximal_from_forward:
+            proximal_logprobs = logprobs  # the weights before this update are these ones (detached in the loss)
         if self.trl_rloo:
             loss, metrics = rloo_sequence_loss(logprobs, behavior_logprobs, advantages, mask, epsilon=rl.epsilon_low)
         else:

@@ -19,8 +19,10 @@ def digit_in_worker_process(prompts, completions, **kwargs):
 
 
 def slow_starts_with_a_digit(prompts, completions, **kwargs):
-    """`starts_with_a_digit` after a second of work: a task stays in flight long enough to be killed in."""
+    """`starts_with_a_digit` after a second of work (or $LAZARUS_TEST_REWARD_SLEEP seconds): a task stays in
+    flight long enough to be killed in."""
+    import os
     import time
 
-    time.sleep(1.0)
+    time.sleep(float(os.environ.get("LAZARUS_TEST_REWARD_SLEEP", "1.0")))
     return starts_with_a_digit(prompts, completions)

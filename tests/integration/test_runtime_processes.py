@@ -75,10 +75,11 @@ def start_learner(config: Path, *args: str) -> tuple[subprocess.Popen, str]:
     raise AssertionError("learner did not print its address:\n" + "".join(lines))
 
 
-def start_actor(address: str, actor_id: str, *args: str, cache: Path) -> subprocess.Popen:
+def start_actor(address: str, actor_id: str, *args: str, cache: Path,
+                extra_env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([str(BIN / "lazarus-actor"), "--learner", address, "--id", actor_id, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**env(), "LAZARUS_CACHE": str(cache)})
+                            env={**env(), "LAZARUS_CACHE": str(cache), **(extra_env or {})})
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
@@ -157,13 +158,16 @@ def test_a_learner_and_two_actor_processes_finish_the_run_and_the_reward_goes_up
 
 @pytest.mark.slow
 def test_an_actor_killed_with_sigkill_mid_task_is_requeued_and_the_counts_add_up(run_config, tmp_path):
-    # given a sync run with two actors whose tasks take over a second each (a slow reward)
+    # given a sync run with two actors whose tasks take over a second each (a slow reward), a0's a minute
+    # (so that it is surely still inside its task when it is killed, however loaded the machine)
     config = run_config(generation={"num_generations": 8, "max_new_tokens": 16},
                         training={"max_steps": 8, "batch_size": 8, "save_every": 0},
                         rl={"rewards": [{"function": "runtime_rewards:slow_starts_with_a_digit"}]},
                         eval={"num_prompts": 4, "reward": "runtime_rewards:starts_with_a_digit"})
     learner, address = start_learner(config)
-    actors = {f"a{i}": start_actor(address, f"a{i}", cache=tmp_path / "cache") for i in range(2)}
+    actors = {f"a{i}": start_actor(address, f"a{i}", cache=tmp_path / "cache",
+                                   extra_env={"LAZARUS_TEST_REWARD_SLEEP": "60" if i == 0 else "1"})
+              for i in range(2)}
     # when actor a0 is killed with SIGKILL while it holds a task
     wait_until(lambda: leased_by(address, "a0") > 0, 120, "actor a0 to lease a task")
     actors["a0"].send_signal(signal.SIGKILL)
