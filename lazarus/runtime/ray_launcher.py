@@ -50,12 +50,19 @@ def import_ray():
 
 
 def worker_env() -> dict[str, str]:
-    """Environment variables of every Ray worker: the BLAS preload and thread count of `lazarus.platform`."""
+    """Environment variables of every Ray worker: the BLAS preload and thread count of `lazarus.platform`,
+    and the scheduling priority of the driver.
+
+    The raylet starts workers `RAY_worker_niceness` (default 15) nicer than itself, so the learner and the
+    rollout actors, which do all the work, would yield the CPU to Ray's own daemons and to anything else on
+    the machine; with `lazarus-learner` and `lazarus-actor` they run at the launching shell's priority. Ray's
+    job supervisor sets it to 0 for the same reason."""
     from lazarus.platform import preload_env
 
     threads = str(os.cpu_count() or 1)
     env = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", threads),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads), "PYTHONUNBUFFERED": "1"}
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads), "PYTHONUNBUFFERED": "1",
+           "RAY_worker_niceness": "0"}
     env.update(preload_env())
     return env
 

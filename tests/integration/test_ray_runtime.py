@@ -242,6 +242,8 @@ def test_a_killed_ray_actor_is_restarted_by_ray_and_the_run_completes_with_exact
     # when ray-actor-0's process is killed with SIGKILL while it holds a task
     wait_until(lambda: status(ns, learner)["actors"].get("ray-actor-0", {}).get("tasks_leased", 0) > 0, 300,
                "ray-actor-0 to lease a task")
+    # (the actor runs at the priority of whoever started Ray, not the raylet's default +15 niceness)
+    assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0)
     os.kill(pid, signal.SIGKILL)
     code = run.finish()
     # then Ray restarted it (a new process) and the run completed every step
