@@ -28,7 +28,6 @@ pushes fails the step after `STUCK_AFTER_LEASES` leases.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -227,8 +226,8 @@ def _exit_code(handle) -> int | None:
     return None if handle is None else handle.poll()
 
 
-class ReplicaService:
-    """The Replicas gRPC service over a `ReplicaGroup` (the request and reply are protobuf messages)."""
+class ReplicaService(replicas_pb2_grpc.ReplicasServicer):
+    """The Replicas gRPC service over a `ReplicaGroup`; `handler()` mounts it on `serve(..., services=...)`."""
 
     MAX_WAIT_S = 10.0
 
@@ -384,9 +383,7 @@ def _follow(client, spec, replica_id: str, token: str | None, tls_cert: str | No
         learner.stepper = FollowerStepper(learner.model, learner.loss, sync, version=version,
                                           compile=cfg.training.compile)
         echo(f"replica {replica_id}: joined leader {address} at gradient-sync version {version}")
-        next_batch = client.channel.unary_unary("/lazarus.v1.Replicas/NextBatch",
-                                                request_serializer=rpb.BatchRequest.SerializeToString,
-                                                response_deserializer=rpb.LearnerBatch.FromString)
+        next_batch = replicas_pb2_grpc.ReplicasStub(client.channel).NextBatch
         metadata = auth.call_metadata(token)
         done, steps, unreachable_since = -1, 0, None
         while True:
