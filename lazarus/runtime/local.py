@@ -27,8 +27,10 @@ def run_training(cfg: Config, resume: str | Path | None = None, force: bool = Fa
     The run directory is locked for the run; one that holds a previous run needs `resume` (continue it) or
     `force` (start over), checked before anything is written.
     """
+    from lazarus.runtime.replicas import check_data_parallel
     from lazarus.training.rundir import prepare_run_dir
 
+    check_data_parallel(cfg)  # training.learners > 1 is for GRPO; never silently one learner
     if cfg.algorithm in ("grpo", "ppo") and cfg.runtime.launcher == "ray":
         # the learner runs as a Ray actor, maybe on another node: it takes the run directory's lock there
         from lazarus.runtime.ray_launcher import run_ray

@@ -56,13 +56,13 @@ def worker_env() -> dict[str, str]:
     The raylet starts workers `RAY_worker_niceness` (default 15) nicer than itself, so the learner and the
     rollout actors, which do all the work, would yield the CPU to Ray's own daemons and to anything else on
     the machine; with `lazarus-learner` and `lazarus-actor` they run at the launching shell's priority. Ray's
-    job supervisor sets it to 0 for the same reason."""
+    job supervisor sets it to 0 for the same reason (a `RAY_worker_niceness` set by the user is kept)."""
     from lazarus.platform import preload_env
 
     threads = str(os.cpu_count() or 1)
     env = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", threads),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads), "PYTHONUNBUFFERED": "1",
-           "RAY_worker_niceness": "0"}
+           "RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0")}
     env.update(preload_env())
     return env
 

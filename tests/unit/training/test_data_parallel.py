@@ -146,3 +146,14 @@ def test_data_parallel_learners_for_ppo_are_refused_naming_the_field():
     with pytest.raises(ConfigError, match="training.learners: 2 data-parallel learners are implemented for "
                                           "algorithm grpo, not ppo"):
         check_data_parallel(cfg)
+
+
+def test_data_parallel_learners_for_sft_are_refused_before_anything_is_written(tmp_path):
+    from lazarus.config import ConfigError, load_config
+    from lazarus.runtime.local import run_training
+
+    cfg = load_config(None, ["algorithm=sft", "training.learners=3", f"training.run_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="training.learners: 3 data-parallel learners are implemented for "
+                                          "algorithm grpo, not sft"):
+        run_training(cfg)
+    assert not (tmp_path / "run").exists()
