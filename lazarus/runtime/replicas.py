@@ -214,8 +214,9 @@ class ReplicaGroup:
             self._changed.notify_all()
         self.hub.stop()
         deadline = time.monotonic() + timeout
-        for handle in self.handles.values():
-            while _exit_code(handle) is None and time.monotonic() < deadline:
+        for replica_id, handle in self.handles.items():
+            # a live follower hears `stop` in its next call; a silent one (frozen, unreachable) is not waited for
+            while _exit_code(handle) is None and time.monotonic() < deadline and self.alive(replica_id):
                 time.sleep(POLL_S)
             if _exit_code(handle) is None and hasattr(handle, "kill"):
                 handle.kill()

@@ -203,3 +203,31 @@ def test_an_elastic_run_continues_with_one_learner_fewer_when_a_replica_is_kille
     shards = [m.get("learners", 1.0) for m in history if not m["skipped_update"]]
     assert shards[-1] == 1.0, history[-1]
     assert (tmp_path / "elastic" / "model" / "model.safetensors").exists()
+
+
+def test_a_replica_that_stops_heartbeating_fails_the_step_after_its_lease(config, tmp_path):
+    # given a synchronous two-learner run whose follower will freeze, not exit (as a hung node would)
+    path = config("frozen", training={"learners": 2, "max_steps": 200, "batch_size": 4,
+                                      "run_dir": str(tmp_path / "frozen"), "progress": False, "save_every": 0},
+                  runtime={"launcher": "process", "heartbeat_s": 0.3, "lease_s": 3.0})
+    run = Run(path, tmp_path)
+    pid = int(run.wait_for(r"learner: replica learner-1 started as pid (\d+)", 120).group(1))
+    deadline = time.monotonic() + 300
+    while not ((tmp_path / "frozen" / "metrics.jsonl").exists() and len(steps(tmp_path / "frozen")) >= 2):
+        assert time.monotonic() < deadline and run.proc.poll() is None, run.output[-3000:]
+        time.sleep(0.05)
+    # when its process is stopped with SIGSTOP after step 2 (alive to the launcher, silent to the leader)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        code = run.finish()
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    # then the run stops with exit 2 and one line saying the replica was not heard from within the lease
+    assert code == 2, run.output[-3000:]
+    error = [line for line in run.lines if line.startswith("error:")]
+    assert len(error) == 1, run.output[-3000:]
+    assert "training.learners: replica learner-1 is lost (it has not been heard from for more than " \
+           "runtime.lease_s=3 s)" in error[0], error[0]
