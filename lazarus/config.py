@@ -185,6 +185,16 @@ class TrainingConfig(Section):
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="A NaN/Inf loss or gradient norm: stop the run (the last finite checkpoint stays the "
         "newest), or skip that step's update and go on (stopping anyway after 10 in a row).")
+    learners: int = Field(
+        1, ge=1, le=64, description="RL (grpo): data-parallel learner replicas. Each computes the gradient of 1/N "
+        "of every batch; the parameter server averages the N gradients, the first replica's optimizer steps once "
+        "and every replica continues from the same weights. Replicas 2..N are processes on loopback (local and "
+        "process launchers) or Ray actors (ray launcher). Raise it when the update, not generation, is the "
+        "bottleneck and there are cores or machines to spare.")
+    elastic: bool = Field(
+        False, description="training.learners > 1: a replica that dies (no heartbeat for runtime.lease_s) is "
+        "dropped and the run goes on with N-1 (the step it died in uses the shards that arrived, rescaled); "
+        "false: the step fails with an error naming the replica.")
 
 
 class GenerationConfig(Section):

@@ -8,6 +8,9 @@ first pull, then served to every puller). Two gradient modes:
   the optimizer and publishes version + 1. A gradient for an older version is refused.
 - async: every gradient is applied as it arrives; one whose base version is more than `max_staleness`
   versions behind is refused with FAILED_PRECONDITION.
+- sync with `optimizer=None` (data-parallel learners, runtime/replicas.py): the store only sums the
+  gradients pushed for the current version; its owner takes their mean (`take_mean`) once every replica it
+  expects has pushed, steps its own optimizer and publishes the result as version + 1.
 
 Non-finite numbers never get in: a gradient or published tensor holding NaN/Inf is refused
 (INVALID_ARGUMENT, naming the tensor) before it touches anything, and a step whose result would be
@@ -96,11 +99,13 @@ class ParameterStore:
     """Weights by flattened name, a monotonically increasing version, and an optimizer over `trainable`."""
 
     def __init__(self, weights: Mapping[str, mx.array], trainable: Iterable[str] | None = None, *,
-                 mode: str = "sync", workers: int = 1, max_staleness: int = 0, optimizer: str = "sgd",
+                 mode: str = "sync", workers: int = 1, max_staleness: int = 0, optimizer: str | None = "sgd",
                  learning_rate: float = 1e-3, state_dir: str | Path | None = None, version: int = 0):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if optimizer not in OPTIMIZERS:
+        if optimizer is None and (mode != "sync" or state_dir is not None):
+            raise ValueError("optimizer=None (the owner steps) is for sync mode without a state_dir only")
+        if optimizer is not None and optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
         if workers < 1 or max_staleness < 0:
             raise ValueError(f"workers must be >= 1 and max_staleness >= 0, got {workers} and {max_staleness}")
@@ -109,7 +114,7 @@ class ParameterStore:
         self.trainable = list(self.weights) if trainable is None else [n for n in self.weights if n in set(trainable)]
         self.mode, self.workers, self.max_staleness = mode, workers, max_staleness
         self.optimizer_name, self.learning_rate = optimizer, learning_rate
-        self.optimizer = OPTIMIZERS[optimizer](learning_rate)
+        self.optimizer = OPTIMIZERS[optimizer](learning_rate) if optimizer is not None else None
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.version = version  # a learner resumed at step k serves version k
         self.encode_count = 0  # snapshots serialized so far (one per version and scope pulled)
@@ -237,12 +242,36 @@ class ParameterStore:
             self._grad_sum[name] = self._grad_sum[name] + grad if name in self._grad_sum else grad
         mx.eval(list(self._grad_sum.values()))
         self._pending[worker] = None
-        if len(self._pending) < self.workers:
+        self._changed.notify_all()
+        if self.optimizer is None or len(self._pending) < self.workers:
             return PushOutcome(True, False, self.version, len(self._pending))
         mean = {name: (total / self.workers).astype(self.weights[name].dtype) for name, total in self._grad_sum.items()}
         self._pending, self._grad_sum = {}, {}
         self._step(mean)
         return PushOutcome(True, True, self.version, 0)
+
+    def pushed(self) -> list[str]:
+        """Workers whose gradient for the current version is in (sync mode)."""
+        with self._changed:
+            return list(self._pending)
+
+    def wait_for_push(self, count: int, timeout: float) -> list[str]:
+        """The workers that pushed for the current version, once `count` have (or after `timeout` seconds)."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self._pending) >= count or self._closed, timeout)
+            return list(self._pending)
+
+    def take_mean(self, version: int) -> tuple[dict[str, mx.array], int]:
+        """(mean of the gradients pushed for `version`, how many) for an owner that steps itself; clears them."""
+        with self._changed:
+            if version != self.version or not self._pending:
+                raise StaleGradient(f"no gradients pushed for version {version} (server at {self.version}, "
+                                    f"{len(self._pending)} pushed)")
+            count = len(self._pending)
+            mean = {name: (total / count).astype(self.weights[name].dtype) for name, total in self._grad_sum.items()}
+            mx.eval(list(mean.values()))
+            self._pending, self._grad_sum = {}, {}
+            return mean, count
 
     def _step(self, grads: dict[str, mx.array]) -> None:
         params = {name: self.weights[name] for name in grads}
@@ -362,7 +391,7 @@ class ParameterService:
         store = self.store
         return pb.ServerInfo(version=store.version, tensors=store.tensor_specs(), mode=store.mode,
                              workers=store.workers, max_staleness=store.max_staleness,
-                             optimizer=store.optimizer_name, pending_gradients=store.pending())
+                             optimizer=store.optimizer_name or "owner", pending_gradients=store.pending())
 
     def PullWeights(self, request, context):
         if request.scope not in (pb.SCOPE_FULL, pb.SCOPE_TRAINABLE):
@@ -492,13 +521,15 @@ def serve(store: ParameterStore, host: str = "127.0.0.1", port: int = 0, token: 
           tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
           hub: ExperienceHub | None = None, run: RunSpec | None = None, max_workers: int = 48,
           max_message_bytes: int = auth.MAX_MESSAGE_BYTES, limits: Mapping[str, MethodLimit] | None = None,
-          log: Callable[[str], None] | None = None) -> RunningServer:
+          log: Callable[[str], None] | None = None,
+          services: Iterable[grpc.GenericRpcHandler] = ()) -> RunningServer:
     """Start serving `store` (and the Experience service) on host:port; port 0 lets the OS pick.
 
     Every call but health's runs under `guard.CallGuard`: per-method concurrency `limits` (merged over
     `guard.DEFAULT_LIMITS`), a server-side deadline and idle timeout, and a few of the `max_workers`
     threads kept free for health checks. The port is bound without SO_REUSEPORT, so a second server on
-    the same port fails with "address already in use" instead of sharing its clients.
+    the same port fails with "address already in use" instead of sharing its clients. `services`: more
+    handlers on the same server, under the same guard and token (the data-parallel replicas' batches).
     """
     auth.check_bind(host, token)
     codec.keep_message_buffers()
@@ -516,7 +547,7 @@ def serve(store: ParameterStore, host: str = "127.0.0.1", port: int = 0, token: 
                          interceptors=interceptors, options=options, maximum_concurrent_rpcs=8 * max_workers)
     watch_window_s = min(60.0, guard.limits["WatchVersions"].deadline_s / 2)
     parameters = ParameterService(store, watch_window_s=watch_window_s)
-    server.add_generic_rpc_handlers((parameters.handler(),))
+    server.add_generic_rpc_handlers((parameters.handler(), *services))
     hub = hub or ExperienceHub(policy_version=lambda: store.version)
     experience_pb2_grpc.add_ExperienceServicer_to_server(ExperienceService(hub, run, log), server)
     health_servicer = health.HealthServicer()

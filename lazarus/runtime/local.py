@@ -27,8 +27,10 @@ def run_training(cfg: Config, resume: str | Path | None = None, force: bool = Fa
     The run directory is locked for the run; one that holds a previous run needs `resume` (continue it) or
     `force` (start over), checked before anything is written.
     """
+    from lazarus.runtime.replicas import check_data_parallel
     from lazarus.training.rundir import prepare_run_dir
 
+    check_data_parallel(cfg)  # training.learners > 1 is for GRPO; never silently one learner
     if cfg.algorithm in ("grpo", "ppo") and cfg.runtime.launcher == "ray":
         # the learner runs as a Ray actor, maybe on another node: it takes the run directory's lock there
         from lazarus.runtime.ray_launcher import run_ray
@@ -156,13 +158,26 @@ def local_roles(cfg: Config, incarnation: str = "local"):
 
 def run_local(cfg: Config, resume: str | Path | None = None, echo: Callable[[str], None] = print):
     """RL with every role in this process: the coordinator pumps one actor that shares the learner's model."""
+    from lazarus.runtime.replicas import check_data_parallel, open_replicas, process_spawner
+
+    check_data_parallel(cfg)
     learner, actor, tasks = local_roles(cfg)
     hub = ExperienceHub("local", lambda: learner.policy_version, lease_s=cfg.runtime.lease_s,
                         max_queue_bytes=cfg.runtime.max_queue_bytes)
     coordinator = Coordinator(cfg, learner, tasks, hub, pump=local_pump(hub, [actor]), echo=echo, actors=1)
+    replicas = None
     try:
+        if cfg.training.learners > 1:  # training.learners: the other replicas are processes on loopback
+            coordinator.open(resume)
+            try:
+                replicas = open_replicas(cfg, learner, process_spawner(echo=echo), echo=echo)
+            except BaseException:
+                learner.close()  # coordinator.run would have: it releases the run directory
+                raise
         result = coordinator.run(resume)
     finally:
+        if replicas is not None:
+            replicas.close()
         if hasattr(actor.scorer, "close"):
             actor.scorer.close()
     return learner, result

@@ -36,26 +36,31 @@ class ActorsExited(LazarusError):
 def serve_and_learn(cfg: Config, resume: str | Path | None = None, *, listen: str | None = None,
                     token_file: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
                     on_ready: Callable[[str], None] | None = None, watchdog: Callable[[], None] | None = None,
-                    echo: Callable[[str], None] = print, force: bool = False):
+                    echo: Callable[[str], None] = print, force: bool = False, replicas=None):
     """Run the learner with its gRPC server until the last step; returns (learner, final metrics).
 
-    The run directory is locked for the run (a previous run there needs `resume` or `force`)."""
+    The run directory is locked for the run (a previous run there needs `resume` or `force`). With
+    `training.learners` > 1, `replicas` = (spawn, advertise) starts the other learner replicas
+    (runtime/replicas.py; default: processes on loopback)."""
     from lazarus.training.rundir import prepare_run_dir
 
     with prepare_run_dir(cfg, resume, force):
-        return _serve_and_learn(cfg, resume, listen, token_file, tls_cert, tls_key, on_ready, watchdog, echo)
+        return _serve_and_learn(cfg, resume, listen, token_file, tls_cert, tls_key, on_ready, watchdog, echo,
+                                replicas)
 
 
-def _serve_and_learn(cfg, resume, listen, token_file, tls_cert, tls_key, on_ready, watchdog, echo):
+def _serve_and_learn(cfg, resume, listen, token_file, tls_cert, tls_key, on_ready, watchdog, echo, replicas):
     from lazarus.distributed.auth import check_bind, read_token
     from lazarus.runtime.build import build_learner, ensure_data, read_rl_prompts
     from lazarus.runtime.coordinator import Coordinator, TaskSource
+    from lazarus.runtime.replicas import check_data_parallel, open_replicas, process_spawner
     from lazarus.runtime.transports import LearnerServer, parse_address
 
     listen = listen or cfg.runtime.listen
     token_file = token_file or cfg.runtime.token_file
     token = read_token(token_file) if token_file else None
     check_bind(parse_address(listen)[0], token)  # before the slow model load
+    check_data_parallel(cfg)
     ensure_data(cfg)
     learner = build_learner(cfg)
     records, prompt_ids = read_rl_prompts(cfg, learner.tokenizer)
@@ -68,6 +73,14 @@ def _serve_and_learn(cfg, resume, listen, token_file, tls_cert, tls_key, on_read
     server = LearnerServer(cfg, learner.model, hub, version, listen, token, tls_cert, tls_key,
                            log=lambda line: echo(f"learner: {line}"))
     coordinator.publish = server.publish
+    spawn, advertise = replicas or (process_spawner(token_file, echo), None)
+    try:
+        group = open_replicas(cfg, learner, spawn, host=parse_address(listen)[0], token=token, tls_cert=tls_cert,
+                              tls_key=tls_key, advertise=advertise, echo=echo)
+    except BaseException:
+        server.stop()
+        learner.close()
+        raise
     echo(f"listening on {server.address}")
     if on_ready is not None:
         on_ready(server.address)
@@ -75,6 +88,8 @@ def _serve_and_learn(cfg, resume, listen, token_file, tls_cert, tls_key, on_read
     try:
         result = coordinator.run()
     finally:
+        if group is not None:
+            group.close()
         hub.stop()  # actors hear it in their next call (also after Ctrl-C or an error)
         server.wait_for_actors_to_stop(timeout=3 * cfg.runtime.heartbeat_s + 2)
         server.stop()

@@ -11,6 +11,9 @@ current weights before it samples (`run_actor` does that); the task a dead actor
 when its lease expires, and the driver sees the death as a `RayActorError` and starts the loop again on the
 restarted actor.
 
+With `training.learners: N` the learner actor starts N - 1 data-parallel learner replicas as Ray actors
+(`ReplicaRole`, runtime/replicas.py), reaching its replica server the same way the rollout actors reach it.
+
 Without `runtime.ray.address` the driver starts a local Ray instance bound to 127.0.0.1, without the
 dashboard. Ray workers get the platform set-up of the CLI (OpenBLAS preloaded, its thread count: Ray sets
 OMP_NUM_THREADS=1) through `runtime_env`. This is the only module of lazarus that imports `ray`.
@@ -47,12 +50,19 @@ def import_ray():
 
 
 def worker_env() -> dict[str, str]:
-    """Environment variables of every Ray worker: the BLAS preload and thread count of `lazarus.platform`."""
+    """Environment variables of every Ray worker: the BLAS preload and thread count of `lazarus.platform`,
+    and the scheduling priority of the driver.
+
+    The raylet starts workers `RAY_worker_niceness` (default 15) nicer than itself, so the learner and the
+    rollout actors, which do all the work, would yield the CPU to Ray's own daemons and to anything else on
+    the machine; with `lazarus-learner` and `lazarus-actor` they run at the launching shell's priority. Ray's
+    job supervisor sets it to 0 for the same reason (a `RAY_worker_niceness` set by the user is kept)."""
     from lazarus.platform import preload_env
 
     threads = str(os.cpu_count() or 1)
     env = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", threads),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads), "PYTHONUNBUFFERED": "1"}
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads), "PYTHONUNBUFFERED": "1",
+           "RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0")}
     env.update(preload_env())
     return env
 
@@ -66,7 +76,7 @@ def advertised_address(listen_host: str, port: int, node_ip: str) -> str:
 def local_num_cpus(cfg: Config) -> int:
     """Logical CPUs of a local Ray instance: enough for the learner and every rollout actor to be placed."""
     per_actor = float(cfg.runtime.ray.actor_resources.get("num_cpus", 1.0))
-    needed = int(per_actor * cfg.runtime.actors + 0.999) + 1
+    needed = int(per_actor * cfg.runtime.actors + 0.999) + cfg.training.learners
     return max(os.cpu_count() or 1, needed)
 
 
@@ -102,9 +112,14 @@ class LearnerRole:
             self._token = read_token(cfg.runtime.token_file) if cfg.runtime.token_file else None
             self._ready.set()
 
+        def advertise(bound: str) -> str:
+            return advertised_address(parse_address(cfg.runtime.listen)[0], parse_address(bound)[1], node_ip)
+
+        token = read_token(cfg.runtime.token_file) if cfg.runtime.token_file else None
         try:
             learner, result = serve_and_learn(cfg, self.resume, on_ready=on_ready, force=self.force,
-                                              echo=lambda line: print(line, flush=True))
+                                              echo=lambda line: print(line, flush=True),
+                                              replicas=(ray_replica_spawner(cfg, token), advertise))
             export(learner.model, cfg, Path(cfg.training.run_dir))
             return result
         except BaseException as e:
@@ -144,6 +159,54 @@ class RolloutRole:
 
         return run_actor(address, self.actor_id, token, echo=lambda line: print(line, flush=True),
                          scorer_pool=ray_scorer)
+
+
+class ReplicaRole:
+    """A data-parallel learner replica (`training.learners`) as a Ray actor: `run_replica` against the leader."""
+
+    def where(self) -> tuple[int, str]:
+        import ray
+
+        return os.getpid(), ray.util.get_node_ip_address()
+
+    def run(self, address: str, replica_id: str, token: str | None) -> int:
+        from lazarus.runtime.replicas import run_replica
+
+        return run_replica(address, replica_id, token, echo=lambda line: print(line, flush=True))
+
+
+class RayReplica:
+    """The leader's handle on a replica actor: `poll()` is None while its run call is going, else an exit code."""
+
+    def __init__(self, ray, actor, ref):
+        self.ray, self.actor, self.ref = ray, actor, ref
+
+    def poll(self) -> int | None:
+        ready, _ = self.ray.wait([self.ref], timeout=0)
+        if not ready:
+            return None
+        try:
+            return int(self.ray.get(self.ref))
+        except Exception:  # the actor died (RayActorError) or its call raised: either way it is gone
+            return -1
+
+    def kill(self) -> None:
+        self.ray.kill(self.actor, no_restart=True)
+
+
+def ray_replica_spawner(cfg: Config, token: str | None):
+    """`spawn` for the leader under Ray: each follower a Ray actor (one CPU, not restarted: a lost replica is
+    failed or dropped by the leader, per training.elastic), placed by Ray like the rollout actors."""
+
+    def spawn(address: str, replica_id: str) -> RayReplica:
+        import ray
+
+        actor = ray.remote(max_restarts=0)(ReplicaRole).options(num_cpus=1).remote()
+        pid, node = ray.get(actor.where.remote(), timeout=600)  # before `run`: the actor runs one call at a time
+        print(f"learner: replica {replica_id} started as pid {pid} on {node}", flush=True)
+        return RayReplica(ray, actor, actor.run.remote(address, replica_id, token))
+
+    return spawn
 
 
 def run_ray(cfg: Config, resume: str | Path | None = None, echo: Callable[[str], None] = print,

@@ -1,96 +1,103 @@
-"""Data-parallel learner replicas: each computes gradients on its shard, the parameter server steps once.
+"""Data-parallel learner replicas: each computes the gradient of its shard, one optimizer step for all.
 
-`DataParallelStepper` is the `Stepper` of one of N replicas. `accumulate()` is unchanged (forward and
-backward on the replica's share of the batch); `apply()` does not step locally: it pushes the replica's
-gradient to a `ParameterStore(mode="sync", workers=N)`, which averages the N pushes of a version and
-applies its optimizer once, then waits for that version and loads its trainable weights. Every replica
-therefore continues from the same weights and the same version.
+With `training.learners: N`, every optimizer step's rows are cut into N contiguous shards (`shard_rows`).
+Each replica accumulates the gradient of its shard with the step's *global* micro-batch weights, so the N
+partial gradients add up to the gradient of the whole mini-batch, exactly as gradient accumulation does in
+one learner. A parameter server in synchronous mode averages the N pushes; the first replica (the leader,
+which owns the optimizer, its schedule and its checkpointed state) multiplies the mean back by N, clips and
+steps once, and publishes the new weights; the other replicas (followers) wait for that version and load it.
+Every replica therefore continues from the same weights and version.
 
-Each replica's gradient is the mean over its own shard; it is pushed scaled by `N * share` (share = its
-fraction of the global batch), so the server's plain N-way average equals the gradient of the mean loss
-over the whole batch even when shards differ in size. Global-norm clipping would have to act on that
-average, on the server: this stepper refuses `max_grad_norm` rather than clip each shard differently.
-
-A replica that dies leaves the version incomplete: the others' `apply()` raises `ReplicaTimeout` after
-`step_timeout` seconds, naming how many of the N replicas pushed.
+The transport is a `GradientSync` (runtime/replicas.py: in-process for the leader, gRPC for followers); this
+module only does the arithmetic around it. A replica that dies is the sync's business: the leader's
+`gather` raises `ReplicaTimeout` (or, elastic, drops it and returns the mean of the shards that arrived).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_flatten
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
 
 from lazarus.errors import LazarusError
 from lazarus.training.step import Stepper
 
 
 class ReplicaTimeout(LazarusError):
-    """A synchronous data-parallel step did not complete: a replica died or is too slow."""
+    """A synchronous data-parallel step did not complete: a replica died or is stuck; names it."""
 
 
-class DataParallelConfigError(LazarusError):
-    """A data-parallel setting that cannot work (e.g. per-shard clipping)."""
+class ReplicaDropped(LazarusError):
+    """This replica was declared dead by the leader (elastic) and is no longer part of the run."""
 
 
-class DataParallelStepper(Stepper):
-    """One replica's stepper: local gradients, the step taken by the parameter server's sync mode."""
+class LeaderSync(Protocol):
+    def gather(self, partial: dict[str, mx.array], version: int) -> tuple[dict[str, mx.array], int]:
+        """Push the leader's partial gradient, wait for every live replica's; (their mean, shards of the step)."""
 
-    def __init__(self, model: nn.Module, loss_fn: Callable, client, replica_id: str, replicas: int,
-                 share: float | None = None, *, max_grad_norm: float | None = None, compile: bool = True,
-                 step_timeout: float = 120.0):
-        """`client`: a `ParameterClient` of a store in sync mode with `workers == replicas`."""
-        if max_grad_norm:
-            raise DataParallelConfigError(
-                "optim.max_grad_norm: data-parallel learners cannot clip per replica (the norm belongs to the "
-                "averaged gradient); set it to null with training.learners > 1")
-        if replicas < 1:
-            raise DataParallelConfigError(f"training.learners must be >= 1, got {replicas}")
-        # The optimizer lives on the parameter server; this one is never stepped.
-        super().__init__(model, optim.SGD(learning_rate=0.0), loss_fn, max_grad_norm=None, compile=compile)
-        self.client, self.replica_id, self.replicas = client, replica_id, replicas
-        self.share = 1.0 / replicas if share is None else share
-        self.step_timeout = step_timeout
-        self.version = self.pull(-1)
+    def publish(self, weights: dict[str, mx.array]) -> int:
+        """The trainable weights after the step, as the next version; returns it."""
 
-    def pull(self, have_version: int) -> int:
-        """Load the server's trainable weights if newer than `have_version`; returns the version held."""
-        snapshot = self.client.pull_if_newer(have_version, scope="trainable")
-        if snapshot is None:
-            return have_version
-        self.model.load_weights(list(snapshot.weights.items()), strict=False)
-        mx.eval(self.model.parameters())
-        return snapshot.version
+
+class FollowerSync(Protocol):
+    def exchange(self, partial: dict[str, mx.array], version: int) -> tuple[int, dict[str, mx.array]]:
+        """Push this replica's partial gradient for `version`; wait for the leader's step; (version, weights)."""
+
+
+def shard_rows(rows: np.ndarray, shard: int, shards: int) -> np.ndarray:
+    """The contiguous part `shard` of `shards` of one optimizer step's rows (near-equal sizes)."""
+    return np.array_split(rows, shards)[shard]
+
+
+def partial_gradient(stepper: Stepper) -> dict[str, mx.array]:
+    """The stepper's accumulated gradient by flat name; zeros when its shard of the step was empty."""
+    if stepper._grads is not None:
+        grads = dict(tree_flatten(stepper._grads))
+    else:
+        grads = {name: mx.zeros_like(p) for name, p in tree_flatten(stepper.model.trainable_parameters())}
+    mx.eval(list(grads.values()))
+    return grads
+
+
+class LeaderStepper(Stepper):
+    """Replica 0: its own optimizer steps once on the mean of all replicas' gradients, then publishes."""
+
+    def __init__(self, model: nn.Module, optimizer: optim.Optimizer, loss_fn: Callable, sync: LeaderSync, *,
+                 version: int, max_grad_norm: float | None = 1.0, compile: bool = True, on_nonfinite: str = "stop"):
+        super().__init__(model, optimizer, loss_fn, max_grad_norm=max_grad_norm, compile=compile,
+                         on_nonfinite=on_nonfinite)
+        self.sync, self.version = sync, version
 
     def apply(self) -> float:
-        """Push this shard's gradient, wait for the N-way step, load its weights; returns the local grad norm."""
-        from lazarus.distributed.client import ServerUnavailable
-
-        if self._grads is None:
-            raise RuntimeError("apply() called before any accumulate()")
-        scale = self.replicas * self.share
-        grads = {name: g * scale if scale != 1.0 else g for name, g in tree_flatten(self._grads)}
-        norm = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for g in grads.values()))
-        mx.eval(norm, *grads.values())
-        self._grads = None
-        base = self.version
-        result = self.client.push_gradients(grads, base, worker_id=self.replica_id, timeout=self.step_timeout)
-        if not result.applied:
-            try:
-                self.client.wait_for_version(base + 1, timeout=self.step_timeout)
-            except ServerUnavailable:
-                raise ReplicaTimeout(
-                    f"training.learners: step {base + 1} did not complete within {self.step_timeout:g} s: "
-                    f"{self._pushed()} of {self.replicas} replicas pushed gradients (a replica died or is "
-                    f"stuck)") from None
-        self.version = self.pull(base)
-        return float(norm)
-
-    def _pushed(self) -> str:
+        """Gather the replicas' gradients, clip and step their sum (as one learner would), publish."""
+        partial = partial_gradient(self)
+        mean, shards = self.sync.gather(partial, self.version)
+        self._grads = tree_unflatten([(name, g * shards) for name, g in mean.items()])
         try:
-            return str(self.client.info(timeout=5.0).pending_gradients)
-        except Exception:  # the server itself may be gone: the count is then unknown
-            return "fewer"
+            norm = super().apply()  # a non-finite step is dropped (or stops the run) exactly as in one learner
+        finally:
+            self.version = self.sync.publish(dict(tree_flatten(self.model.trainable_parameters())))
+        return norm
+
+
+class FollowerStepper(Stepper):
+    """Replicas 1..N-1: push the shard's gradient, load the weights the leader's step produced."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, sync: FollowerSync, *, version: int,
+                 compile: bool = True):
+        # The optimizer lives with the leader; this one is never stepped.
+        super().__init__(model, optim.SGD(learning_rate=0.0), loss_fn, max_grad_norm=None, compile=compile)
+        self.sync, self.version = sync, version
+
+    def apply(self) -> float:
+        partial = partial_gradient(self)
+        self._grads, self._nonfinite_loss = None, None
+        norm = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for g in partial.values())).item()
+        self.version, weights = self.sync.exchange(partial, self.version)
+        self.model.load_weights(list(weights.items()), strict=False)
+        mx.eval(self.model.parameters())
+        return norm

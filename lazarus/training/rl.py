@@ -38,6 +38,7 @@ from lazarus.errors import LazarusError
 from lazarus.models.forward import policy_token_logprobs
 from lazarus.models.lora import adapters_disabled, has_lora
 from lazarus.training.base import Trainer, pad_length
+from lazarus.training.data_parallel import shard_rows
 from lazarus.training.evaluate import evaluate
 
 
@@ -108,15 +109,15 @@ def update_plan(num_rows: int, group_size: int, mini_batch_prompts: int | None, 
     """
     groups = max(num_rows // group_size, 1)
     per_step = (mini_batch_prompts or groups) * group_size
-    plan = []
-    for start in range(0, num_rows, per_step):
-        rows = np.arange(start, min(start + per_step, num_rows))
-        if micro_batch_rows:
-            micro = [rows[i: i + micro_batch_rows] for i in range(0, len(rows), micro_batch_rows)]
-        else:
-            micro = [piece for piece in np.array_split(rows, min(grad_accum_steps, len(rows))) if len(piece)]
-        plan.append(micro)
-    return plan
+    return [micro_batches(np.arange(start, min(start + per_step, num_rows)), micro_batch_rows, grad_accum_steps)
+            for start in range(0, num_rows, per_step)]
+
+
+def micro_batches(rows: np.ndarray, micro_batch_rows: int | None, grad_accum_steps: int = 1) -> list[np.ndarray]:
+    """`rows` cut into micro-batches of `micro_batch_rows`, or else into `grad_accum_steps` near-equal pieces."""
+    if micro_batch_rows:
+        return [rows[i: i + micro_batch_rows] for i in range(0, len(rows), micro_batch_rows)]
+    return [piece for piece in np.array_split(rows, min(grad_accum_steps, max(len(rows), 1))) if len(piece)]
 
 
 def optimizer_steps_per_update(cfg: Config) -> int:
@@ -174,6 +175,9 @@ class RLLearner(Trainer):
         self.proximal_from_forward = proximal_is_the_forward(cfg)
         self._engine = None
         self.stepper = self.make_stepper(self.loss)
+        # training.learners > 1 (training/data_parallel.py): this replica computes the gradient of part `shard` of
+        # `shards` of every optimizer step's rows; the leader's `replicas` hands each step's batch to the others
+        self.shard, self.replicas = (0, 1), None
 
     @property
     def policy_version(self) -> int:
@@ -209,6 +213,8 @@ class RLLearner(Trainer):
         """One update (`num_iterations` optimizer passes) on whole groups; policy_version += 1."""
         self.check(trajectories)
         trajectories = group_trajectories(trajectories, self.group_size)
+        if self.replicas is not None:
+            self.shard = self.replicas.share(self.policy_version, trajectories)
         metrics = self._learn(trajectories)
         self.step += 1
         return metrics
@@ -245,6 +251,9 @@ class RLLearner(Trainer):
         for _ in range(rl.num_iterations):
             for mini_batch in plan:
                 rows_in_step = np.concatenate(mini_batch)
+                if self.shard[1] > 1:  # data-parallel: this replica's part of the step, with the step's weights
+                    mini_batch = micro_batches(shard_rows(rows_in_step, *self.shard), rl.micro_batch_size,
+                                               self.cfg.training.grad_accum_steps)
                 for idx in mini_batch:
                     rows = mx.array(idx)
                     args = [batch.inputs[rows], batch.targets[rows], batch.mask[rows], batch.behavior_logprobs[rows],
@@ -257,7 +266,9 @@ class RLLearner(Trainer):
                 grad_norm = self.stepper.apply()
                 optimizer_steps += 1
         base["optimizer_steps"] = optimizer_steps
-        summary = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+        summary = {k: float(np.mean([h[k] for h in history])) for k in history[0]} if history else {}
+        if self.shard[1] > 1:
+            base["learners"] = float(self.shard[1])
         summary.update(grad_norm=grad_norm, learning_rate=float(self.optimizer.learning_rate),
                        advantage_mean=advantages.mean().item(), advantage_std=advantages.std().item(),
                        advantage_abs_max=mx.abs(advantages).max().item(), skipped_update=0.0, **base)

@@ -61,3 +61,18 @@ def test_generation_bench_prints_a_ratio_and_an_overhead_for_every_sampling_sett
     assert re.search(r"largest engine overhead beyond the model forward -?[0-9.]+% ", out), out
     match = re.search(r"min ratio ours/mlx-lm = ([0-9.]+) ", out)
     assert match and float(match.group(1)) > 0, out
+
+
+@pytest.mark.slow
+def test_runtime_bench_prints_the_gradient_sync_against_mlx_ring_ratio():
+    # given the runtime benchmark's gradient-sync row in quick mode (a 0.25 MiB gradient, three rounds)
+    result = subprocess.run([sys.executable, str(BENCH / "runtime.py"), "--quick", "--only", "gradient-sync"],
+                            capture_output=True, text=True, check=False, timeout=300, cwd=BENCH.parent)
+    # when it runs as its own process (a follower replica process and two ring processes of its own)
+    assert result.returncode == 0, result.stderr[-4000:]
+    # then both backends made rounds and the ratio is theirs
+    match = re.search(r"gradient sync vs mx.distributed ring rounds/s \(0.25 MiB, 2 processes\): ([0-9.]+) vs "
+                      r"([0-9.]+), ratio ([0-9.]+)", result.stdout)
+    assert match, result.stdout
+    ours, ring, ratio = map(float, match.groups())
+    assert ours > 0 and ring > 0 and ratio == pytest.approx(ours / ring, abs=0.01)

@@ -242,6 +242,8 @@ def test_a_killed_ray_actor_is_restarted_by_ray_and_the_run_completes_with_exact
     # when ray-actor-0's process is killed with SIGKILL while it holds a task
     wait_until(lambda: status(ns, learner)["actors"].get("ray-actor-0", {}).get("tasks_leased", 0) > 0, 300,
                "ray-actor-0 to lease a task")
+    # (the actor runs at the priority of whoever started Ray, not the raylet's default +15 niceness)
+    assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0)
     os.kill(pid, signal.SIGKILL)
     code = run.finish()
     # then Ray restarted it (a new process) and the run completed every step
@@ -314,3 +316,21 @@ def test_the_ray_scoring_pool_scores_in_ray_actors_exactly_as_in_process(ray_hea
     assert result["pooled"] == result["plain"]
     assert sorted(set(result["plain"])) == [0.0, 1.0]
     assert len(result["workers"]) == 2 and result["driver"] not in result["workers"]
+
+
+def test_a_ray_run_with_two_data_parallel_learners_finishes_with_both_replicas_stepping(ray_head, run_config,
+                                                                                       tmp_path):
+    # given the session's Ray head and a GRPO config with training.learners: 2
+    ns, ray_address = ray_head
+    config = run_config(training={"max_steps": 6, "batch_size": 8, "save_every": 0, "learners": 2})
+    # when `lazarus train --launcher ray --actors 1` runs it to the end
+    run = Run(ns, config, ray_address, actors=1)
+    code = run.finish()
+    # then the learner actor started its follower replica as a Ray actor, and every update was made by both
+    assert code == 0, run.output[-4000:]
+    assert re.search(r"learner: replica learner-1 started as pid \d+ on 127.0.0.1", run.output), run.output[-4000:]
+    assert "learner: 2 data-parallel replicas joined" in run.output
+    history = steps(tmp_path / "run")
+    assert [m["step"] for m in history] == list(range(1, 7))
+    assert all(m["learners"] == 2 for m in history if not m["skipped_update"])
+    assert re.search(r"replica learner-1: the run is over \(\d+ steps\)", run.output), run.output[-4000:]

@@ -5,7 +5,7 @@ from lazarus.distributed.protos import proto_files, stale_modules
 
 def test_generated_modules_match_the_proto_files():
     # given the .proto files in protos/lazarus/v1
-    assert {p.name for p in proto_files()} == {"parameter_server.proto", "experience.proto"}
+    assert {p.name for p in proto_files()} == {"parameter_server.proto", "experience.proto", "replicas.proto"}
     # when they are compiled again, then every committed module is identical (else: run `make protos`)
     assert stale_modules() == []
 

@@ -1,4 +1,8 @@
-"""Data-parallel learner replicas over a real parameter server on loopback (sync mode, N-way average)."""
+"""Data-parallel learner steppers over a real parameter server on loopback (owner-stepped sync mode).
+
+The leader's sync here is the store itself in this process (what `runtime.replicas.ReplicaGroup.gather` does
+without its membership checks); the follower's is `RemoteSync` over real gRPC.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,13 @@ import pytest
 from mlx.utils import tree_flatten
 
 from lazarus.distributed.client import ParameterClient
-from lazarus.distributed.server import ParameterStore, serve
-from lazarus.training.data_parallel import DataParallelConfigError, DataParallelStepper, ReplicaTimeout
+from lazarus.distributed.server import ParameterStore, StaleGradient, serve
+from lazarus.runtime.replicas import RemoteSync, check_data_parallel
+from lazarus.training.data_parallel import FollowerStepper, LeaderStepper, shard_rows
 from lazarus.training.step import Stepper
 
 LR = 0.5
-TOLERANCE = 2e-5  # float32: the mean of two half-batch gradients vs the whole-batch gradient
+TOLERANCE = 2e-5  # float32: the sum of two half-batch gradients vs the whole batch's, through clipping and SGD
 
 
 def next_token_loss(model, inputs, targets):
@@ -41,54 +46,84 @@ def trainable(model) -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
 
 
-@pytest.fixture
-def server(micro_model_dir):
-    servers = []
+class StoreSync:
+    """The leader's sync on an owner-stepped store in this process: wait for `replicas` pushes, average."""
 
-    def start(workers: int):
-        model = load_model(micro_model_dir)
-        store = ParameterStore.from_model(model, mode="sync", workers=workers, optimizer="sgd", learning_rate=LR)
-        running = serve(store, host="127.0.0.1", port=0)
-        servers.append(running)
-        return running.address
+    def __init__(self, store: ParameterStore, replicas: int):
+        self.store, self.replicas = store, replicas
 
-    yield start
-    for s in servers:
-        s.stop(grace=0.5)
+    def gather(self, partial, version):
+        self.store.push(version, partial, worker_id="learner-0")
+        assert len(self.store.wait_for_push(self.replicas, 60.0)) == self.replicas
+        mean, _ = self.store.take_mean(version)
+        return mean, self.replicas
+
+    def publish(self, weights):
+        return self.store.publish(weights)
 
 
-def test_two_replicas_on_halves_make_the_same_update_as_one_learner_on_the_whole_batch(micro_model_dir, server):
-    # given one learner stepping SGD locally, and two replicas sharing a sync parameter server with SGD
+def test_an_owner_stepped_store_averages_the_pushes_and_moves_only_when_its_owner_publishes(micro_model_dir):
+    # given an owner-stepped sync store and two pushes for version 0
+    model = load_model(micro_model_dir)
+    weights = dict(tree_flatten(model.trainable_parameters()))
+    store = ParameterStore(weights, mode="sync", optimizer=None)
+    name = next(iter(weights))
+    ones = {n: mx.ones_like(w) for n, w in weights.items()}
+    threes = {n: 3 * mx.ones_like(w) for n, w in weights.items()}
+    # when both arrive
+    first, second = store.push(0, ones, worker_id="a"), store.push(0, threes, worker_id="b")
+    # then nothing is applied and the version stays until the owner takes the mean and publishes
+    assert not first.applied and not second.applied and store.version == 0
+    assert sorted(store.pushed()) == ["a", "b"]
+    mean, count = store.take_mean(0)
+    assert count == 2 and float(mean[name].max()) == float(mean[name].min()) == 2.0
+    assert store.pushed() == [] and store.version == 0
+    assert store.publish(weights) == 1
+    # and a mean for a version nobody pushed to is refused
+    with pytest.raises(StaleGradient):
+        store.take_mean(1)
+
+
+def test_two_replicas_on_halves_make_the_same_update_as_one_learner_on_the_whole_batch(micro_model_dir):
+    # given one learner stepping SGD with clipping locally, and a leader (same optimizer) + follower pair
     single = load_model(micro_model_dir)
-    local = Stepper(single, optim.SGD(learning_rate=LR), next_token_loss, max_grad_norm=None, compile=False)
-    address = server(workers=2)
-    replicas = [load_model(micro_model_dir) for _ in range(2)]
-    steppers = [DataParallelStepper(m, next_token_loss, ParameterClient(address), f"r{i}", replicas=2,
-                                    compile=False, step_timeout=60) for i, m in enumerate(replicas)]
-    errors: list[BaseException] = []
+    local = Stepper(single, optim.SGD(learning_rate=LR), next_token_loss, max_grad_norm=0.5, compile=False)
+    leader_model, follower_model = load_model(micro_model_dir), load_model(micro_model_dir)
+    store = ParameterStore(dict(tree_flatten(leader_model.trainable_parameters())), mode="sync", optimizer=None)
+    server = serve(store, host="127.0.0.1", port=0)
+    try:
+        leader = LeaderStepper(leader_model, optim.SGD(learning_rate=LR), next_token_loss, StoreSync(store, 2),
+                               version=0, max_grad_norm=0.5, compile=False)
+        follower = FollowerStepper(follower_model, next_token_loss,
+                                   RemoteSync(ParameterClient(server.address), "learner-1", step_timeout=60),
+                                   version=0, compile=False)
+        errors: list[BaseException] = []
 
-    def replica(i: int, inputs, targets) -> None:
-        try:
-            half = slice(2 * i, 2 * i + 2)
-            steppers[i].accumulate(inputs[half], targets[half])
-            steppers[i].apply()
-        except BaseException as e:  # surfaced in the main thread below
-            errors.append(e)
+        def replica(stepper, shard: int, inputs, targets) -> None:
+            try:
+                rows = mx.array(shard_rows(np.arange(4), shard, 2))
+                stepper.accumulate(inputs[rows], targets[rows], weight=0.5)  # its share of the step
+                stepper.apply()
+            except BaseException as e:  # surfaced in the main thread below
+                errors.append(e)
 
-    # when both take two steps, the single learner on whole batches, each replica on its half
-    for step in range(2):
-        inputs, targets = batch(step)
-        local.accumulate(inputs, targets)
-        local.apply()
-        threads = [threading.Thread(target=replica, args=(i, inputs, targets)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert not errors, errors
+        # when both take three steps, the single learner on whole batches, each replica on its half
+        for step in range(3):
+            inputs, targets = batch(step)
+            local.accumulate(inputs, targets)
+            local.apply()
+            threads = [threading.Thread(target=replica, args=(s, i, inputs, targets))
+                       for i, s in enumerate((leader, follower))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            assert not errors, errors
+    finally:
+        server.stop(grace=0.5)
     # then both replicas hold the same weights at the same version, equal to the single learner's (tolerance)
-    expected, a, b = trainable(single), trainable(replicas[0]), trainable(replicas[1])
-    assert steppers[0].version == steppers[1].version == 2
+    expected, a, b = trainable(single), trainable(leader_model), trainable(follower_model)
+    assert leader.version == follower.version == 3
     for name in expected:
         np.testing.assert_array_equal(a[name], b[name])
         np.testing.assert_allclose(a[name], expected[name], rtol=0, atol=TOLERANCE, err_msg=name)
@@ -97,47 +132,28 @@ def test_two_replicas_on_halves_make_the_same_update_as_one_learner_on_the_whole
     assert max(float(np.abs(expected[n] - initial[n]).max()) for n in expected) > 100 * TOLERANCE
 
 
-def test_unequal_shards_are_weighted_by_their_share_of_the_batch(micro_model_dir, server):
-    # given a single learner and two replicas taking 3 and 1 rows of a 4-row batch
-    single = load_model(micro_model_dir)
-    local = Stepper(single, optim.SGD(learning_rate=LR), next_token_loss, max_grad_norm=None, compile=False)
-    address = server(workers=2)
-    replicas = [load_model(micro_model_dir) for _ in range(2)]
-    shares, cuts = (0.75, 0.25), (slice(0, 3), slice(3, 4))
-    steppers = [DataParallelStepper(m, next_token_loss, ParameterClient(address), f"r{i}", replicas=2,
-                                    share=shares[i], compile=False, step_timeout=60) for i, m in enumerate(replicas)]
-    inputs, targets = batch(7)
-    # when each steps on its shard and the single learner on the whole batch
-    local.accumulate(inputs, targets)
-    local.apply()
-    threads = [threading.Thread(target=lambda i=i: (steppers[i].accumulate(inputs[cuts[i]], targets[cuts[i]]),
-                                                    steppers[i].apply())) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    # then the update is the whole batch's
-    expected, got = trainable(single), trainable(replicas[1])
-    assert steppers[1].version == 1
-    for name in expected:
-        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=TOLERANCE, err_msg=name)
+def test_shards_cover_every_row_of_a_step_once_in_order():
+    rows = np.arange(10, 17)
+    parts = [shard_rows(rows, i, 3) for i in range(3)]
+    assert np.concatenate(parts).tolist() == rows.tolist()
+    assert [len(p) for p in parts] == [3, 2, 2]
 
 
-def test_a_replica_that_never_pushes_makes_the_step_time_out_with_a_clear_error(micro_model_dir, server):
-    # given a sync server expecting two replicas, and only one alive
-    address = server(workers=2)
-    alive = DataParallelStepper(load_model(micro_model_dir), next_token_loss, ParameterClient(address), "r0",
-                                replicas=2, compile=False, step_timeout=1.5)
-    inputs, targets = batch(0)
-    alive.accumulate(inputs[:2], targets[:2])
-    # when it applies its step, then it times out naming the step and how many replicas pushed
-    with pytest.raises(ReplicaTimeout, match=r"training.learners: step 1 did not complete within 1.5 s: 1 of 2 "
-                                             r"replicas pushed"):
-        alive.apply()
+def test_data_parallel_learners_for_ppo_are_refused_naming_the_field():
+    from lazarus.config import ConfigError, load_config
+
+    cfg = load_config(None, ["algorithm=ppo", "training.learners=2"])
+    with pytest.raises(ConfigError, match="training.learners: 2 data-parallel learners are implemented for "
+                                          "algorithm grpo, not ppo"):
+        check_data_parallel(cfg)
 
 
-def test_per_replica_clipping_is_refused_in_one_line(micro_model_dir, server):
-    address = server(workers=2)
-    with pytest.raises(DataParallelConfigError, match="optim.max_grad_norm"):
-        DataParallelStepper(load_model(micro_model_dir), next_token_loss, ParameterClient(address), "r0",
-                            replicas=2, max_grad_norm=1.0)
+def test_data_parallel_learners_for_sft_are_refused_before_anything_is_written(tmp_path):
+    from lazarus.config import ConfigError, load_config
+    from lazarus.runtime.local import run_training
+
+    cfg = load_config(None, ["algorithm=sft", "training.learners=3", f"training.run_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="training.learners: 3 data-parallel learners are implemented for "
+                                          "algorithm grpo, not sft"):
+        run_training(cfg)
+    assert not (tmp_path / "run").exists()
