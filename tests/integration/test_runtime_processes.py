@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import REDUCED
+from grpo_config import config_writer
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
@@ -32,30 +32,7 @@ def env() -> dict[str, str]:
 
 @pytest.fixture
 def run_config(tmp_path, micro_model_dir):
-    from lazarus.data.math import write_math_dataset
-
-    write_math_dataset(tmp_path / "data", n_train=64, n_eval=8, kinds=["arithmetic"], difficulty=1, seed=0)
-
-    def make(**sections) -> Path:
-        cfg = {
-            "algorithm": "grpo",
-            "model": {"path": str(micro_model_dir)},
-            "data": {"train": str(tmp_path / "data/rl_train.jsonl"), "eval": str(tmp_path / "data/rl_eval.jsonl")},
-            "optim": {"learning_rate": 0.003},
-            "training": {"max_steps": STEPS, "batch_size": 8, "run_dir": str(tmp_path / "run"), "progress": False,
-                         "save_every": 2},
-            "generation": {"num_generations": 8, "max_new_tokens": 4},
-            "rl": {"rewards": [{"function": "runtime_rewards:starts_with_a_digit"}]},
-            "eval": {"num_prompts": 4, "reward": "starts_with_a_digit"},
-            "runtime": {"heartbeat_s": 0.3, "lease_s": 3.0},
-        }
-        for section, values in sections.items():
-            cfg.setdefault(section, {}).update(values)
-        path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        return path
-
-    return make
+    return config_writer(tmp_path, micro_model_dir, STEPS, training={"save_every": 2})
 
 
 def start_learner(config: Path, *args: str) -> tuple[subprocess.Popen, str]:
