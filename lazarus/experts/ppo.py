@@ -198,9 +198,11 @@ def train(
     return policy
 
 
-def train_to_directory(config: PPOConfig, out: str | Path, log: Callable[[str], None] = print) -> dict:
+def train_to_directory(config: PPOConfig, out: str | Path, log: Callable[[str], None] = print,
+                       open_shard: Callable[..., object] | None = None) -> dict:
     """Train with metrics (out/metrics.jsonl), the best-evaluated policy as the expert in `out`, the latest
-    in `out/last/`, and plots in `out/plots/`. Returns a summary: best eval return, env steps, seconds."""
+    in `out/last/`, and plots in `out/plots/` (`open_shard`: as for `train`). Returns a summary: best eval
+    return, env steps, seconds."""
     from lazarus.experts.registry import save_expert
     from lazarus.models.io import write_json
     from lazarus.observe.metrics import MetricsLogger
@@ -228,7 +230,7 @@ def train_to_directory(config: PPOConfig, out: str | Path, log: Callable[[str], 
             log(f"env_steps {env_steps}  eval mean return {metrics['reward_eval_mean']:.1f}  "
                 f"(best {best['eval_return']:.1f})  {time.perf_counter() - started:.0f}s")
 
-        train(config, on_update, on_eval)
+        train(config, on_update, on_eval, open_shard)
     plot_run(out)
     return {"eval_return": best["eval_return"], "env_steps": best["env_steps"],
             "seconds": time.perf_counter() - started}
