@@ -75,6 +75,8 @@ def train(
         ppo_config = preset(env, **fields)
     except ValidationError as error:
         raise ExpertsUsageError(f"{config or 'experts train'}: {_first_error(error)}") from None
+    if launcher == "process" and not ppo_config.workers:
+        raise ExpertsUsageError("--launcher runs the env workers: it needs --workers N (N >= 1)")
     if ppo_config.workers and ppo_config.worker_launcher == "ray":
         from lazarus.runtime.ray_launcher import ray_env_workers
 

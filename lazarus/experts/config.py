@@ -105,6 +105,8 @@ class PPOConfig(BaseModel):
     def _chunks_fit(self) -> PPOConfig:
         if self.rollout_steps % self.chunk_length:
             raise ValueError(f"chunk_length {self.chunk_length} must divide rollout_steps {self.rollout_steps}")
+        if self.worker_launcher == "ray" and self.workers == 0:
+            raise ValueError("worker_launcher ray runs the env workers as Ray actors: it needs workers >= 1")
         if self.workers > self.num_envs:
             raise ValueError(f"workers {self.workers} cannot exceed num_envs {self.num_envs} (each steps at least one)")
         chunks = self.num_envs * self.rollout_steps // self.chunk_length

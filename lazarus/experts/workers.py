@@ -9,9 +9,10 @@ policy's weights and its slice of the noise, and joins the shards' rollouts alon
 seeded seed + i wherever it runs, so the joined rollout equals the single-process one, bit for bit
 (tested), whatever the number of workers.
 
-Shards open in this process (`workers: 0`), in spawned processes (`open_process_shard`, one single-worker
-executor each, so the shard's state stays in its process), or as Ray actors (`lazarus.runtime.ray_launcher.
-open_ray_shard`, which runs the same `EnvShard`). A shard handle has `collect(...) -> Future` and `close()`.
+Shards open in this process (`workers: 0`, `LocalShard`), in spawned processes (`ProcessShard`, one
+single-worker executor each, so the shard's state stays in its process), or as Ray actors (`lazarus.runtime.
+ray_launcher.ray_env_workers`, which runs the same `EnvShard`). A shard handle has `collect(...) -> Future`
+and `close()`.
 """
 
 from __future__ import annotations
@@ -151,10 +152,6 @@ class ProcessShard:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def open_process_shard(*args) -> ProcessShard:
-    return ProcessShard(*args)
-
-
 def join_envs(parts: list[Rollout]) -> Rollout:
     """Shards' rollouts (envs in order) as one: arrays joined on the env axis, episodes per step in env order."""
     if len(parts) == 1:
@@ -173,7 +170,7 @@ class EnvWorkers:
             if config.workers == 0:
                 open_shard = LocalShard
             elif config.worker_launcher == "process":
-                open_shard = open_process_shard
+                open_shard = ProcessShard
             else:
                 raise EnvWorkerError("worker_launcher: ray runs env workers as Ray actors, which the Ray launcher "
                                      "opens: use `lazarus experts train --launcher ray`")

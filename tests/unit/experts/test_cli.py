@@ -124,3 +124,10 @@ def test_an_address_without_the_ray_launcher_is_a_one_line_error(tmp_path):
     result = experts("train", "--env", "CartPole-v1", "--out", str(tmp_path / "x"), "--workers", "2", "--address",
                      "127.0.0.1:6379", registry=tmp_path / "registry")
     assert result.returncode == 2 and "--address" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_launcher_without_workers_is_a_one_line_error(tmp_path):
+    for launcher in ("process", "ray"):
+        result = experts("train", "--env", "CartPole-v1", "--out", str(tmp_path / "x"), "--launcher", launcher,
+                         registry=tmp_path / "registry")
+        assert result.returncode == 2 and "workers" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -87,9 +87,11 @@ def test_a_worker_that_dies_is_an_error_naming_it_and_its_envs():
         workers.close()
 
 
-def test_more_workers_than_envs_and_ray_without_its_launcher_are_refused():
+def test_more_workers_than_envs_ray_without_workers_and_ray_without_its_launcher_are_refused():
     with pytest.raises(ValueError, match="workers 5 cannot exceed num_envs 4"):
         preset("CartPole-v1", num_envs=4, workers=5)
+    with pytest.raises(ValueError, match="needs workers >= 1"):
+        preset("CartPole-v1", num_envs=4, worker_launcher="ray")
     config = preset("CartPole-v1", arch="mlp", num_envs=4, workers=2, worker_launcher="ray")
     with pytest.raises(EnvWorkerError, match="--launcher ray"):
         EnvWorkers(config, policy_spec(config))
