@@ -1,10 +1,10 @@
 """`lazarus demo delegation`: a tiny model learns, by multi-turn GRPO, to delegate aiming to an RNN expert.
 
 The task is "what launch angle hits a target at D m with wind W m/s?" under drag (Projectile-v0): the
-answer must land within `HIT_TOLERANCE` m of the target, which takes a launch angle right to a few tenths
-of a degree, beyond what a ~1M-parameter language model learns from a few thousand examples. A GRU expert
-trained with PPO on Projectile-v0 hits it; registered by name and listed in `env.tools` as
-`{expert: NAME}`, it is the tool `expert_projectile`. The demo:
+answer must land within `HIT_TOLERANCE` m of the target, which near the ground takes the launch angle right
+to about 0.3 degrees. A ~1M-parameter language model fine-tuned on a few thousand true angles gets there on
+about 60% of held-out problems; a GRU expert trained with PPO on Projectile-v0 on about 97%. Registered by
+name and listed in `env.tools` as `{expert: NAME}`, the expert is the tool `expert_projectile`. The demo:
 
   1. trains the projectile expert (a few seconds to minutes) and registers it, unless the name already
      resolves to a Projectile-v0 expert;
