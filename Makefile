@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-tools test test-fast protos bench bench-experts lint clean
+.PHONY: install demo demo-tools demo-delegation test test-fast protos bench bench-experts lint clean
 
 install: $(STAMP)
 
@@ -22,6 +22,9 @@ demo: install
 
 demo-tools: install
 	$(VENV)/bin/lazarus demo tools
+
+demo-delegation: install
+	$(VENV)/bin/lazarus demo delegation
 
 test: install
 	$(VENV)/bin/pytest -q

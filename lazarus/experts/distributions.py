@@ -51,16 +51,20 @@ def gaussian_entropy(log_std: mx.array) -> mx.array:
     return (log_std + 0.5 * (1.0 + LOG_2PI)).sum(axis=-1)
 
 
-# numpy twins for the rollout step (same formulas, float32), checked against the above by the ratio test.
+# numpy twins for the rollout step (same formulas), checked against the above by the ratio test. They compute
+# in float64 and return float32: numpy's float32 exp/log take SIMD or scalar paths depending on an array's
+# length, which can move the last bit, and a rollout split over env workers must equal the one-process one.
 
 
 def np_categorical_logprob(logits: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return np.take_along_axis(logp, actions.astype(np.int64)[..., None], axis=-1)[..., 0]
+    return np.take_along_axis(logp, actions.astype(np.int64)[..., None], axis=-1)[..., 0].astype(np.float32)
 
 
 def np_squashed_gaussian_logprob(mean: np.ndarray, log_std: np.ndarray, u: np.ndarray) -> np.ndarray:
+    mean, log_std, u = mean.astype(np.float64), log_std.astype(np.float64), u.astype(np.float64)
     gaussian = -0.5 * np.square((u - mean) / np.exp(log_std)) - log_std - 0.5 * LOG_2PI
     log_det = 2.0 * (LOG_2 - u - np.logaddexp(0.0, -2.0 * u))
     return (gaussian - log_det).sum(axis=-1).astype(np.float32)

@@ -26,7 +26,7 @@ def evaluate(policy: RolloutPolicy, episodes: int, seed: int = 10_000, determini
     rng = None if deterministic else np.random.default_rng(seed)
     while running.any():
         head, _, state = policy.step(obs, starts, state)
-        _, env_actions, _ = policy.act(head, rng)
+        _, env_actions, _ = policy.act(head, None if rng is None else policy.draw_noise(rng, episodes))
         starts = np.zeros(episodes, np.float32)
         for i in np.flatnonzero(running):
             observation, reward, terminated, truncated, _ = envs[i].step(env_actions[i])

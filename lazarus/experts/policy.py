@@ -106,11 +106,16 @@ class ExpertPolicy(nn.Module):
 
 
 class RolloutPolicy:
-    """The numpy twin of an `ExpertPolicy` (same weights, same math, float32) for stepping envs."""
+    """The numpy twin of an `ExpertPolicy` (same weights, same math, float32 results) for stepping envs."""
 
-    def __init__(self, policy: ExpertPolicy):
-        self.spec = policy.spec
-        self.weights = {name: np.array(value, dtype=np.float32) for name, value in tree_flatten(policy.parameters())}
+    def __init__(self, policy: ExpertPolicy | None = None, *, spec: PolicySpec | None = None,
+                 weights: dict[str, np.ndarray] | None = None):
+        """From an `ExpertPolicy`, or (in an env worker, without MLX work) from its spec and numpy weights."""
+        if policy is not None:
+            spec = policy.spec
+            weights = {name: np.array(value, dtype=np.float32) for name, value in tree_flatten(policy.parameters())}
+        self.spec, self.weights = spec, weights
+        self._weights64 = {name: value.astype(np.float64) for name, value in weights.items()}
         if self.spec.action_kind == "continuous":
             low, high = np.array(self.spec.action_low, np.float32), np.array(self.spec.action_high, np.float32)
             self._action_center, self._action_half_range = (high + low) / 2, (high - low) / 2
@@ -119,9 +124,11 @@ class RolloutPolicy:
         return np.zeros((batch, self.spec.state_size), np.float32)
 
     def _linear(self, name: str, x: np.ndarray) -> np.ndarray:
-        y = x @ self.weights[f"{name}.weight"].T
-        bias = self.weights.get(f"{name}.bias")
-        return y if bias is None else y + bias
+        """x W^T + b, accumulated in float64 and rounded to float32: float32 BLAS products can differ in the
+        last bit with the number of rows, and a rollout split over env workers must equal the whole one."""
+        y = x.astype(np.float64) @ self._weights64[f"{name}.weight"].T
+        bias = self._weights64.get(f"{name}.bias")
+        return (y if bias is None else y + bias).astype(np.float32)
 
     def step(self, obs: np.ndarray, starts: np.ndarray, state: np.ndarray):
         """obs [N, obs_dim], starts [N], state [N, S] -> (head output [N, A], values [N], next state [N, S])."""
@@ -146,19 +153,28 @@ class RolloutPolicy:
             feature = np.tanh(self._linear("core_input", x))
         return self._linear("policy_head", feature), self._linear("value_head", feature)[:, 0], state
 
-    def act(self, head: np.ndarray, rng: np.random.Generator | None):
-        """Sample (or, with rng None, take the mode of) the head's distribution.
+    def draw_noise(self, rng: np.random.Generator, *batch: int) -> np.ndarray:
+        """The randomness `act` consumes for a head of shape [*batch, action_dim]: uniforms (Gumbel-max) or
+        standard normals. Drawn in one block, it is the same stream as drawn step by step (numpy's
+        generators fill arrays in order), so a rollout's noise can be drawn up front and cut per env worker."""
+        shape = (*batch, self.spec.action_dim)
+        if self.spec.action_kind == "discrete":
+            return rng.uniform(1e-12, 1.0, shape)
+        return rng.standard_normal(shape).astype(np.float32)
+
+    def act(self, head: np.ndarray, noise: np.ndarray | None):
+        """Sample the head's distribution with `noise` (from `draw_noise`), or with None take its mode.
 
         Returns (stored action: the index, or the pre-tanh u; the env action; log pi of the stored action).
         """
         if self.spec.action_kind == "discrete":
-            if rng is None:
+            if noise is None:
                 actions = head.argmax(axis=-1)
             else:  # Gumbel-max: one draw per env, no per-env Python loop
-                actions = (head - np.log(-np.log(rng.uniform(1e-12, 1.0, head.shape)))).argmax(axis=-1)
+                actions = (head - np.log(-np.log(noise))).argmax(axis=-1)
             return actions, actions, np_categorical_logprob(head, actions)
         log_std = np.broadcast_to(self.weights["log_std"], head.shape)
-        u = head if rng is None else head + np.exp(log_std) * rng.standard_normal(head.shape).astype(np.float32)
+        u = head if noise is None else head + np.exp(log_std) * noise
         u = u.astype(np.float32)
         env_actions = self._action_center + self._action_half_range * np.tanh(u)
         return u, env_actions, np_squashed_gaussian_logprob(head, log_std, u)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -25,64 +24,12 @@ import numpy as np
 
 from lazarus.algorithms.ppo import approx_kl, ppo_policy_loss, value_loss
 from lazarus.experts.config import PolicySpec, PPOConfig
-from lazarus.experts.envs import EnvBatch, describe_spaces, make_env
+from lazarus.experts.envs import describe_spaces, make_env
 from lazarus.experts.episodes import evaluate
 from lazarus.experts.policy import ExpertPolicy, RolloutPolicy
+from lazarus.experts.workers import EnvWorkers, Rollout, RolloutCollector  # noqa: F401  (RolloutCollector: re-exported)
 
 TRAIN_EVAL_SEED = 1_000_000
-
-
-@dataclass
-class Rollout:
-    """T steps of N envs; every array is [T, N, ...]. `states[t]` is the state before step t's start mask."""
-
-    obs: np.ndarray
-    starts: np.ndarray
-    states: np.ndarray
-    actions: np.ndarray
-    logprobs: np.ndarray
-    values: np.ndarray
-    rewards: np.ndarray
-    ended: np.ndarray
-    bootstraps: np.ndarray  # gamma * V(last observation) on the last step of a truncated episode, else 0
-    last_values: np.ndarray  # [N]: V of the observation after the last step (for the GAE bootstrap)
-
-
-class RolloutCollector:
-    """Steps an `EnvBatch` with a `RolloutPolicy`, carrying observations and recurrent state across rollouts."""
-
-    def __init__(self, envs: EnvBatch, spec: PolicySpec, seed: int):
-        self.envs, self.rng = envs, np.random.default_rng(seed)
-        self.obs, self.starts = envs.reset()
-        self.state = np.zeros((envs.num_envs, spec.state_size), np.float32)
-        self.finished: list[tuple[float, int]] = []
-
-    def collect(self, policy: RolloutPolicy, steps: int, gamma: float) -> Rollout:
-        n, spec = self.envs.num_envs, policy.spec
-        action_shape = () if spec.action_kind == "discrete" else (spec.action_dim,)
-        buffers = dict(
-            obs=np.zeros((steps, n, spec.obs_dim), np.float32), starts=np.zeros((steps, n), np.float32),
-            states=np.zeros((steps, n, spec.state_size), np.float32),
-            actions=np.zeros((steps, n, *action_shape), np.int64 if not action_shape else np.float32),
-            logprobs=np.zeros((steps, n), np.float32), values=np.zeros((steps, n), np.float32),
-            rewards=np.zeros((steps, n), np.float32), ended=np.zeros((steps, n), np.float32),
-            bootstraps=np.zeros((steps, n), np.float32),
-        )
-        for t in range(steps):
-            buffers["obs"][t], buffers["starts"][t], buffers["states"][t] = self.obs, self.starts, self.state
-            head, values, self.state = policy.step(self.obs, self.starts, self.state)
-            actions, env_actions, logprobs = policy.act(head, self.rng)
-            self.obs, rewards, terminated, truncated, final_obs, finished = self.envs.step(env_actions)
-            for i, last in enumerate(final_obs):
-                if last is not None:  # time limit: bootstrap from the value of where the episode stopped
-                    _, last_value, _ = policy.step(last[None], np.zeros(1, np.float32), self.state[i : i + 1])
-                    buffers["bootstraps"][t, i] = gamma * last_value[0]
-            self.starts = (terminated | truncated).astype(np.float32)
-            buffers["actions"][t], buffers["logprobs"][t], buffers["values"][t] = actions, logprobs, values
-            buffers["rewards"][t], buffers["ended"][t] = rewards, self.starts
-            self.finished.extend(finished)
-        _, last_values, _ = policy.step(self.obs, self.starts, self.state)
-        return Rollout(**buffers, last_values=last_values)
 
 
 def episode_gae(
@@ -166,10 +113,15 @@ def train(
     config: PPOConfig,
     on_update: Callable[[int, dict], None] | None = None,
     on_eval: Callable[[ExpertPolicy, int, dict], None] | None = None,
+    open_shard: Callable[..., object] | None = None,
 ) -> ExpertPolicy:
     """Train an expert; returns the final policy. The loop calls `on_update(env_steps, metrics)` after every
     update and `on_eval(policy, env_steps, metrics)` after every evaluation (the CLI logs and saves there).
-    Stops after `total_steps` env steps, or at the first evaluation whose mean reaches `stop_at_return`."""
+    Stops after `total_steps` env steps, or at the first evaluation whose mean reaches `stop_at_return`.
+
+    The envs are stepped in this process, or with `config.workers` > 0 in that many env workers
+    (lazarus.experts.workers): processes, or what `open_shard` opens (the Ray launcher's actors); the
+    rollouts, and so the trained policy, are the same either way."""
     mx.random.seed(config.seed)
     policy = ExpertPolicy(policy_spec(config))
     mx.eval(policy.parameters())
@@ -186,8 +138,7 @@ def train(
     # Compiled once: every minibatch has the same shape. Halves the update's time on CPU (fewer op launches).
     model_state = [policy.state, optimizer.state]
     update_step = mx.compile(update_step, inputs=model_state, outputs=model_state)
-    envs = EnvBatch(config.env, config.num_envs, config.seed, config.env_kwargs)
-    collector = RolloutCollector(envs, policy.spec, config.seed)
+    collector = EnvWorkers(config, policy.spec, open_shard)
     shuffle = np.random.default_rng(config.seed + 1)
     steps_per_update = config.num_envs * config.rollout_steps
     num_updates = max(1, config.total_steps // steps_per_update)
@@ -198,6 +149,7 @@ def train(
                 optimizer.learning_rate = config.learning_rate * (1.0 - (update - 1) / num_updates)
             rollout_started = time.perf_counter()
             rollout = collector.collect(RolloutPolicy(policy), config.rollout_steps, config.gamma)
+            finished = [episode for step in rollout.finished for episode in step]
             rollout_s = time.perf_counter() - rollout_started
             env_steps += steps_per_update
             advantages, returns = episode_gae(
@@ -219,7 +171,6 @@ def train(
                     for key, value in metrics.items():
                         sums[key] = sums.get(key, 0.0) + value.item()
             count = config.update_epochs * config.num_minibatches
-            finished, collector.finished = collector.finished, []
             metrics = {key: value / count for key, value in sums.items()}
             metrics.update(
                 env_steps=env_steps, learning_rate=float(optimizer.learning_rate),
@@ -243,13 +194,15 @@ def train(
                 if config.stop_at_return is not None and eval_metrics["reward_eval_mean"] >= config.stop_at_return:
                     break
     finally:
-        envs.close()
+        collector.close()
     return policy
 
 
-def train_to_directory(config: PPOConfig, out: str | Path, log: Callable[[str], None] = print) -> dict:
+def train_to_directory(config: PPOConfig, out: str | Path, log: Callable[[str], None] = print,
+                       open_shard: Callable[..., object] | None = None) -> dict:
     """Train with metrics (out/metrics.jsonl), the best-evaluated policy as the expert in `out`, the latest
-    in `out/last/`, and plots in `out/plots/`. Returns a summary: best eval return, env steps, seconds."""
+    in `out/last/`, and plots in `out/plots/` (`open_shard`: as for `train`). Returns a summary: best eval
+    return, env steps, seconds."""
     from lazarus.experts.registry import save_expert
     from lazarus.models.io import write_json
     from lazarus.observe.metrics import MetricsLogger
@@ -277,7 +230,7 @@ def train_to_directory(config: PPOConfig, out: str | Path, log: Callable[[str], 
             log(f"env_steps {env_steps}  eval mean return {metrics['reward_eval_mean']:.1f}  "
                 f"(best {best['eval_return']:.1f})  {time.perf_counter() - started:.0f}s")
 
-        train(config, on_update, on_eval)
+        train(config, on_update, on_eval, open_shard)
     plot_run(out)
     return {"eval_return": best["eval_return"], "env_steps": best["env_steps"],
             "seconds": time.perf_counter() - started}

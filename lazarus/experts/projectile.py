@@ -69,6 +69,39 @@ def landing_distance(angle_deg: float, wind: float, speed: float = 35.0, drag: f
     return wind * t + (vx0 - wind) * (1 - math.exp(-drag * t)) / drag
 
 
+def launch_angle_for(
+    target_distance: float, wind: float, speed: float = 35.0, drag: float = 0.4, min_angle: float = 5.0,
+    max_angle: float = 85.0,
+) -> float | None:
+    """The low launch angle (degrees) that lands exactly at `target_distance`, or None if out of range.
+
+    The range rises with the angle up to the farthest-reaching one and falls after it; the low branch is
+    found by bisection below the farthest angle (located on a 0.25-degree grid, then refined by bisection
+    on the slope). This is the ground truth the delegation demo checks answers against, not the expert.
+    """
+    grid = np.arange(min_angle, max_angle + 1e-9, 0.25)
+    ranges = [landing_distance(a, wind, speed, drag) for a in grid]
+    best = int(np.argmax(ranges))
+    low, high = float(grid[max(best - 1, 0)]), float(grid[min(best + 1, len(grid) - 1)])
+    for _ in range(40):  # the range is concave around its peak: bisect on the sign of its slope
+        mid = (low + high) / 2
+        if landing_distance(mid + 1e-6, wind, speed, drag) > landing_distance(mid, wind, speed, drag):
+            low = mid
+        else:
+            high = mid
+    farthest = (low + high) / 2
+    if not ranges[0] <= target_distance <= landing_distance(farthest, wind, speed, drag):
+        return None
+    low, high = min_angle, farthest
+    for _ in range(60):
+        mid = (low + high) / 2
+        if landing_distance(mid, wind, speed, drag) < target_distance:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
 class ProjectileEnv(gym.Env):
     metadata = {"render_modes": []}
 

@@ -62,8 +62,9 @@ def write_tool_task(data_dir: Path, seed: int, tool_share: float = TOOL_SHARE, n
     write_jsonl(data_dir / "rl_eval.jsonl", [{"prompt": p, "answer": a} for p, _, a in held_out])
 
 
-def evaluate_episodes(model_dir: str, cfg: Config, rows: list[dict]) -> dict:
-    """Greedy multi-turn episodes on `rows`: accuracy, the share that called a tool, failed calls."""
+def evaluate_episodes(model_dir: str, cfg: Config, rows: list[dict], reward_function=None) -> dict:
+    """Greedy multi-turn episodes on `rows`: accuracy (the mean of `reward_function`, by default `accuracy`
+    against the rows' `answer`), the share that called a tool, failed calls."""
     from lazarus.data.tokenize import encode_prompt
     from lazarus.data.trajectory import RolloutTask, SamplingSettings
     from lazarus.env.build import env_factory, env_settings
@@ -78,13 +79,14 @@ def evaluate_episodes(model_dir: str, cfg: Config, rows: list[dict]) -> dict:
     task = RolloutTask("eval", [encode_prompt(r["prompt"], tokenizer) for r in rows], rows,
                        [f"eval:{i}" for i in range(len(rows))], 1, SamplingSettings(temperature=0.0),
                        cfg.generation.max_new_tokens, 0, env=cfg.env.model_dump())
+    reward_function = reward_function or RewardFunction("accuracy", accuracy_reward)
     results = run_episodes(Engine(model, tokenizer, completion_batch_size=len(rows)), task,
-                           [RewardFunction("accuracy", accuracy_reward)], env_factory(settings),
+                           [reward_function], env_factory(settings),
                            SamplingParams(temperature=0.0, max_tokens=cfg.generation.max_new_tokens),
                            max_turns=settings.max_turns, max_total_tokens=settings.max_total_tokens,
                            observation_max_tokens=settings.observation_max_tokens)
     n = max(len(results), 1)
-    return {"accuracy": sum(r["components"]["accuracy"] for _, r in results) / n,
+    return {"accuracy": sum(r["components"][reward_function.name] for _, r in results) / n,
             "tool_call_rate": sum(e.tool_calls > 0 for e, _ in results) / n,
             "failed_calls": sum(sum(e.failures.values()) for e, _ in results),
             "example": results[0][0].final_text if results else ""}

@@ -25,6 +25,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from lazarus.config import Config, load_config_dict, to_dict
@@ -384,3 +385,53 @@ def ray_scorer(workers: int):
     from lazarus.env.pool import PooledScorer
 
     return PooledScorer(RayScoringPool(workers), workers)
+
+
+# --- expert env workers under Ray ----------------------------------------------------------------------------
+
+
+class RayEnvShard:
+    """An expert env worker as a Ray actor running `lazarus.experts.workers.EnvShard`, the function the
+    process workers run; `collect` returns a Future, as `EnvWorkers` expects of every shard."""
+
+    def __init__(self, ray, actor):
+        self._ray, self.actor = ray, actor
+
+    def collect(self, *args):
+        return self.actor.collect.remote(*args).future()
+
+    def close(self) -> None:
+        try:
+            self._ray.get(self.actor.close.remote(), timeout=30)
+        finally:
+            self._ray.kill(self.actor, no_restart=True)
+
+
+@contextmanager
+def ray_env_workers(workers: int, address: str | None = None, echo: Callable[[str], None] = print):
+    """`open_shard` for `lazarus experts train --workers N --launcher ray`: joins `address` (or starts a local
+    instance on 127.0.0.1, shut down on exit) and opens each shard of envs as a Ray actor (one CPU each)."""
+    ray = import_ray()
+    started = False
+    if not ray.is_initialized():
+        kwargs = {"runtime_env": {"env_vars": worker_env()}, "log_to_driver": True}
+        try:
+            if address:
+                node_ip = "127.0.0.1" if address.rpartition(":")[0] in LOOPBACK else None
+                ray.init(address=address, **({"_node_ip_address": node_ip} if node_ip else {}), **kwargs)
+                echo(f"ray: joined the cluster at {address} ({_describe(ray.cluster_resources())})")
+            else:
+                ray.init(address="local", num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False,
+                         _node_ip_address="127.0.0.1", **kwargs)
+                started = True
+                echo(f"ray: started a local instance ({_describe(ray.cluster_resources())})")
+        except ConnectionError as e:
+            raise RayLaunchError(f"--address: cannot join the Ray cluster at {address}: {e}") from None
+    from lazarus.experts.workers import EnvShard
+
+    shard_actor = ray.remote(num_cpus=1)(EnvShard)
+    try:
+        yield lambda *args: RayEnvShard(ray, shard_actor.remote(*args))
+    finally:
+        if started:
+            ray.shutdown()

@@ -312,3 +312,22 @@ def test_a_ray_run_with_two_data_parallel_learners_finishes_with_both_replicas_s
     assert [m["step"] for m in history] == list(range(1, 7))
     assert all(m["learners"] == 2 for m in history if not m["skipped_update"])
     assert re.search(r"replica learner-1: the run is over \(\d+ steps\)", run.output), run.output[-4000:]
+
+
+def test_expert_training_with_ray_env_workers_writes_the_same_expert_as_one_process(ray_head, tmp_path):
+    # given: the Ray head, and a short CartPole GRU run (2 updates of 8 envs x 128 steps)
+    ns, address = ray_head
+    runs = {"local": [], "ray": ["--workers", "2", "--launcher", "ray", "--address", address]}
+    outputs = {}
+    for name, extra in runs.items():
+        # when: it trains in one process, then with 2 env workers as Ray actors (the process workers' EnvShard)
+        command = [str(BIN / "lazarus"), "experts", "train", "--env", "CartPole-v1", "--arch", "gru", "--out",
+                   str(tmp_path / name), "--total-steps", "2048", *extra]
+        out = subprocess.run(ns.enter(command), capture_output=True, text=True, timeout=900,
+                             env={**env(), "LAZARUS_EXPERTS_DIR": str(tmp_path / "registry")})
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        outputs[name] = out.stdout
+    # then: the Ray run joined the cluster, and both wrote the same weights
+    assert f"ray: joined the cluster at {address}" in outputs["ray"]
+    assert (tmp_path / "local" / "last" / "weights.safetensors").read_bytes() == \
+        (tmp_path / "ray" / "last" / "weights.safetensors").read_bytes()

@@ -3,7 +3,8 @@
 `expert_tool("projectile")` wraps a trained expert (a directory, or a registered `NAME[@vN]`) as a `Tool`
 whose JSON-schema arguments are the expert's task (`lazarus.experts.envs.task_schema`) and whose result
 is the outcome of running it: one deterministic episode, summarised (return, steps, the last step's info:
-for the projectile the launch angle, landing distance, miss and hit). In `env.tools` it is written
+for the projectile the launch angle, landing distance, miss and hit, floats to 2 decimals: a language model
+reads and copies them, and more digits would only lengthen its observation). In `env.tools` it is written
 `{expert: NAME_OR_DIR}`, beside calculator, python and MCP servers, so one episode can think, call a tool,
 delegate to an expert and answer.
 """
@@ -35,7 +36,9 @@ def expert_tool(name_or_dir: str, tool_name: str | None = None) -> Tool:
             result = run_expert(directory, task)
         except LazarusError as e:
             raise ToolError(f"{name}: {e}", "bad_arguments") from None
-        return {"return": round(result["return"], 4), "steps": result["steps"], "outcome": result["outcome"]}
+        outcome = {key: round(value, 2) if isinstance(value, float) else value
+                   for key, value in result["outcome"].items()}
+        return {"return": round(result["return"], 4), "steps": result["steps"], "outcome": outcome}
 
     description = (f"Delegate to the trained {getattr(policy.spec, 'arch', 'RNN')} expert for {env}: it runs one "
                    f"episode of the task and returns its outcome.")

@@ -102,3 +102,32 @@ def test_a_config_file_sets_ppo_fields_and_a_misspelt_field_is_named(tmp_path):
     bad = experts("train", "--env", "Pendulum-v1", "--out", str(tmp_path / "bad"), "--config",
                   str(tmp_path / "bad.yaml"), registry=registry)
     assert bad.returncode == 2 and "learning_rat" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_training_with_env_worker_processes_writes_the_same_expert_as_one_process(tmp_path):
+    # given: the same short CartPole run (2 updates of 8 envs x 128 steps), in one process and with 2 env workers
+    runs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"workers{workers}"
+        # when: each trains through the CLI
+        result = experts("train", "--env", "CartPole-v1", "--arch", "gru", "--out", str(out), "--total-steps", "2048",
+                         "--workers", workers, registry=tmp_path / "registry")
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[workers] = out
+    # then: the worker run recorded its workers, and both wrote the same weights
+    assert json.loads((runs["2"] / "train_config.json").read_text())["workers"] == 2
+    assert (runs["0"] / "last" / "weights.safetensors").read_bytes() == \
+        (runs["2"] / "last" / "weights.safetensors").read_bytes()
+
+
+def test_an_address_without_the_ray_launcher_is_a_one_line_error(tmp_path):
+    result = experts("train", "--env", "CartPole-v1", "--out", str(tmp_path / "x"), "--workers", "2", "--address",
+                     "127.0.0.1:6379", registry=tmp_path / "registry")
+    assert result.returncode == 2 and "--address" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_launcher_without_workers_is_a_one_line_error(tmp_path):
+    for launcher in ("process", "ray"):
+        result = experts("train", "--env", "CartPole-v1", "--out", str(tmp_path / "x"), "--launcher", launcher,
+                         registry=tmp_path / "registry")
+        assert result.returncode == 2 and "workers" in result.stderr and len(result.stderr.strip().splitlines()) == 1

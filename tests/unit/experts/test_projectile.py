@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lazarus.experts.projectile import GRAVITY, ProjectileEnv, landing_distance
+from lazarus.experts.projectile import GRAVITY, ProjectileEnv, landing_distance, launch_angle_for
 
 
 def integrated_landing(angle_deg, wind, speed=35.0, drag=0.4, dt=1e-5):
@@ -52,3 +52,15 @@ def test_misses_are_observed_and_the_episode_is_truncated_after_the_last_shot():
     assert obs[2] == pytest.approx(info["miss"] / 50.0) and reward == pytest.approx(-abs(info["miss"]) / 50.0)
     *_, terminated, truncated, _ = env.step(np.array([5.0], np.float32))
     assert truncated and not terminated
+
+
+@pytest.mark.parametrize("distance, wind", [(20.0, 5.0), (31.7, -2.4), (45.0, -5.0), (44.9, 4.9)])
+def test_launch_angle_for_finds_the_low_angle_that_lands_on_the_target(distance, wind):
+    angle = launch_angle_for(distance, wind)
+    assert landing_distance(angle, wind) == pytest.approx(distance, abs=1e-6)
+    # the low branch: a slightly higher angle still flies farther
+    assert landing_distance(angle + 0.5, wind) > distance
+
+
+def test_launch_angle_for_a_target_out_of_range_is_none():
+    assert launch_angle_for(200.0, 0.0) is None and launch_angle_for(1.0, 0.0) is None

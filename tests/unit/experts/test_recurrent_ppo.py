@@ -23,7 +23,9 @@ def on_policy_batch(env, arch, steps=64, chunk_length=16, num_envs=4, seed=0):
     # train-like weights: a larger init so the recurrent state matters for the actions
     policy.update({"policy_head": {"weight": policy.policy_head.weight * 100}})
     envs = EnvBatch(env, num_envs, seed)
-    rollout = RolloutCollector(envs, policy.spec, seed).collect(RolloutPolicy(policy), steps, config.gamma)
+    twin = RolloutPolicy(policy)
+    noise = twin.draw_noise(np.random.default_rng(seed), steps, num_envs)
+    rollout = RolloutCollector(envs, policy.spec).collect(twin, steps, config.gamma, noise)
     envs.close()
     advantages, returns = episode_gae(rollout.rewards, rollout.values, rollout.ended, rollout.last_values, 0.99, 0.95)
     return policy, rollout, chunk(rollout, advantages, returns, chunk_length)

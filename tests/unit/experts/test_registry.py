@@ -44,7 +44,7 @@ def actions_over_an_episode(policy, obs_seed=0, steps=40):
     sampler = np.random.default_rng(123)
     for t in range(steps):
         head, _, state = rollout.step(obs[t], starts, state)
-        actions, env_actions, logprobs = rollout.act(head, sampler)
+        actions, env_actions, logprobs = rollout.act(head, rollout.draw_noise(sampler, 3))
         picked.append((actions, env_actions, logprobs))
         starts = np.zeros(3, np.float32)
     return picked
