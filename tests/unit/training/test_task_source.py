@@ -67,7 +67,7 @@ def test_a_curriculum_mix_keeps_a_share_of_the_passed_levels(make_config, levels
 def test_an_accuracy_curriculum_moves_up_when_the_rolling_accuracy_of_its_level_reaches_promote_at(
         make_config, levels_dir, tmp_path):
     # given a reward every completion earns and a window of one batch (4 prompts x 4 completions)
-    cfg = curriculum_config(make_config, levels_dir, "rl.rewards=[{function: 'curriculum_rewards:always_right'}]",
+    cfg = curriculum_config(make_config, levels_dir, "rl.rewards=[{function: 'scripted_rewards:always_right'}]",
                             "data.curriculum={schedule: accuracy, levels: [1, 2, 3], promote_at: 0.9, window: 16}",
                             "training.max_steps=3")
 
@@ -81,7 +81,7 @@ def test_an_accuracy_curriculum_moves_up_when_the_rolling_accuracy_of_its_level_
 
 
 def test_an_accuracy_curriculum_does_not_move_before_its_window_is_full(make_config, levels_dir, tmp_path):
-    cfg = curriculum_config(make_config, levels_dir, "rl.rewards=[{function: 'curriculum_rewards:always_right'}]",
+    cfg = curriculum_config(make_config, levels_dir, "rl.rewards=[{function: 'scripted_rewards:always_right'}]",
                             "data.curriculum={schedule: accuracy, levels: [1, 2, 3], promote_at: 0.9, window: 40}",
                             "training.max_steps=3")
 
@@ -95,7 +95,7 @@ def test_an_accuracy_curriculum_does_not_move_before_its_window_is_full(make_con
 
 def test_a_resumed_curriculum_run_draws_what_the_uninterrupted_run_drew(make_config, levels_dir, tmp_path):
     # given an accuracy curriculum whose reward varies, so its window and level depend on every step before
-    common = ["rl.rewards=[{function: 'curriculum_rewards:even_length'}]", "training.save_every=2",
+    common = ["rl.rewards=[{function: 'scripted_rewards:even_length'}]", "training.save_every=2",
               "data.curriculum={schedule: accuracy, levels: [1, 2, 3], promote_at: 0.3, window: 24, mix: 0.25}"]
     run_training(curriculum_config(make_config, levels_dir, *common, run="full"))
     # when a run stops at step 2 and is resumed to step 4
@@ -131,7 +131,7 @@ def test_a_multi_task_run_draws_by_weight_scores_each_task_with_its_rewards_and_
     # given arithmetic (weight 3) scored by accuracy, and comparison (weight 1) by a reward it always earns
     cfg = multi_task_config(make_config, math_dir, second_task_dir,
                             "rl.rewards=[{function: accuracy, task: arithmetic}, "
-                            "{function: 'curriculum_rewards:always_right', task: comparison}]",
+                            "{function: 'scripted_rewards:always_right', task: comparison}]",
                             "training.max_steps=2", "eval.num_prompts=8")
 
     run_training(cfg)

@@ -1,4 +1,4 @@
-"""Reward functions for the curriculum and multi-task runs (imported by name, `curriculum_rewards:...`)."""
+"""Reward functions the training tests name in configs (`scripted_rewards:NAME`): known, simple rewards."""
 
 
 def always_right(prompts, completions, **columns) -> list[float]:
@@ -9,3 +9,4 @@ def always_right(prompts, completions, **columns) -> list[float]:
 def even_length(prompts, completions, **columns) -> list[float]:
     """1 when the completion has an even number of characters: a reward that varies from group to group."""
     return [float(len(c) % 2 == 0) for c in completions]
+
