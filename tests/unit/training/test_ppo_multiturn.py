@@ -3,7 +3,6 @@ reaches GAE as a done, through the trajectory; checked against a numpy GAE on re
 
 import json
 
-import mlx.core as mx
 import numpy as np
 import pytest
 
