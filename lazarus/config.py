@@ -308,10 +308,12 @@ class RLConfig(Section):
 
 
 class DPOConfig(Section):
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero", "apo_down", "simpo", "orpo"] = Field(
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero", "apo_down", "bco_pair", "simpo",
+                       "orpo"] = Field(
         "sigmoid", description="DPO-family loss (TRL names): sigmoid DPO; ipo (length-normalised log-ratios, as "
         "TRL); hinge (SLiC); robust (Chowdhury et al. 2024, label_smoothing = flip rate); apo_zero/apo_down "
-        "(Anchored Preference Optimization); simpo; orpo. Formulas: docs/algorithms.md.")
+        "(Anchored Preference Optimization); bco_pair (Binary Classifier Optimization on pairs, threshold = "
+        "running mean reward, checkpointed); simpo; orpo. Formulas: docs/algorithms.md.")
     beta: float = Field(0.1, gt=0, description="Inverse temperature of the implicit reward.")
     label_smoothing: float = Field(
         0.0, ge=0, lt=0.5, description="sigmoid: conservative-DPO label smoothing; robust: the assumed rate at "

@@ -14,6 +14,9 @@ With h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)):
 - APO-zero / APO-down (D'Oosterlinck et al. 2024, "Anchored Preference Optimization"; TRL):
       zero: (1 - sigma(beta c)) + sigma(beta l)      down: sigma(beta c) + (1 - sigma(beta (c - l)))
       with c, l the chosen and rejected log-ratios to the reference
+- BCO, paired (Jung et al. 2024, "Binary Classifier Optimization"; TRL `bco_pair`):
+      -log sigma(beta c - delta) - log sigma(-(beta l - delta)), delta the running mean over training steps of
+      each batch's mean implicit reward (beta c and beta l), this batch included (TRL's RunningMoments)
 - hinge (SLiC, Zhao et al. 2023):             max(0, 1 - beta h)
 - SimPO (Meng et al. 2024, eq. 6):            -log sigma(beta (avg log pi(y_w) - avg log pi(y_l)) - gamma), no reference
 - ORPO (Hong et al. 2024, eq. 6-7):           NLL(y_w) - lam * log sigma(log odds(y_w) - log odds(y_l)),
@@ -90,6 +93,30 @@ def dpo_loss(
     else:  # hinge
         losses = mx.maximum(1.0 - beta * h, 0.0)
     return losses.mean(), _preference_metrics(beta * chosen_logratio, beta * rejected_logratio)
+
+
+def bco_pair_loss(
+    policy_chosen: mx.array,
+    policy_rejected: mx.array,
+    ref_chosen: mx.array,
+    ref_rejected: mx.array,
+    running: mx.array,
+    *,
+    beta: float = 0.1,
+) -> tuple[mx.array, dict[str, mx.array]]:
+    """BCO on pairs, summed completion logprobs [B]: a binary classifier of chosen (1) vs rejected (0) by the
+    implicit reward, thresholded at delta. `running` = [mean, count]: the running mean of the batch-mean
+    implicit rewards of the `count` steps before; delta folds this batch's mean in (no gradient through it).
+    Metrics add `bco_batch_reward` (this batch's mean, for the caller's running mean) and `bco_delta`."""
+    chosen_rewards = beta * (policy_chosen - ref_chosen)
+    rejected_rewards = beta * (policy_rejected - ref_rejected)
+    batch_reward = mx.stop_gradient(mx.concatenate([chosen_rewards, rejected_rewards]).mean())
+    mean, count = running[0], running[1]
+    delta = (mean * count + batch_reward) / (count + 1.0)
+    losses = -_log_sigmoid(chosen_rewards - delta) - _log_sigmoid(-(rejected_rewards - delta))
+    metrics = _preference_metrics(chosen_rewards, rejected_rewards)
+    metrics.update(bco_batch_reward=batch_reward, bco_delta=delta)
+    return losses.mean(), metrics
 
 
 def simpo_loss(

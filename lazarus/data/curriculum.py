@@ -91,9 +91,13 @@ def level_pools(difficulties: Sequence[int | None], levels: Sequence[int]) -> di
 
 
 def curriculum_batch(pools: dict[int, np.ndarray], schedule: DifficultySchedule, step: int, n: int, *,
-                     seed: int, mix: float = 0.0) -> list[int]:
-    """`n` row indices for `step`: from the current level, with a `mix` share from the levels below it."""
-    rng = np.random.default_rng([seed, step, 7])
+                     seed: int, mix: float = 0.0, draw: int | None = None) -> list[int]:
+    """`n` row indices for `step`: from the current level, with a `mix` share from the levels below it.
+
+    The rows depend on (seed, draw) only, `draw` defaulting to `step`; a caller that draws several
+    batches for one step (dynamic sampling refills them) numbers its draws so that they differ.
+    """
+    rng = np.random.default_rng([seed, step if draw is None else draw, 7])
     level = schedule.level(step)
     if level is None:
         everything = np.concatenate(list(pools.values()))

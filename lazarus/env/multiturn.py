@@ -8,7 +8,11 @@ loss mask 0 and logprob 0. The next turn continues from those exact ids: from th
 history. An episode ends when the env says done, at `max_turns`, or at `max_total_tokens`.
 
 The trajectory's reward is the run's reward functions on the final model turn's text (e.g. `accuracy`,
-math-verify against the row's `answer`) plus the env's shaping rewards summed over the episode.
+math-verify against the row's `answer`) plus the env's shaping rewards summed over the episode. Its info
+also says where each env step's reward was earned and where episodes ended, for token-level credit (PPO):
+`step_rewards` [[i, r], ...] (i: the completion index of the last model token of the turn the env scored)
+and `episode_ends` [i, ...] (the turn where the env said done, or where it ended one episode and began the
+next in the same conversation, `StepResult.info["episode_end"]`, e.g. a game of several rounds).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class Episode:
     final_text: str = ""
     finish_reason: str = "stop"
     done: bool = False
+    step_rewards: list[list] = field(default_factory=list)  # [completion index of the turn's last token, reward]
+    episode_ends: list[int] = field(default_factory=list)  # completion indices where an episode ended
     cache: object = None
     cached_tokens: int = 0
 
@@ -103,6 +109,10 @@ def run_episodes(engine, task: RolloutTask, reward_functions: list[RewardFunctio
                 continue
             result = e.env.step(e.final_text)
             e.env_reward += float(result.reward)
+            last = len(e.tokens) - 1  # the turn's last model token: where its step reward and episode end sit
+            e.step_rewards.append([last, float(result.reward)])
+            if result.done or result.info.get("episode_end"):
+                e.episode_ends.append(last)
             e.tool_calls += int(result.info.get("tool_calls", 0))
             for kind, n in result.info.get("failures", {}).items():
                 e.failures[kind] = e.failures.get(kind, 0) + n
@@ -150,11 +160,12 @@ def _generate(engine, running: list[Episode], params: SamplingParams, reuse: boo
 
 def trajectories_of(results: list[tuple[Episode, dict]], task: RolloutTask, *, policy_version: int, actor_id: str,
                     end_version: int) -> list[Trajectory]:
-    """Episodes as `Trajectory` records (info: turns, tool_calls, failed_calls, failures by kind)."""
+    """Episodes as `Trajectory` records (info: turns, tool_calls, failed_calls, failures by kind, step_rewards,
+    episode_ends)."""
     trajectories = []
     for e, reward in results:
         info = {"turns": e.turns, "tool_calls": e.tool_calls, "failed_calls": sum(e.failures.values()),
-                "failures": dict(e.failures)}
+                "failures": dict(e.failures), "step_rewards": e.step_rewards, "episode_ends": e.episode_ends}
         trajectories.append(Trajectory(
             prompt_ids=e.prompt_ids, completion_ids=np.array(e.tokens, np.int32),
             behavior_logprobs=np.array(e.logprobs, np.float32), loss_mask=np.array(e.mask, np.int8),

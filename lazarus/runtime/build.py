@@ -69,6 +69,12 @@ def needs_reference(cfg: Config) -> bool:
 
 def ensure_data(cfg: Config) -> None:
     """Write the generated math dataset when `data.generate_math` is set and `data.train` is missing."""
+    if cfg.data.tasks:  # multi-task: each task's files must exist (the generator writes only data.train's)
+        for i, task in enumerate(cfg.data.tasks):
+            for split, path in (("train", task.train), ("eval", task.eval)):
+                if path is not None and not Path(path).exists():
+                    raise ConfigError(f"data.tasks.{i}.{split}: {path} does not exist")
+        return
     if cfg.data.train is None:
         raise ConfigError("data.train: no training data given")
     train = Path(cfg.data.train)
@@ -161,13 +167,16 @@ def build_learner(cfg: Config, model=None, tokenizer=None):
     if model is None:
         model, tokenizer = prepare_model(cfg)
     reference = prepare_model(cfg, for_reference=True)[0] if needs_reference(cfg) else None
-    eval_prompts = read_prompts(cfg.data.eval) if cfg.data.eval else []
+    if cfg.data.tasks:
+        eval_prompts, eval_source = rl_task_prompts(cfg, "eval"), "data.tasks eval"
+    else:
+        eval_prompts, eval_source = read_prompts(cfg.data.eval) if cfg.data.eval else [], str(cfg.data.eval)
     rewards = resolve_rewards(cfg)
     if eval_prompts:
         from lazarus.env.rewards import check_reward_columns, reward_name
 
         check_reward_columns([rf for rf in rewards if rf.name == reward_name(cfg.eval.reward)], eval_prompts,
-                             str(cfg.data.eval))
+                             eval_source)
     if cfg.algorithm == "ppo":
         from lazarus.training.ppo import PPOLearner
 
@@ -183,10 +192,24 @@ def read_rl_prompts(cfg: Config, tokenizer):
     from lazarus.data.tokenize import check_special_tokens, encode_prompt
     from lazarus.env.rewards import check_reward_columns
 
-    records = read_prompts(cfg.data.train)
+    source = "data.tasks" if cfg.data.tasks else str(cfg.data.train)
+    records = rl_task_prompts(cfg, "train") if cfg.data.tasks else read_prompts(cfg.data.train)
     if not records:
         raise ConfigError(f"data.train: {cfg.data.train} holds no prompts")
-    check_reward_columns(resolve_rewards(cfg), records, str(cfg.data.train))
-    check_special_tokens(records, tokenizer, cfg.data.special_tokens_in_text, str(cfg.data.train))
+    check_reward_columns(resolve_rewards(cfg), records, source)
+    check_special_tokens(records, tokenizer, cfg.data.special_tokens_in_text, source)
     ids = [encode_prompt(r.prompt, tokenizer, use_chat_template=cfg.data.use_chat_template) for r in records]
     return records, ids
+
+
+def rl_task_prompts(cfg: Config, split: str) -> list:
+    """Multi-task prompts of `split` (train: task by task; eval: interleaved, so that the first
+    eval.num_prompts cover every task), each tagged with its task in the `task` column."""
+    from itertools import chain, zip_longest
+
+    from lazarus.data.curriculum import load_tasks
+
+    train, held_out, _ = load_tasks(cfg.data.tasks, seed=cfg.training.seed)
+    if split == "train":
+        return list(chain.from_iterable(train.values()))
+    return [r for row in zip_longest(*held_out.values()) for r in row if r is not None]

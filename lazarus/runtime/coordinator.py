@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lazarus.config import Config
+from lazarus.config import Config, ConfigError
 from lazarus.data.batching import BatchIterator
+from lazarus.data.curriculum import DifficultySchedule, TaskMixture, curriculum_batch, level_pools, per_task_means
 from lazarus.data.trajectory import RolloutTask, SamplingSettings, Trajectory
 from lazarus.distributed.experience import ExperienceHub
 from lazarus.observe.signal import NoSignalMonitor
@@ -38,7 +39,13 @@ WAIT_LOG_S = 30.0
 
 
 class TaskSource:
-    """The run's prompts in seeded order, cut into `RolloutTask`s; its position is checkpointed."""
+    """The run's prompts cut into `RolloutTask`s; its position (and schedule) is checkpointed.
+
+    Prompts come in seeded epoch order, or drawn per batch by the difficulty curriculum (data.curriculum:
+    by step, or by the rolling accuracy of the current level) or by the task mixture (data.tasks weights).
+    It remembers which row each issued group was sampled from, so that the groups that come back can feed
+    the curriculum (`observe`) and the batch's metrics can be split per task (`step_metrics`).
+    """
 
     def __init__(self, cfg: Config, records: list, prompt_ids: list[list[int]], incarnation: str):
         self.cfg, self.records, self.prompt_ids, self.incarnation = cfg, records, prompt_ids, incarnation
@@ -46,30 +53,121 @@ class TaskSource:
                                       shuffle=cfg.data.shuffle)
         self.pending: list[int] = []
         self.issued = 0  # tasks issued over the whole run (resumes continue the count)
+        self.draws = 0  # batches of prompts drawn by the curriculum or the mixture (seeds each draw)
         g = cfg.generation
         self.sampling = SamplingSettings(g.temperature or 1.0, g.top_p, g.top_k, g.min_p)
+        self.schedule, self.pools, self.mixture = self._curriculum(cfg, records), None, None
+        if self.schedule is not None:
+            self.pools = self._level_pools(cfg, records)
+        elif cfg.data.tasks:
+            names = np.array([r.columns["task"] for r in records])
+            self.task_rows = {task.name: np.flatnonzero(names == task.name) for task in cfg.data.tasks}
+            self.mixture = TaskMixture({name: len(rows) for name, rows in self.task_rows.items()},
+                                       {task.name: task.weight for task in cfg.data.tasks}, seed=cfg.training.seed)
+        self.in_flight: dict[str, int] = {}  # group id -> row, until the group comes back
+        self.received: dict[str, int] = {}  # group id -> row, of the groups back since the last step
+
+    @staticmethod
+    def _curriculum(cfg: Config, records: list) -> DifficultySchedule | None:
+        c = cfg.data.curriculum
+        if c.schedule == "none":
+            return None
+        if cfg.data.tasks:
+            raise ConfigError("data.curriculum: a difficulty schedule draws from the one prompt set of data.train; "
+                              "with data.tasks give each level as a task instead")
+        return DifficultySchedule(c.levels, c.schedule, c.steps, promote_at=c.promote_at, demote_at=c.demote_at,
+                                  window=c.window)
+
+    @staticmethod
+    def _level_pools(cfg: Config, records: list) -> dict[int, np.ndarray]:
+        try:
+            return level_pools([r.columns.get("difficulty") for r in records], cfg.data.curriculum.levels)
+        except ValueError as e:
+            raise ConfigError(f"data.curriculum: {cfg.data.train}: {e}") from None
+
+    def draw(self, policy_version: int) -> list[int]:
+        """One batch of row indices: the next of the epoch, or drawn by the curriculum or the mixture."""
+        n = self.cfg.training.batch_size
+        if self.schedule is not None:
+            rows = curriculum_batch(self.pools, self.schedule, policy_version, n, seed=self.cfg.training.seed,
+                                    mix=self.cfg.data.curriculum.mix, draw=self.draws)
+        elif self.mixture is not None:
+            rows = [int(self.task_rows[name][i]) for name, i in self.mixture.batch(self.draws, n)]
+        else:
+            return self.iterator.next_indices()
+        self.draws += 1
+        return rows
 
     def next_task(self, num_prompts: int, policy_version: int) -> RolloutTask:
         while len(self.pending) < num_prompts:
-            self.pending.extend(self.iterator.next_indices())
+            self.pending.extend(self.draw(policy_version))
         indices, self.pending = self.pending[:num_prompts], self.pending[num_prompts:]
         seq = self.issued
         self.issued += 1
+        group_ids = [f"{self.incarnation}:{seq}:{k}" for k in range(len(indices))]
+        self.in_flight.update(zip(group_ids, indices))
         env = self.cfg.env.model_dump() if getattr(self.cfg, "env", None) is not None and self.cfg.env.name else {}
         return RolloutTask(
             task_id=f"{self.incarnation}-{seq}", prompts=[self.prompt_ids[i] for i in indices],
             rows=[{"prompt": self.records[i].prompt, **self.records[i].columns} for i in indices],
-            group_ids=[f"{self.incarnation}:{seq}:{k}" for k in range(len(indices))],
+            group_ids=group_ids,
             group_size=self.cfg.generation.num_generations, sampling=self.sampling,
             max_tokens=self.cfg.generation.max_new_tokens, policy_version=policy_version,
             seed=self.cfg.training.seed * 1_000_003 + seq, env=env)
 
+    # --- groups back --------------------------------------------------------------------------
+    def observe(self, group: list[Trajectory]) -> None:
+        """A group came back (learned on or dropped): under the accuracy schedule, its rewards move the rolling
+        accuracy when it is of the current level (the `accuracy` reward when the run has one, else the total)."""
+        row = self.in_flight.pop(group[0].group_id, None)
+        if row is None:
+            return
+        self.received[group[0].group_id] = row
+        if self.schedule is None or self.schedule.schedule != "accuracy":
+            return
+        if self.records[row].columns.get("difficulty") == self.schedule.levels[self.schedule.index]:
+            self.schedule.observe([t.reward_components.get("accuracy", t.reward) for t in group])
+
+    def step_metrics(self, batch: list[Trajectory]) -> dict:
+        """The batch's metrics per task (prompts, reward, accuracy, length) and the curriculum's level."""
+        metrics: dict = {}
+        if self.schedule is not None:
+            metrics["curriculum_level"] = float(self.schedule.levels[self.schedule.index])
+            accuracy = self.schedule.rolling_accuracy()
+            if accuracy is not None:
+                metrics["curriculum_rolling_accuracy"] = accuracy
+        rows = [self.received.get(t.group_id) for t in batch]
+        self.received.clear()  # every group back since the last step is in this batch or was dropped
+        group_size = self.cfg.generation.num_generations
+        if self.schedule is not None and None not in rows:
+            levels = [self.records[row].columns["difficulty"] for row in rows]
+            for level in self.schedule.levels:
+                metrics[f"prompts_at_level/{level}"] = levels.count(level) / group_size
+        if self.mixture is None or None in rows:
+            return metrics
+        tasks = [self.records[row].columns["task"] for row in rows]
+        for task in dict.fromkeys(tasks):
+            metrics[f"prompts/{task}"] = tasks.count(task) / group_size
+        accuracy = [t.reward_components.get("accuracy", t.reward_components.get(f"accuracy/{task}", math.nan))
+                    for t, task in zip(batch, tasks)]
+        metrics.update(per_task_means([t.reward for t in batch], tasks, "reward_mean"))
+        metrics.update(per_task_means(accuracy, tasks, "accuracy"))
+        metrics.update(per_task_means([t.num_completion_tokens for t in batch], tasks, "completion_length_mean"))
+        return metrics
+
     def state(self) -> dict:
-        return {"iterator": self.iterator.state(), "pending": list(self.pending), "issued": self.issued}
+        state = {"iterator": self.iterator.state(), "pending": list(self.pending), "issued": self.issued,
+                 "draws": self.draws}
+        if self.schedule is not None:
+            state["curriculum"] = self.schedule.state()
+        return state
 
     def restore(self, state: dict) -> None:
         self.iterator = BatchIterator.from_state(len(self.records), self.cfg.training.batch_size, state["iterator"])
         self.pending, self.issued = list(state["pending"]), int(state["issued"])
+        self.draws = int(state.get("draws", 0))
+        if self.schedule is not None and "curriculum" in state:
+            self.schedule.load_state(state["curriculum"])
 
 
 class Coordinator:
@@ -91,11 +189,6 @@ class Coordinator:
         self.dropped_no_signal = 0  # trajectories of groups that scored alike (rl.dynamic_sampling)
         self.dynamic_sampling = cfg.rl.dynamic_sampling
         self.max_sampling_rounds = cfg.rl.max_sampling_rounds
-        if cfg.data.curriculum.schedule != "none" or cfg.data.tasks:
-            from lazarus.config import ConfigError
-
-            raise ConfigError("data.curriculum / data.tasks: the RL coordinator does not draw prompts by "
-                              "curriculum or task mixture yet; write the levels or tasks into data.train instead")
         self.no_signal = NoSignalMonitor(cfg.rl.no_signal_steps)
         self._actor_stats: dict[str, dict] = {}
         self._actor_rates: dict[str, float] = {}  # tokens/s of each actor's latest generation
@@ -126,6 +219,7 @@ class Coordinator:
                 sync = self.publish()
                 t3 = time.perf_counter()
                 metrics.update(rollout_metrics(batch, [rf.name for rf in learner.reward_functions]))
+                metrics.update(self.tasks.step_metrics(batch))
                 metrics.update(self.runtime_metrics(batch, wait_s=t1 - t0, update_s=t2 - t1, publish_s=t3 - t2,
                                                     step_s=t3 - t0), **sync)
                 warning = self.no_signal.update(learner.step, metrics["groups_with_zero_std"], metrics["reward_mean"])
@@ -177,6 +271,7 @@ class Coordinator:
                     waited_since = time.monotonic()
                 continue
             for group in taken:
+                self.tasks.observe(group)  # curriculum: every group of the current level counts, learned or not
                 if self.is_stale(group):
                     self.dropped_stale += len(group)
                     self.groups_outstanding -= 1

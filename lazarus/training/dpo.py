@@ -1,5 +1,8 @@
-"""DPO trainer: sigmoid / IPO / hinge / robust DPO, APO, SimPO and ORPO on completion-token logprobs
+"""DPO trainer: sigmoid / IPO / hinge / robust DPO, APO, BCO, SimPO and ORPO on completion-token logprobs
 (summed; IPO, SimPO and ORPO per token).
+
+BCO's threshold is a running mean of the implicit reward over steps (TRL keeps one per forward pass; here
+one per optimizer step, so micro-batches of one step share it); it is part of the checkpoint.
 
 Reference logprobs come from the base model with adapters disabled when training LoRA (no second
 copy of the weights), else from a frozen copy; they are computed once per batch, outside the
@@ -14,7 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from lazarus.algorithms.dpo import dpo_loss, orpo_loss, simpo_loss
+from lazarus.algorithms.dpo import bco_pair_loss, dpo_loss, orpo_loss, simpo_loss
 from lazarus.algorithms.logprobs import masked_mean, sequence_logprobs, token_logprobs
 from lazarus.config import Config
 from lazarus.data.batching import BatchIterator
@@ -54,6 +57,7 @@ class DPOTrainer(Trainer):
         self.iterator = BatchIterator(len(pairs), cfg.training.batch_size, seed=cfg.training.seed,
                                       shuffle=cfg.data.shuffle)
         self.reference_forward_passes = 0
+        self.bco_running = {"mean": 0.0, "count": 0}  # bco_pair: mean batch reward over the steps so far
         self.stepper = self.make_stepper(self.loss)
 
     def reference_logprobs(self, inputs, targets, mask) -> mx.array:
@@ -68,7 +72,7 @@ class DPOTrainer(Trainer):
         mx.eval(logps)
         return mx.stop_gradient(logps)
 
-    def loss(self, model, inputs, targets, mask, ref_logps):
+    def loss(self, model, inputs, targets, mask, ref_logps, bco_running):
         d = self.cfg.dpo
         per_token = token_logprobs(model(inputs), targets)
         logps = sequence_logprobs(per_token, mask)
@@ -81,6 +85,9 @@ class DPOTrainer(Trainer):
         elif d.loss_type == "orpo":
             chosen_avg = chosen / lengths[:half]
             loss, metrics = orpo_loss(chosen_avg, rejected / lengths[half:], -chosen_avg, lam=d.orpo_lambda)
+        elif d.loss_type == "bco_pair":
+            loss, metrics = bco_pair_loss(chosen, rejected, ref_logps[:half], ref_logps[half:], bco_running,
+                                          beta=d.beta)
         else:
             loss, metrics = dpo_loss(chosen, rejected, ref_logps[:half], ref_logps[half:], beta=d.beta,
                                      loss_type=d.loss_type, label_smoothing=d.label_smoothing,
@@ -92,6 +99,7 @@ class DPOTrainer(Trainer):
         state = self.open(resume)
         if "data" in state:
             self.iterator = BatchIterator.from_state(len(self.pairs), self.cfg.training.batch_size, state["data"])
+        self.bco_running = dict(state.get("bco_running", self.bco_running))
         accum = self.cfg.training.grad_accum_steps
         try:
             while self.step < self.cfg.training.max_steps:
@@ -103,19 +111,29 @@ class DPOTrainer(Trainer):
                 for pairs in micro:
                     inputs, targets, mask = collate_preferences(pairs, self.pad_id)
                     ref = self.reference_logprobs(inputs, targets, mask)
-                    loss, metrics = self.stepper.accumulate(inputs, targets, mask, ref, weight=len(pairs) / len(batch))
+                    running = mx.array([self.bco_running["mean"], self.bco_running["count"]], mx.float32)
+                    loss, metrics = self.stepper.accumulate(inputs, targets, mask, ref, running,
+                                                            weight=len(pairs) / len(batch))
                     history.append({"loss": loss.item(), **{k: v.item() for k, v in metrics.items()}})
                 grad_norm = self.stepper.apply()
                 self.step += 1
                 dt = time.perf_counter() - t0
                 metrics = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+                if "bco_batch_reward" in metrics:  # the step's mean reward joins the running mean
+                    n = self.bco_running["count"] + 1
+                    self.bco_running = {"mean": self.bco_running["mean"] + (metrics["bco_batch_reward"]
+                                                                            - self.bco_running["mean"]) / n,
+                                        "count": n}
                 metrics.update(grad_norm=grad_norm, step_s=dt, learning_rate=float(self.optimizer.learning_rate),
                                reference_forward_passes=self.reference_forward_passes)
                 self.log(metrics)
-                self.checkpoint({"data": self.iterator.state()})
-            return self.finish({"data": self.iterator.state()})
+                self.checkpoint(self.state())
+            return self.finish(self.state())
         finally:
             self.close()
+
+    def state(self) -> dict:
+        return {"data": self.iterator.state(), "bco_running": dict(self.bco_running)}
 
     def evaluate(self) -> dict:
         """Held-out preference accuracy: the policy's implicit reward ranks chosen above rejected."""

@@ -3,8 +3,10 @@
 One update, on trajectories sampled and scored by rollout actors (as for GRPO):
 
     rewards_t   the sequence reward on the last completion token, minus beta * KL_t per token
-                (rl.kl_placement "reward", PPO's default; "loss" adds beta * KL to the policy loss instead)
-    A, returns  GAE(gamma, lambda) against the old values, advantages whitened over the batch (Bessel)
+                (rl.kl_placement "reward", PPO's default; "loss" adds beta * KL to the policy loss instead);
+                in multi-turn episodes each env step's reward sits on the last token of the turn it scored
+    A, returns  GAE(gamma, lambda) against the old values, with dones where the trajectory says an episode
+                ended (multi-turn); advantages whitened over the batch (Bessel)
     update      `num_iterations` epochs; each takes one optimizer step per mini-batch of rl.mini_batch_size
                 prompts (micro-batches of rl.micro_batch_size completions accumulate) of clipped surrogate
                 (dual-clip with rl.clip_ratio_c) + vf_coef * clipped value loss - entropy_coef * entropy,
@@ -18,6 +20,8 @@ and schedule as the policy's, at that learning rate), as TRL's and verl's separa
 
 from __future__ import annotations
 
+import math
+
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -30,7 +34,8 @@ from lazarus.algorithms.ppo import approx_kl, entropy_bonus, ppo_policy_loss, va
 from lazarus.data.trajectory import Trajectory
 from lazarus.models.value_head import ValueHead, hidden_size, hidden_states, logits_from_hidden
 from lazarus.training.optim import build_optimizer
-from lazarus.training.rl import RLLearner, collate, optimizer_steps_per_update, update_plan
+from lazarus.training.rl import (RLLearner, TrajectoryBatchError, collate, optimizer_steps_per_update,
+                                 update_plan)
 
 
 class PolicyAndValue(nn.Module):
@@ -72,9 +77,7 @@ class PPOLearner(RLLearner):
         _, old_values = self.both(batch.inputs)
         old_values = mx.stop_gradient(old_values)
         reference = self.reference_logprobs(batch) if rl.beta > 0 else None
-        token_rewards = self.token_rewards(batch, reference)
-        advantages, returns = gae(token_rewards, old_values, batch.mask, rl.gamma, rl.lam)
-        advantages = whiten(advantages, batch.mask)
+        advantages, returns = self.advantages_and_returns(trajectories, batch, old_values, reference)
         mx.eval(old_values, advantages, returns)
         plan = update_plan(batch.inputs.shape[0], self.group_size, rl.mini_batch_size, rl.micro_batch_size,
                            self.cfg.training.grad_accum_steps)
@@ -109,14 +112,29 @@ class PPOLearner(RLLearner):
                        reference_forward_passes=self.reference_forward_passes)
         return summary
 
-    def token_rewards(self, batch, reference: mx.array | None) -> mx.array:
+    def advantages_and_returns(self, trajectories: list[Trajectory], batch, old_values: mx.array,
+                               reference: mx.array | None) -> tuple[mx.array, mx.array]:
+        """GAE over the token rewards, with the episode ends the trajectories carry; advantages whitened."""
+        rl = self.cfg.rl
+        step_rewards, dones = episode_layout(trajectories, batch.mask.shape[1])
+        token_rewards = self.token_rewards(batch, reference, step_rewards)
+        advantages, returns = gae(token_rewards, old_values, batch.mask, rl.gamma, rl.lam, dones=mx.array(dones))
+        return whiten(advantages, batch.mask), returns
+
+    def token_rewards(self, batch, reference: mx.array | None, step_rewards: np.ndarray | None = None) -> mx.array:
         """Sequence reward on each completion's last token; minus beta * KL_t per token when the KL is in
-        the reward (the KL of the sampling policy, behaviour logprobs, to the reference)."""
+        the reward (the KL of the sampling policy, behaviour logprobs, to the reference). `step_rewards` [B,T]
+        (multi-turn env steps) move their share of the sequence reward onto the tokens that earned it."""
         beta = self.cfg.rl.beta if self.kl_in_reward else 0.0
         if reference is None:
             reference = batch.behavior_logprobs  # KL 0: only the score
-        return kl_shaped_token_rewards(batch.rewards, batch.behavior_logprobs, reference, batch.mask, beta,
-                                       self.kl_estimator)
+        rewards = batch.rewards
+        if step_rewards is not None:
+            step_rewards = mx.array(step_rewards)
+            rewards = rewards - step_rewards.sum(axis=-1)  # what is left: the final score
+        token_rewards = kl_shaped_token_rewards(rewards, batch.behavior_logprobs, reference, batch.mask, beta,
+                                                self.kl_estimator)
+        return token_rewards if step_rewards is None else token_rewards + step_rewards
 
     def ppo_loss(self, both, inputs, targets, mask, behavior_logprobs, advantages, returns, old_values,
                  ref_logprobs=None):
@@ -135,3 +153,30 @@ class PPOLearner(RLLearner):
         return loss, {**metrics, **v_metrics, "policy_loss": policy_loss, "value_loss": v_loss,
                       "entropy": mx.stop_gradient(entropy),
                       "approx_kl": approx_kl(mx.stop_gradient(logprobs), behavior_logprobs, mask)}
+
+
+def episode_layout(trajectories: list[Trajectory], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Env step rewards and episode ends of multi-turn trajectories as [B, width] arrays in `collate`'s layout
+    (completion index i is column len(prompt) - 1 + i); zeros for single-turn trajectories.
+
+    They come from `info["step_rewards"]` ([[i, r], ...]) and `info["episode_ends"]` ([i, ...]), which
+    `env.multiturn` writes; an index outside the completion or on an env token is an error naming the group.
+    """
+    step_rewards = np.zeros((len(trajectories), width), np.float32)
+    dones = np.zeros((len(trajectories), width), np.float32)
+    for row, t in enumerate(trajectories):
+        start = len(t.prompt_ids) - 1
+        for name, entries in (("step_rewards", t.info.get("step_rewards", [])),
+                              ("episode_ends", t.info.get("episode_ends", []))):
+            for entry in entries:
+                index, value = (entry[0], entry[1]) if name == "step_rewards" else (entry, 1.0)
+                if (not isinstance(index, int) or not 0 <= index < len(t.completion_ids)
+                        or not t.loss_mask[index] or not isinstance(value, (int, float)) or not math.isfinite(value)):
+                    raise TrajectoryBatchError(f"trajectory of group {t.group_id} (actor {t.actor_id or '?'}): "
+                                               f"info.{name} entry {entry!r} is not a model token of its "
+                                               f"{len(t.completion_ids)} completion tokens with a finite value")
+                if name == "step_rewards":
+                    step_rewards[row, start + index] += value
+                else:
+                    dones[row, start + index] = 1.0
+    return step_rewards, dones

@@ -31,6 +31,7 @@ from lazarus.algorithms.logprobs import masked_mean
 from lazarus.algorithms.policy_gradient import policy_gradient_loss
 from lazarus.algorithms.rloo import rloo_sequence_loss
 from lazarus.config import Config
+from lazarus.data.curriculum import per_task_means
 from lazarus.data.records import PromptRecord
 from lazarus.data.trajectory import SamplingSettings, Trajectory
 from lazarus.env.rewards import RewardFunction, resolve_reward_function, reward_name
@@ -344,13 +345,18 @@ class RLLearner(Trainer):
             self._engine = Engine(self.model, self.tokenizer)
         training = self.model.training
         self.model.eval()
+        prompts = self.eval_prompts[: e.num_prompts]
         try:
-            result = evaluate(self._engine, self.tokenizer, self.eval_prompts[: e.num_prompts], reward.fn,
+            result = evaluate(self._engine, self.tokenizer, prompts, reward.fn,
                               max_new_tokens=e.max_new_tokens or self.cfg.generation.max_new_tokens,
                               temperature=e.temperature, use_chat_template=self.cfg.data.use_chat_template)
         finally:
             self.model.train(training)
-        return {f"eval_{reward.name}": result["mean_reward"]}
+        metrics = {f"eval_{reward.name}": result["mean_reward"]}
+        if self.cfg.data.tasks:  # multi-task: eval_<reward>/<task> too
+            metrics.update(per_task_means(result["rewards"], [r.columns["task"] for r in prompts],
+                                          f"eval_{reward.name}"))
+        return metrics
 
 
 def rollout_metrics(trajectories: list[Trajectory], reward_names: list[str]) -> dict:

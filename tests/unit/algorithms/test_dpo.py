@@ -1,10 +1,10 @@
-"""DPO / IPO / hinge / SimPO / ORPO against numpy, on completion-token sequence logprobs."""
+"""DPO / IPO / hinge / BCO / SimPO / ORPO against numpy, on completion-token sequence logprobs."""
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
-from lazarus.algorithms.dpo import dpo_loss, orpo_loss, simpo_loss
+from lazarus.algorithms.dpo import bco_pair_loss, dpo_loss, orpo_loss, simpo_loss
 from lazarus.algorithms.logprobs import sequence_logprobs
 
 from .reference import assert_close, assert_grad_matches, f32, fixed
@@ -161,3 +161,44 @@ def test_orpo_loss_is_nll_plus_lambda_times_the_odds_ratio_loss(shift):
     assert_close(loss, (nll - 0.1 * log_sigmoid(log_odds)).mean())
     assert_close(metrics["log_odds_ratio"], log_odds.mean())
     assert_close(metrics["nll"], nll.mean())
+
+
+def numpy_bco_pair(beta, policy_chosen, policy_rejected, running_mean, running_count, delta=None):
+    """TRL `bco_pair`: delta = RunningMoments mean after adding this batch's mean reward (float64)."""
+    chosen, rejected = beta * (policy_chosen - REF_CHOSEN), beta * (policy_rejected - REF_REJECTED)
+    if delta is None:
+        batch = np.concatenate([chosen, rejected]).mean()
+        delta = (running_mean * running_count + batch) / (running_count + 1)
+    return (-log_sigmoid(chosen - delta) - log_sigmoid(-(rejected - delta))).mean(), delta
+
+
+@pytest.mark.parametrize("beta, running_mean, running_count", [(0.1, 0.0, 0), (0.5, 0.3, 4), (0.2, -1.5, 10)])
+def test_bco_pair_matches_numpy_in_value_and_gradient_with_the_threshold_held_fixed(beta, running_mean,
+                                                                                   running_count):
+    running = f32([running_mean, running_count])
+
+    def mlx_loss(policy_chosen, policy_rejected=f32(POLICY_REJECTED)):
+        return bco_pair_loss(policy_chosen, policy_rejected, f32(REF_CHOSEN), f32(REF_REJECTED), running,
+                             beta=beta)
+
+    loss, metrics = mlx_loss(f32(POLICY_CHOSEN))
+    expected, delta = numpy_bco_pair(beta, POLICY_CHOSEN, POLICY_REJECTED, running_mean, running_count)
+    assert_close(loss, expected, tol=1e-5)
+    assert_close(metrics["bco_delta"], delta, tol=1e-5)
+    # delta is a running statistic, not differentiated through (TRL detaches it)
+    assert_grad_matches(lambda x: mlx_loss(x)[0],
+                        lambda x: numpy_bco_pair(beta, x, POLICY_REJECTED, 0, 0, delta)[0], POLICY_CHOSEN)
+    assert_grad_matches(lambda x: mlx_loss(f32(POLICY_CHOSEN), x)[0],
+                        lambda x: numpy_bco_pair(beta, POLICY_CHOSEN, x, 0, 0, delta)[0], POLICY_REJECTED)
+
+
+def test_bco_pair_threshold_is_the_mean_reward_of_all_steps_so_far():
+    # given three steps' batches whose mean rewards are m1, m2, m3 (shifts of the chosen logprobs)
+    running, means = np.array([0.0, 0.0]), []
+    for shift in (0.0, 2.0, -5.0):
+        _, metrics = bco_pair_loss(f32(POLICY_CHOSEN + shift), f32(POLICY_REJECTED), f32(REF_CHOSEN),
+                                   f32(REF_REJECTED), f32(running), beta=0.1)
+        means.append(metrics["bco_batch_reward"].item())
+        # then each step's delta is the mean of the batch means up to and including it
+        assert metrics["bco_delta"].item() == pytest.approx(np.mean(means), abs=1e-5)
+        running = np.array([running[0] + (means[-1] - running[0]) / (running[1] + 1), running[1] + 1])

@@ -20,15 +20,8 @@ from lazarus.config import Config
 
 PACKAGE = Path(__file__).resolve().parents[3] / "lazarus"
 
-#: dotted key -> why it is not read yet: these select the batch (which prompts, how many rounds), so their
-#: reader is the coordinator (runtime/coordinator.py, the lead's); the functions they drive exist and are tested
-#: (algorithms.advantages.groups_with_signal, data.curriculum).
-PENDING = {
-    # data.curriculum.schedule and data.tasks are read: the coordinator refuses them with a clear error until it
-    # draws prompts by curriculum; the schedule's own knobs follow it
-    **{f"data.curriculum.{name}": "coordinator: DifficultySchedule(...) + curriculum_batch(mix=...)"
-       for name in ("levels", "steps", "promote_at", "demote_at", "window", "mix")},
-}
+#: dotted key -> why it is not read yet (empty: every field has its reader).
+PENDING: dict[str, str] = {}
 
 
 #: section -> parameter names under which functions outside config.py receive it (grep cannot see the binding).

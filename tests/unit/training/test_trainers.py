@@ -28,6 +28,7 @@ def losses(run_dir):
     ("grpo", ["lora.enabled=true", "rl.beta=0.05"]),
     ("ppo", ["lora.enabled=true", "rl.num_iterations=2"]),
     ("dpo", ["lora.enabled=true"]),
+    ("dpo", ["lora.enabled=true", "dpo.loss_type=bco_pair", "optim.learning_rate=0.01"]),  # + its running mean
 ])
 def test_resuming_from_step_k_reproduces_the_uninterrupted_losses(make_config, tmp_path, algorithm, extra):
     # given an uninterrupted 4-step run that checkpoints every 2 steps
