@@ -26,3 +26,12 @@ def slow_starts_with_a_digit(prompts, completions, **kwargs):
 
     time.sleep(float(os.environ.get("LAZARUS_TEST_REWARD_SLEEP", "1.0")))
     return starts_with_a_digit(prompts, completions)
+
+
+def five_second_starts_with_a_digit(prompts, completions, **kwargs):
+    """`starts_with_a_digit` after five seconds of work: a task is surely still in flight when a test that saw
+    it leased kills its actor, however slow the status call was."""
+    import time
+
+    time.sleep(5.0)
+    return starts_with_a_digit(prompts, completions)
