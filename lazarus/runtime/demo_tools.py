@@ -32,7 +32,8 @@ def problem(rng: random.Random) -> tuple[str, str, str]:
 
 
 def tool_call_text(expression: str) -> str:
-    return '<tool_call>{"name": "calculator", "arguments": {"expression": "' + expression + '"}}</tool_call>'
+    """A Hermes call of the calculator, as compact JSON (fewer tokens for the tiny model to learn to write)."""
+    return '<tool_call>{"name":"calculator","arguments":{"expression":"' + expression + '"}}</tool_call>'
 
 
 def write_tool_task(data_dir: Path, seed: int, tool_share: float = TOOL_SHARE, n_train: int = N_TRAIN,
@@ -107,12 +108,14 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     sft.lora.enabled = False
     sft.env.name = None
     sft.data.train, sft.data.eval = str(data_dir / "sft_train.jsonl"), None
+    # packed rows: a batch padded to its longest (tool-calling) demonstration would be ~70% padding
+    sft.data.pack = True
     sft.optim.learning_rate = cfg.demo.sft_learning_rate
     sft.optim.schedule, sft.optim.warmup_steps, sft.optim.min_lr_ratio = "cosine", 20, 0.1
     sft.training.max_steps, sft.training.batch_size = cfg.demo.sft_steps, cfg.demo.sft_batch_size
     sft.training.run_dir = str(run_root / "sft")
     echo(f"[2/4] SFT {sft.training.max_steps} steps from a random-init {cfg.model.init_arch or ''} model")
-    run_training(sft)
+    run_training(sft, force=True)  # the demo owns runs/demo_tools/sft: a rerun starts it over
     sft_model = str(run_root / "sft" / "model")
 
     held_out = [json.loads(line) for line in Path(cfg.data.eval).read_text().splitlines()][: cfg.eval.num_prompts]
@@ -125,7 +128,7 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     grpo.lora.enabled = False
     grpo.data.eval = None  # the trainer's own eval is single-turn; the demo scores whole episodes below
     grpo.training.run_dir = str(run_root / "grpo")
-    run_training(grpo)
+    run_training(grpo, force=True)
     after = evaluate_episodes(str(run_root / "grpo" / "model"), cfg, held_out)
 
     from lazarus.observe.plots import plot_run
