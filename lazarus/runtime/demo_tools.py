@@ -37,8 +37,14 @@ def tool_call_text(expression: str) -> str:
 
 
 def write_tool_task(data_dir: Path, seed: int, tool_share: float = TOOL_SHARE, n_train: int = N_TRAIN,
-                    n_eval: int = N_EVAL) -> None:
-    """sft_train.jsonl (conversations), rl_train.jsonl and rl_eval.jsonl (prompt + answer), disjoint."""
+                    n_eval: int = N_EVAL, block: int = 32) -> None:
+    """sft_train.jsonl (conversations), rl_train.jsonl and rl_eval.jsonl (prompt + answer), disjoint.
+
+    The SFT rows come in blocks of `block` (the SFT batch size) that either all call the calculator or all
+    answer directly, `tool_share` of the blocks calling, spread evenly; read in order, each batch is padded
+    only to its own kind (a direct answer is ~30 tokens, a calling one ~120), and every demonstration
+    starts at position 0, which packing would not give.
+    """
     from lazarus.data.io import write_jsonl
 
     rng = random.Random(seed)
@@ -50,9 +56,10 @@ def write_tool_task(data_dir: Path, seed: int, tool_share: float = TOOL_SHARE, n
             problems.append(p)
     held_out, sft_part, rl_part = problems[:n_eval], problems[n_eval:n_eval + n_train], problems[n_eval + n_train:]
     sft_rows = []
-    for prompt, expression, answer in sft_part:
+    for index, (prompt, expression, answer) in enumerate(sft_part):
         user = {"role": "user", "content": prompt}
-        if rng.random() < tool_share:
+        b = index // block
+        if int((b + 1) * tool_share) > int(b * tool_share):  # blocks 3, 6, 9, 13, ... of every 10 at 30%
             messages = [user, {"role": "assistant", "content": tool_call_text(expression)},
                         {"role": "tool", "content": answer}, {"role": "assistant", "content": f"Answer: {answer}"}]
         else:
@@ -98,7 +105,7 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     t0 = time.perf_counter()
     data_dir = Path(cfg.data.train).parent
     if not Path(cfg.data.train).exists():
-        write_tool_task(data_dir, cfg.training.seed)
+        write_tool_task(data_dir, cfg.training.seed, block=cfg.demo.sft_batch_size)
     tools = ", ".join(t if isinstance(t, str) else f"mcp: {t.get('mcp')}" for t in cfg.env.tools)
     echo(f"[1/4] data: {data_dir} (3-digit multiplication; {TOOL_SHARE:.0%} of SFT demonstrations call the "
          f"calculator); tools: {tools}")
@@ -108,8 +115,8 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     sft.lora.enabled = False
     sft.env.name = None
     sft.data.train, sft.data.eval = str(data_dir / "sft_train.jsonl"), None
-    # packed rows: a batch padded to its longest (tool-calling) demonstration would be ~70% padding
-    sft.data.pack = True
+    # in the file's order: its blocks of one kind each are the batches (see write_tool_task)
+    sft.data.shuffle, sft.data.pack = False, False
     sft.optim.learning_rate = cfg.demo.sft_learning_rate
     sft.optim.schedule, sft.optim.warmup_steps, sft.optim.min_lr_ratio = "cosine", 20, 0.1
     sft.training.max_steps, sft.training.batch_size = cfg.demo.sft_steps, cfg.demo.sft_batch_size
