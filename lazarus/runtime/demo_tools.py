@@ -37,13 +37,16 @@ def tool_call_text(expression: str) -> str:
 
 
 def write_tool_task(data_dir: Path, seed: int, tool_share: float = TOOL_SHARE, n_train: int = N_TRAIN,
-                    n_eval: int = N_EVAL, block: int = 32) -> None:
+                    n_eval: int = N_EVAL) -> None:
     """sft_train.jsonl (conversations), rl_train.jsonl and rl_eval.jsonl (prompt + answer), disjoint.
 
-    The SFT rows come in blocks of `block` (the SFT batch size) that either all call the calculator or all
-    answer directly, `tool_share` of the blocks calling, spread evenly; read in order, each batch is padded
-    only to its own kind (a direct answer is ~30 tokens, a calling one ~120), and every demonstration
-    starts at position 0, which packing would not give.
+    The SFT demonstrations come in pairs, one calling the calculator and one answering directly, which
+    SFT packs into one row (`data.pack`, max_length 160): half of them call the tool, and the first of a
+    pair calls it with probability `tool_share`. The first is the one that matters: the models take no
+    segment mask, so an example later in a row sees the earlier one, and the model learns how a
+    conversation *opens* from the examples that open rows, as every held-out and RL prompt does. (Packed
+    in random order, the long calling demonstrations would open most rows and the SFT model would always
+    call; unpacked, ~70% of every batch would be padding.)
     """
     from lazarus.data.io import write_jsonl
 
@@ -55,16 +58,18 @@ def write_tool_task(data_dir: Path, seed: int, tool_share: float = TOOL_SHARE, n
             seen.add(p[0])
             problems.append(p)
     held_out, sft_part, rl_part = problems[:n_eval], problems[n_eval:n_eval + n_train], problems[n_eval + n_train:]
+
+    def calls(prompt, expression, answer):
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": tool_call_text(expression)},
+                {"role": "tool", "content": answer}, {"role": "assistant", "content": f"Answer: {answer}"}]
+
+    def answers(prompt, expression, answer):
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": f"Answer: {answer}"}]
+
     sft_rows = []
-    for index, (prompt, expression, answer) in enumerate(sft_part):
-        user = {"role": "user", "content": prompt}
-        b = index // block
-        if int((b + 1) * tool_share) > int(b * tool_share):  # blocks 3, 6, 9, 13, ... of every 10 at 30%
-            messages = [user, {"role": "assistant", "content": tool_call_text(expression)},
-                        {"role": "tool", "content": answer}, {"role": "assistant", "content": f"Answer: {answer}"}]
-        else:
-            messages = [user, {"role": "assistant", "content": f"Answer: {answer}"}]
-        sft_rows.append({"messages": messages})
+    for first, second in zip(sft_part[0::2], sft_part[1::2]):
+        pair = (calls(*first), answers(*second)) if rng.random() < tool_share else (answers(*first), calls(*second))
+        sft_rows += [{"messages": messages} for messages in pair]
     write_jsonl(data_dir / "sft_train.jsonl", sft_rows)
     write_jsonl(data_dir / "rl_train.jsonl", [{"prompt": p, "answer": a} for p, _, a in rl_part])
     write_jsonl(data_dir / "rl_eval.jsonl", [{"prompt": p, "answer": a} for p, _, a in held_out])
@@ -105,18 +110,17 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     t0 = time.perf_counter()
     data_dir = Path(cfg.data.train).parent
     if not Path(cfg.data.train).exists():
-        write_tool_task(data_dir, cfg.training.seed, block=cfg.demo.sft_batch_size)
+        write_tool_task(data_dir, cfg.training.seed)
     tools = ", ".join(t if isinstance(t, str) else f"mcp: {t.get('mcp')}" for t in cfg.env.tools)
-    echo(f"[1/4] data: {data_dir} (3-digit multiplication; {TOOL_SHARE:.0%} of SFT demonstrations call the "
-         f"calculator); tools: {tools}")
+    echo(f"[1/4] data: {data_dir} (3-digit multiplication; SFT pairs a demonstration that calls the calculator "
+         f"with one that answers directly, and {TOOL_SHARE:.0%} of conversations open with the call); tools: {tools}")
 
     sft = cfg.model_copy(deep=True)
     sft.algorithm = "sft"
     sft.lora.enabled = False
     sft.env.name = None
     sft.data.train, sft.data.eval = str(data_dir / "sft_train.jsonl"), None
-    # in the file's order: its blocks of one kind each are the batches (see write_tool_task)
-    sft.data.shuffle, sft.data.pack = False, False
+    sft.data.pack = True  # one pair of demonstrations a row (see write_tool_task)
     sft.optim.learning_rate = cfg.demo.sft_learning_rate
     sft.optim.schedule, sft.optim.warmup_steps, sft.optim.min_lr_ratio = "cosine", 20, 0.1
     sft.training.max_steps, sft.training.batch_size = cfg.demo.sft_steps, cfg.demo.sft_batch_size
