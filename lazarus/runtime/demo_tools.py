@@ -22,8 +22,8 @@ from lazarus.config import Config, ConfigError
 from lazarus.runtime.demo import DemoFailed
 from lazarus.runtime.local import run_training
 
-TOOL_SHARE = 0.3  # of SFT demonstrations that call the calculator; the rest answer directly
-N_TRAIN, N_EVAL = 4000, 200
+TOOL_SHARE = 0.4  # of SFT conversations that open with a calculator call (see write_tool_task)
+N_TRAIN, N_EVAL = 8000, 200
 
 
 def problem(rng: random.Random) -> tuple[str, str, str]:
