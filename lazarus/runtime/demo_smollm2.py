@@ -9,9 +9,12 @@ What is learned: the reward, in training and in the held-out evaluation alike, i
 answer counts only when the completion marks it (`Answer: N`, a box, "the answer is N"), never by the
 last-number fallback. The base model, greedy, answers "58 + 7 = 12." or "19 - 0 is 19.": it never marks its
 answer, so it scores ~0 although some of its numbers are right; sampled, it marks a right answer ~5% of the
-time. GRPO turns those samples into the policy: after it, the model follows the instruction and its marked
-answers are scored. Following the instruction IS the learning shown here (as in RL post-training of chat
-models on verifiable rewards); the arithmetic of a 135M model barely changes in 30 minutes.
+time. GRPO is meant to turn those samples into the policy, so that the model follows the instruction and its
+marked answers are scored: following the instruction is the learning this demo is to show (as in RL
+post-training of chat models on verifiable rewards); the arithmetic of a 135M model barely changes in 30
+minutes. Not yet shown: in three runs (Dec 2026) the policy learned the `Answer:` form within ~10 steps and
+then collapsed onto "Answer: 0000..." (greedy held-out strict accuracy 0.000 before and after); the
+recipe in configs/demo_smollm2.yaml is the last one tried, not a working one.
 
 Memory is bounded by design: MLX's buffer cache is capped, glibc returns freed model-sized buffers to the
 OS (`lazarus.platform.return_freed_buffers`), the learner's forward/backward runs `rl.micro_batch_size`
