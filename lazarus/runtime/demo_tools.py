@@ -22,8 +22,8 @@ from lazarus.config import Config, ConfigError
 from lazarus.runtime.demo import DemoFailed
 from lazarus.runtime.local import run_training
 
-TOOL_SHARE = 0.3  # of SFT demonstrations that call the calculator; the rest answer directly
-N_TRAIN, N_EVAL = 4000, 200
+TOOL_SHARE = 0.4  # of SFT conversations that open with a calculator call (see write_tool_task)
+N_TRAIN, N_EVAL = 8000, 200
 
 
 def problem(rng: random.Random) -> tuple[str, str, str]:
@@ -32,12 +32,22 @@ def problem(rng: random.Random) -> tuple[str, str, str]:
 
 
 def tool_call_text(expression: str) -> str:
-    return '<tool_call>{"name": "calculator", "arguments": {"expression": "' + expression + '"}}</tool_call>'
+    """A Hermes call of the calculator, as compact JSON (fewer tokens for the tiny model to learn to write)."""
+    return '<tool_call>{"name":"calculator","arguments":{"expression":"' + expression + '"}}</tool_call>'
 
 
 def write_tool_task(data_dir: Path, seed: int, tool_share: float = TOOL_SHARE, n_train: int = N_TRAIN,
                     n_eval: int = N_EVAL) -> None:
-    """sft_train.jsonl (conversations), rl_train.jsonl and rl_eval.jsonl (prompt + answer), disjoint."""
+    """sft_train.jsonl (conversations), rl_train.jsonl and rl_eval.jsonl (prompt + answer), disjoint.
+
+    The SFT demonstrations come in pairs, one calling the calculator and one answering directly, which
+    SFT packs into one row (`data.pack`, max_length 160): half of them call the tool, and the first of a
+    pair calls it with probability `tool_share`. The first is the one that matters: the models take no
+    segment mask, so an example later in a row sees the earlier one, and the model learns how a
+    conversation *opens* from the examples that open rows, as every held-out and RL prompt does. (Packed
+    in random order, the long calling demonstrations would open most rows and the SFT model would always
+    call; unpacked, ~70% of every batch would be padding.)
+    """
     from lazarus.data.io import write_jsonl
 
     rng = random.Random(seed)
@@ -48,15 +58,18 @@ def write_tool_task(data_dir: Path, seed: int, tool_share: float = TOOL_SHARE, n
             seen.add(p[0])
             problems.append(p)
     held_out, sft_part, rl_part = problems[:n_eval], problems[n_eval:n_eval + n_train], problems[n_eval + n_train:]
+
+    def calls(prompt, expression, answer):
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": tool_call_text(expression)},
+                {"role": "tool", "content": answer}, {"role": "assistant", "content": f"Answer: {answer}"}]
+
+    def answers(prompt, expression, answer):
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": f"Answer: {answer}"}]
+
     sft_rows = []
-    for prompt, expression, answer in sft_part:
-        user = {"role": "user", "content": prompt}
-        if rng.random() < tool_share:
-            messages = [user, {"role": "assistant", "content": tool_call_text(expression)},
-                        {"role": "tool", "content": answer}, {"role": "assistant", "content": f"Answer: {answer}"}]
-        else:
-            messages = [user, {"role": "assistant", "content": f"Answer: {answer}"}]
-        sft_rows.append({"messages": messages})
+    for first, second in zip(sft_part[0::2], sft_part[1::2]):
+        pair = (calls(*first), answers(*second)) if rng.random() < tool_share else (answers(*first), calls(*second))
+        sft_rows += [{"messages": messages} for messages in pair]
     write_jsonl(data_dir / "sft_train.jsonl", sft_rows)
     write_jsonl(data_dir / "rl_train.jsonl", [{"prompt": p, "answer": a} for p, _, a in rl_part])
     write_jsonl(data_dir / "rl_eval.jsonl", [{"prompt": p, "answer": a} for p, _, a in held_out])
@@ -101,20 +114,21 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     if not Path(cfg.data.train).exists():
         write_tool_task(data_dir, cfg.training.seed)
     tools = ", ".join(t if isinstance(t, str) else f"mcp: {t.get('mcp')}" for t in cfg.env.tools)
-    echo(f"[1/4] data: {data_dir} (3-digit multiplication; {TOOL_SHARE:.0%} of SFT demonstrations call the "
-         f"calculator); tools: {tools}")
+    echo(f"[1/4] data: {data_dir} (3-digit multiplication; SFT pairs a demonstration that calls the calculator "
+         f"with one that answers directly, and {TOOL_SHARE:.0%} of conversations open with the call); tools: {tools}")
 
     sft = cfg.model_copy(deep=True)
     sft.algorithm = "sft"
     sft.lora.enabled = False
     sft.env.name = None
     sft.data.train, sft.data.eval = str(data_dir / "sft_train.jsonl"), None
+    sft.data.pack = True  # one pair of demonstrations a row (see write_tool_task)
     sft.optim.learning_rate = cfg.demo.sft_learning_rate
     sft.optim.schedule, sft.optim.warmup_steps, sft.optim.min_lr_ratio = "cosine", 20, 0.1
     sft.training.max_steps, sft.training.batch_size = cfg.demo.sft_steps, cfg.demo.sft_batch_size
     sft.training.run_dir = str(run_root / "sft")
     echo(f"[2/4] SFT {sft.training.max_steps} steps from a random-init {cfg.model.init_arch or ''} model")
-    run_training(sft)
+    run_training(sft, force=True)  # the demo owns runs/demo_tools/sft: a rerun starts it over
     sft_model = str(run_root / "sft" / "model")
 
     held_out = [json.loads(line) for line in Path(cfg.data.eval).read_text().splitlines()][: cfg.eval.num_prompts]
@@ -127,7 +141,7 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     grpo.lora.enabled = False
     grpo.data.eval = None  # the trainer's own eval is single-turn; the demo scores whole episodes below
     grpo.training.run_dir = str(run_root / "grpo")
-    run_training(grpo)
+    run_training(grpo, force=True)
     after = evaluate_episodes(str(run_root / "grpo" / "model"), cfg, held_out)
 
     from lazarus.observe.plots import plot_run

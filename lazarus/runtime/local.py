@@ -110,7 +110,9 @@ def run_eval(model_path: str, adapter: str | None, data: str, reward: str, num_p
                       temperature=temperature, use_chat_template=use_chat_template, progress=progress)
     result["prompts"] = [r.prompt for r in records]
     result["answers"] = [r.columns.get("answer") for r in records]
-    result["extracted"] = [extract_answer(c) for c in result["completions"]]
+    # the answer as the reward reads it: accuracy_strict has no last-number fallback
+    fallback = reward != "accuracy_strict"
+    result["extracted"] = [extract_answer(c, last_number_fallback=fallback) for c in result["completions"]]
     return result
 
 

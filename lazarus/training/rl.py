@@ -248,6 +248,7 @@ class RLLearner(Trainer):
         plan = update_plan(batch.inputs.shape[0], self.group_size, rl.mini_batch_size, rl.micro_batch_size,
                            self.cfg.training.grad_accum_steps)
         tokens_per_row = np.array(batch.mask.sum(axis=-1))
+        first_target = np.argmax(np.array(batch.mask) > 0, axis=-1)  # a row's first completion column
         history, optimizer_steps = [], 0
         for _ in range(rl.num_iterations):
             for mini_batch in plan:
@@ -257,10 +258,14 @@ class RLLearner(Trainer):
                                                self.cfg.training.grad_accum_steps)
                 for idx in mini_batch:
                     rows = mx.array(idx)
-                    args = [batch.inputs[rows], batch.targets[rows], batch.mask[rows], batch.behavior_logprobs[rows],
-                            advantages[rows],
-                            reference[rows] if reference is not None else None,
-                            proximal[rows] if proximal is not None else None]
+                    # the loss reads completion columns only: the LM head skips the prompt's (a multiple of
+                    # 16, so a compiled step sees few shapes)
+                    start = int(first_target[idx].min()) // 16 * 16
+                    args = [batch.inputs[rows], batch.targets[rows, start:], batch.mask[rows, start:],
+                            batch.behavior_logprobs[rows, start:],
+                            advantages[rows] if advantages.ndim == 1 else advantages[rows, start:],
+                            reference[rows, start:] if reference is not None else None,
+                            proximal[rows, start:] if proximal is not None else None]
                     weight = self.micro_batch_weight(tokens_per_row, idx, rows_in_step)
                     loss, metrics = self.stepper.accumulate(*args, weight=weight)
                     history.append({"loss": loss.item(), **{k: v.item() for k, v in metrics.items()}})

@@ -265,3 +265,14 @@ def test_long_prompts_prefill_in_chunks_with_the_same_logprobs(tiny_model):
     # then the 11 body tokens went in as 3 + 3 + 3 + 2, and the logprobs are those of one forward pass
     assert counting.calls[:5] == [(3, 3), (3, 3), (3, 3), (3, 2), (3, 1)]
     assert_logprobs_match_forward(model, prompts, out)
+
+
+def test_batch_kv_cache_holds_the_sequence_rounded_up_to_32_positions(tiny_model):
+    # given: an engine and two prompts of 10 and 7 tokens (mlx-lm's cache would reserve 256 positions)
+    model, tokenizer = tiny_model
+    engine = Engine(model, tokenizer)
+    # when: they are prefilled together
+    cache, logits = engine._prefill([list(range(1, 11)), list(range(1, 8))], [None, None])
+    mx.eval(logits, [c.state for c in cache])
+    # then: every layer holds 32 positions per row, the 10 tokens rounded up to the cache's step
+    assert {c.keys.shape[2] for c in cache} == {32}

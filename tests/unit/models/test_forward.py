@@ -156,3 +156,29 @@ def test_linear_token_logprobs_use_less_peak_memory_than_the_full_logits():
     # then
     assert value == pytest.approx(full_value, rel=1e-5)
     assert chunked_peak < 0.5 * full_peak, (chunked_peak, full_peak)
+
+
+def test_targets_of_the_last_positions_give_the_last_columns_and_their_gradients(policy):
+    # given: a batch whose loss reads only its last 9 columns (a learner's completion columns)
+    inputs, targets = _batch(policy.args.vocab_size)
+    start = inputs.shape[1] - 9
+    weights = mx.array(np.random.default_rng(3).normal(size=(inputs.shape[0], 9)).astype(np.float32))
+    # when: logprobs of those columns only, and of the whole row
+    tail, tail_entropy = policy_token_logprobs(policy, inputs, targets[:, start:], 0.7, with_entropy=True)
+    whole, whole_entropy = policy_token_logprobs(policy, inputs, targets, 0.7, with_entropy=True)
+    # then: the same numbers for those columns, and the same gradient of a loss on them
+    assert tail.shape == tail_entropy.shape == (inputs.shape[0], 9)
+    assert mx.abs(tail - whole[:, start:]).max().item() < 1e-5
+    assert mx.abs(tail_entropy - whole_entropy[:, start:]).max().item() < 1e-5
+    _, tail_grads = nn.value_and_grad(policy, lambda: (policy_token_logprobs(
+        policy, inputs, targets[:, start:])[0] * weights).sum())()
+    _, whole_grads = nn.value_and_grad(policy, lambda: (policy_token_logprobs(
+        policy, inputs, targets)[0][:, start:] * weights).sum())()
+    for (name, grad), (_, expected) in zip(tree_flatten(tail_grads), tree_flatten(whole_grads)):
+        assert mx.abs(grad - expected).max().item() < 1e-4, name
+
+
+def test_targets_longer_than_the_inputs_are_refused(policy):
+    inputs, targets = _batch(policy.args.vocab_size)
+    with pytest.raises(ValueError, match="last positions of inputs"):
+        policy_token_logprobs(policy, inputs[:, :5], targets)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
@@ -81,6 +82,32 @@ def test_micro_batches_change_memory_not_the_update(make_config, agg):
     for name, value in after_whole.items():
         np.testing.assert_allclose(np.array(after_micro[name]), np.array(value), atol=2e-5, rtol=1e-4)
     assert any(not mx.allclose(before[k], after_whole[k]).item() for k in before)
+
+
+def test_the_loss_on_completion_columns_only_equals_the_loss_on_whole_rows(make_config):
+    # given: a learner, a batch of real trajectories laid out as the update lays them out, and the first
+    # column any completion starts at (the update rounds it down to 16; any column before it will do)
+    from lazarus.training.rl import collate, group_trajectories
+
+    cfg = make_config("grpo", "lora.enabled=true")
+    learner = build_learner(cfg)
+    trajectories = group_trajectories(sampled_batch(cfg, learner), cfg.generation.num_generations)
+    batch = collate(trajectories, learner.pad_id)
+    advantages = learner.advantages(batch.rewards, [t.group_id for t in trajectories], batch.mask)
+    start = int(np.argmax(np.array(batch.mask) > 0, axis=-1).min())
+    assert start > 0  # the slice skips the prompt's columns
+
+    def loss_and_grads(s):
+        return nn.value_and_grad(learner.model, lambda *a: learner.loss(learner.model, *a)[0])(
+            batch.inputs, batch.targets[:, s:], batch.mask[:, s:], batch.behavior_logprobs[:, s:], advantages)
+
+    # when: the loss and its gradient on the completion columns only, and on the whole rows
+    tail_loss, tail_grads = loss_and_grads(start)
+    whole_loss, whole_grads = loss_and_grads(0)
+    # then: the same loss and gradient
+    assert tail_loss.item() == pytest.approx(whole_loss.item(), rel=1e-5, abs=1e-7)
+    for (name, grad), (_, expected) in zip(tree_flatten(tail_grads), tree_flatten(whole_grads)):
+        np.testing.assert_allclose(np.array(grad), np.array(expected), atol=1e-6, rtol=1e-4, err_msg=name)
 
 
 def test_micro_batch_size_with_grad_accum_steps_is_refused(make_config):
