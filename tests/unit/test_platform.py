@@ -6,7 +6,8 @@ import sys
 import pytest
 
 # Frees a 24 MB buffer (as a process does when it drops a model), then allocates and frees 16 x 8 MB,
-# keeping one 512 KB allocation made after them (so the heap top cannot shrink); prints how many MB of resident memory the frees gave back.
+# keeping one 512 KB allocation made after them (so the heap top cannot shrink); prints how many MB of
+# resident memory the frees gave back.
 _FREE_AND_MEASURE = """
 import ctypes, sys
 import lazarus.platform
