@@ -386,7 +386,7 @@ class RuntimeConfig(Section):
     env_workers: int = Field(0, ge=0, description="Score rewards in a pool of N workers (0 = in the actor).")
     actor_niceness: Optional[int] = Field(
         None, ge=0, le=19, description="process launcher: how much lower the actor processes' CPU priority is "
-        "than the learner's (added nice value). null = 10 in async mode, where the learner's update is the "
+        "than the learner's (added nice value). null = 19 in async mode, where the learner's update is the "
         "bottleneck and the actors generate in the cycles it leaves idle, and 0 in sync mode.")
     ray: RayConfig = Field(default_factory=RayConfig)
 

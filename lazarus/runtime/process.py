@@ -147,8 +147,8 @@ class CoreShares:
 
 
 #: How much lower the actors' CPU priority is than the learner's in async mode by default
-#: (`runtime.actor_niceness`; nice 10: about a tenth of a core's time when both want it).
-ACTOR_NICENESS_ASYNC = 10
+#: (`runtime.actor_niceness`; nice 19: the actors run only in the cycles the learner leaves idle).
+ACTOR_NICENESS_ASYNC = 19
 
 
 def share_cores(cfg: Config, cores: int, explicit_threads: str | None = None) -> CoreShares:
