@@ -20,13 +20,11 @@ from __future__ import annotations
 import json
 import random
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 from lazarus.config import Config, ConfigError
-from lazarus.runtime.demo import DemoFailed
 from lazarus.runtime.local import run_training
 
 DELEGATE_SHARE = 0.35  # of SFT demonstrations that delegate to the expert; the rest answer directly
@@ -139,7 +137,7 @@ def write_delegation_task(data_dir: Path, cfg: Config, seed: int, delegate_share
 
 def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     from lazarus.env.rewards import RewardFunction
-    from lazarus.runtime.demo_tools import evaluate_episodes
+    from lazarus.runtime.demo_tools import evaluate_episodes, report_gain
 
     if cfg.env.name != "tools":
         raise ConfigError("env.name: the delegation demo runs multi-turn tool episodes; set env.name=tools")
@@ -186,14 +184,7 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     echo(f"[5/5] held-out accuracy after GRPO: {after['accuracy']:.3f} ({after['tool_call_rate']:.0%} delegate, "
          f"{after['failed_calls']} failed calls); curves: {plots[-1].parent if plots else '-'} "
          f"({time.perf_counter() - t0:.0f}s in all)")
-    gain = after["accuracy"] - before["accuracy"]
-    echo(f"held-out accuracy: after SFT {before['accuracy']:.3f} -> after GRPO {after['accuracy']:.3f} "
-         f"({100 * gain:+.1f} points)")
-    echo(f"delegation rate: {before['tool_call_rate']:.3f} -> {after['tool_call_rate']:.3f}")
-    sys.stdout.flush()
-    if cfg.demo.min_improvement is not None and gain < cfg.demo.min_improvement:
-        raise DemoFailed(f"GRPO improved held-out accuracy by {gain:+.3f}, less than "
-                         f"demo.min_improvement={cfg.demo.min_improvement}")
+    report_gain(cfg, before, after, "delegation rate", echo)
     return {"accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
             "delegation_rate_before": before["tool_call_rate"], "delegation_rate_after": after["tool_call_rate"],
             "plots": [str(p) for p in plots]}

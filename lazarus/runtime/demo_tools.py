@@ -150,14 +150,20 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     echo(f"[4/4] held-out accuracy after GRPO: {after['accuracy']:.3f} ({after['tool_call_rate']:.0%} call the "
          f"calculator, {after['failed_calls']} failed calls); curves: {plots[-1].parent if plots else '-'} "
          f"({time.perf_counter() - t0:.0f}s in all)")
+    report_gain(cfg, before, after, "tool-call rate", echo)
+    return {"accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
+            "tool_call_rate_before": before["tool_call_rate"], "tool_call_rate_after": after["tool_call_rate"],
+            "plots": [str(p) for p in plots]}
+
+
+def report_gain(cfg: Config, before: dict, after: dict, rate_name: str, echo: Callable[[str], None]) -> None:
+    """The demo's last two lines (held-out accuracy and the rate of episodes that call a tool, before and
+    after GRPO); DemoFailed when the gain is below `demo.min_improvement`."""
     gain = after["accuracy"] - before["accuracy"]
     echo(f"held-out accuracy: after SFT {before['accuracy']:.3f} -> after GRPO {after['accuracy']:.3f} "
          f"({100 * gain:+.1f} points)")
-    echo(f"tool-call rate: {before['tool_call_rate']:.3f} -> {after['tool_call_rate']:.3f}")
+    echo(f"{rate_name}: {before['tool_call_rate']:.3f} -> {after['tool_call_rate']:.3f}")
     sys.stdout.flush()
     if cfg.demo.min_improvement is not None and gain < cfg.demo.min_improvement:
         raise DemoFailed(f"GRPO improved held-out accuracy by {gain:+.3f}, less than "
                          f"demo.min_improvement={cfg.demo.min_improvement}")
-    return {"accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
-            "tool_call_rate_before": before["tool_call_rate"], "tool_call_rate_after": after["tool_call_rate"],
-            "plots": [str(p) for p in plots]}

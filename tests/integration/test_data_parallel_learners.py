@@ -13,13 +13,13 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from background_run import BackgroundRun
 from conftest import REDUCED
 
 BIN = Path(sys.executable).parent
@@ -119,40 +119,11 @@ def weights_of_model_dir(config_path: Path) -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in mx.load(str(model_dir / "model.safetensors")).items()}
 
 
-class Run:
+class Run(BackgroundRun):
     """`lazarus train` in the background, its output collected line by line."""
 
     def __init__(self, config: Path, tmp_path: Path):
-        self.proc = subprocess.Popen([str(BIN / "lazarus"), "train", "grpo", "--config", str(config)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(tmp_path))
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
-        self._reader.start()
-
-    def wait_for(self, pattern: str, timeout: float) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if m := re.search(pattern, line):
-                    return m
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no line matching {pattern!r}:\n{self.output[-3000:]}")
-
-    def finish(self, timeout: float = 600) -> int:
-        try:
-            self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(timeout=10)
-        return self.proc.returncode
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
+        super().__init__([str(BIN / "lazarus"), "train", "grpo", "--config", str(config)], env(tmp_path))
 
 
 def kill_replica_after_step(run: Run, run_dir: Path, step: int) -> int:

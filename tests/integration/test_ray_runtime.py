@@ -22,11 +22,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from background_run import BackgroundRun
 from conftest import REDUCED
 from grpo_config import config_writer
 
@@ -113,45 +113,13 @@ def ray_head():
             current.unlink()
 
 
-class Run:
+class Run(BackgroundRun):
     """`lazarus train grpo --launcher ray` in the namespace, its output collected line by line."""
 
     def __init__(self, ns: Namespace, config: Path, ray_address: str, actors: int):
-        self.proc = subprocess.Popen(ns.enter([str(BIN / "lazarus"), "train", "grpo", "--config", str(config),
-                                               "--launcher", "ray", "--actors", str(actors), "--address", ray_address]),
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout: float) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if m := re.search(pattern, line):
-                    return m
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"no line matching {pattern!r}:\n{self.output[-3000:]}")
-
-    def finish(self, timeout: float = 900) -> int:
-        try:
-            self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(timeout=10)
-        return self.proc.returncode
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
+        command = [str(BIN / "lazarus"), "train", "grpo", "--config", str(config), "--launcher", "ray", "--actors",
+                   str(actors), "--address", ray_address]
+        super().__init__(ns.enter(command), env(), finish_timeout=900)
 
 
 @pytest.fixture
