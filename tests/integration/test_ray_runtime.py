@@ -182,7 +182,8 @@ def test_a_killed_ray_actor_is_restarted_by_ray_and_the_run_completes_with_exact
     ns, ray_address = ray_head
     config = run_config(generation={"num_generations": 8, "max_new_tokens": 48},
                         training={"max_steps": 8, "batch_size": 8, "save_every": 0},
-                        rl={"rewards": [{"function": "runtime_rewards:five_second_starts_with_a_digit"}]})
+                        rl={"rewards": [{"function": "runtime_rewards:five_second_starts_with_a_digit"}]},
+                        eval={"reward": "runtime_rewards:starts_with_a_digit"})
     run = Run(ns, config, ray_address, actors=2)
     learner = run.wait_for(r"ray: learner listening on (\S+)", 300).group(1)
     pid = int(run.wait_for(r"ray: actor ray-actor-0 started as pid (\d+)", 300).group(1))
@@ -216,7 +217,8 @@ def test_a_hand_started_lazarus_actor_joins_a_ray_launched_learner(ray_head, run
     config = run_config(runtime={"heartbeat_s": 0.3, "lease_s": 3.0, "listen": f"127.0.0.1:{port}",
                                  "prompts_per_task": 2, "ray": {"actor_resources": {"num_cpus": 1}}},
                         training={"max_steps": 6, "batch_size": 8, "save_every": 0},
-                        rl={"rewards": [{"function": "runtime_rewards:slow_starts_with_a_digit"}]})
+                        rl={"rewards": [{"function": "runtime_rewards:slow_starts_with_a_digit"}]},
+                        eval={"reward": "runtime_rewards:starts_with_a_digit"})
     hand = subprocess.Popen(ns.enter([str(BIN / "lazarus-actor"), "--learner", f"127.0.0.1:{port}", "--id", "by-hand"]),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**env(), "LAZARUS_CACHE": str(tmp_path / "cache")})
