@@ -265,11 +265,19 @@ class ParameterClient:
         delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff) * random.uniform(0.5, 1.0)
         return delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
 
+    def _await_channel(self, seconds_left: float) -> None:
+        """Wait (at most one reconnect backoff, never past the deadline) for the channel to connect, so each
+        counted retry gets a real connection attempt after a server restart."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=min(seconds_left, 1.5 * self.max_backoff))
+        except grpc.FutureTimeoutError:
+            pass
+
     def _retrying(self, method: str, timeout: float | None, call: Callable[[float], T]) -> T:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         try:
             return call_with_retries(
-                call, deadline, backoff=lambda attempt: self._delay(attempt, None),
+                call, deadline, backoff=lambda attempt: self._delay(attempt, None), reconnect=self._await_channel,
                 retryable=lambda e, attempt: _busy(e) or (e.code() in TRANSIENT and attempt <= self.retries))
         except DeadlinePassed as d:
             last = f"; last: {d.last.details()}" if d.last is not None else ""

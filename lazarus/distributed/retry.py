@@ -25,11 +25,14 @@ class DeadlinePassed(Exception):
 
 def call_with_retries(call: Callable[[float], T], deadline: float, *,
                       retryable: Callable[[grpc.RpcError, int], bool], backoff: Callable[[int], float],
-                      attempt_timeout: float | None = None) -> T:
+                      attempt_timeout: float | None = None,
+                      reconnect: Callable[[float], None] | None = None) -> T:
     """`call(timeout)` until it answers; an RpcError that is not `retryable(error, attempt)` is raised as is.
 
     `deadline` is a `time.monotonic()` instant; each attempt's timeout is what is left of it (at most
-    `attempt_timeout`); between attempts it sleeps `backoff(attempt)`, never past the deadline.
+    `attempt_timeout`); between attempts it sleeps `backoff(attempt)`, never past the deadline, then gives
+    `reconnect(seconds left)` the chance to wait for the channel: a channel in its reconnect backoff fails
+    every call at once, so without it a few quick retries can all fall inside one backoff window.
     """
     attempt, last = 0, None
     while True:
@@ -43,3 +46,5 @@ def call_with_retries(call: Callable[[float], T], deadline: float, *,
             if not retryable(e, attempt):
                 raise
             time.sleep(max(0.0, min(backoff(attempt), deadline - time.monotonic())))
+            if reconnect is not None:
+                reconnect(max(0.0, deadline - time.monotonic()))
