@@ -31,11 +31,21 @@ class PlatformInfo:
     blas_path: str | None
     blas_loaded_before_mlx: bool
     device: str
+    blas_thread_timeout: str | None  # OPENBLAS_THREAD_TIMEOUT: how long idle BLAS threads spin (`share_blas_cores`)
 
 
 _blas_path: str | None = None
 _blas_before_mlx = False
 _user_blas_threads = os.environ.get("OPENBLAS_NUM_THREADS")  # as the user's environment had it, if at all
+_user_blas_timeout = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+
+#: OpenBLAS's idle worker threads spin for 2**28 cycles (~0.1 s) after each call before they sleep, so a
+#: process with 2 BLAS threads keeps 2 cores busy even through its single-threaded work (measured here: CPU
+#: time / wall time 2.00 on alternating matmuls and `exp`, 1.03 with the timeout at 2**4 cycles). Alone on
+#: a host that spin is ~5% faster (bench/runtime.py, local: 0.83 vs 0.78 steps/s); when a learner and its
+#: actors share the cores it starves whoever runs beside it (async k=1 vs local: 1.04-1.14 spinning,
+#: 1.44-1.46 sleeping).
+BLAS_SPIN_TIMEOUT, BLAS_SLEEP_TIMEOUT = "28", "4"
 
 
 def find_openblas() -> str | None:
@@ -93,12 +103,34 @@ def set_blas_threads(n: int) -> bool:
     return True
 
 
+def share_blas_cores(shared: bool = True) -> bool:
+    """Whether this process's idle BLAS threads yield their core at once (`shared`) or spin (alone on a host).
+
+    Set by the launcher of processes that share one host's cores (a learner and its actors); children
+    started afterwards inherit it through `preload_env`. An OPENBLAS_THREAD_TIMEOUT the user set is kept.
+    False when there is no OpenBLAS of ours to tell (macOS's Accelerate, or no preload)."""
+    if _user_blas_timeout is not None:
+        return False
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = BLAS_SLEEP_TIMEOUT if shared else BLAS_SPIN_TIMEOUT
+    if not _blas_path:
+        return False
+    try:
+        lib = ctypes.CDLL(_blas_path)
+        lib.openblas_read_env()  # OpenBLAS reads its environment once, at load: read it again
+        lib.blas_thread_shutdown_()  # the thread pool is rebuilt, with the new timeout, by the next call
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
 def preload_env() -> dict[str, str]:
     """Environment that makes a child process (Ray worker, subprocess) load the same BLAS."""
     env = {}
     if _blas_path:
         env["LD_PRELOAD"] = _blas_path
         env["OPENBLAS_NUM_THREADS"] = os.environ.get("OPENBLAS_NUM_THREADS", str(os.cpu_count() or 1))
+        if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+            env["OPENBLAS_THREAD_TIMEOUT"] = os.environ["OPENBLAS_THREAD_TIMEOUT"]
     return env
 
 
@@ -111,6 +143,7 @@ def info() -> PlatformInfo:
         blas_path=_blas_path,
         blas_loaded_before_mlx=_blas_before_mlx,
         device=str(mx.default_device()),
+        blas_thread_timeout=os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
     )
 
 

@@ -10,7 +10,9 @@ The process launcher's processes share one host's cores (`share_cores`): the act
 the same time, split the cores between their BLAS threads; in async mode the learner's update runs while
 they generate, and it is the pipeline's bottleneck (the next step waits for it, never for an actor that
 is a batch ahead), so the actors run at a lower CPU priority and generate in the cycles the update leaves
-idle. An OPENBLAS_NUM_THREADS set in the environment is the user's choice and is kept.
+idle; every process's idle BLAS threads then sleep at once instead of spinning
+(`platform.share_blas_cores`), or those idle cycles would not exist. An OPENBLAS_NUM_THREADS set in the environment is the user's choice
+and is kept.
 """
 
 from __future__ import annotations
@@ -106,10 +108,11 @@ def run_process(cfg: Config, resume: str | Path | None = None, echo: Callable[[s
     if cfg.runtime.listen.rpartition(":")[0] not in ("127.0.0.1", "localhost", "[::1]"):
         echo(f"process launcher: learner listens on {cfg.runtime.listen}; actors connect over loopback")
 
-    from lazarus.platform import set_blas_threads, user_blas_threads
+    from lazarus.platform import set_blas_threads, share_blas_cores, user_blas_threads
 
     shares = share_cores(cfg, os.cpu_count() or 1, explicit_threads=user_blas_threads())
     set_blas_threads(shares.learner_threads)
+    share_blas_cores(shares.overlap)  # while the update and generation overlap, idle BLAS threads sleep
 
     def start_actors(address: str) -> None:
         port = address.rpartition(":")[2]
@@ -144,6 +147,7 @@ class CoreShares:
     learner_threads: int
     actor_threads: int
     actor_niceness: int  # added to the actors' nice value (0: same priority as the learner)
+    overlap: bool = False  # the learner updates while the actors generate (async mode)
 
 
 #: How much lower the actors' CPU priority is than the learner's in async mode by default
@@ -156,7 +160,9 @@ def share_cores(cfg: Config, cores: int, explicit_threads: str | None = None) ->
 
     Actors generate at the same time, so they split the cores; the learner updates while actors wait (sync)
     and so may use every core. In async mode the learner updates while actors generate: it keeps every core,
-    the actors split them as if the learner were one more actor, and yield to it (`ACTOR_NICENESS_ASYNC`).
+    the actors split them as if the learner were one more actor, and yield to it (`ACTOR_NICENESS_ASYNC`);
+    `overlap` then makes every process's idle BLAS threads sleep (in sync mode the processes take turns,
+    and a spinning thread answers the next call sooner).
     `explicit_threads` (the user's OPENBLAS_NUM_THREADS) is used for every process as given.
     """
     actors = cfg.runtime.actors
@@ -166,10 +172,10 @@ def share_cores(cfg: Config, cores: int, explicit_threads: str | None = None) ->
         niceness = ACTOR_NICENESS_ASYNC if overlap else 0
     if explicit_threads:
         n = max(1, int(explicit_threads))
-        return CoreShares(n, n, niceness)
+        return CoreShares(n, n, niceness, overlap)
     if overlap:  # the learner keeps every core and the actors take what it leaves idle
-        return CoreShares(max(1, cores), max(1, cores // (actors + 1)), niceness)
-    return CoreShares(max(1, cores), max(1, cores // actors), niceness)
+        return CoreShares(max(1, cores), max(1, cores // (actors + 1)), niceness, overlap)
+    return CoreShares(max(1, cores), max(1, cores // actors), niceness, overlap)
 
 
 def actor_executable() -> str:

@@ -57,11 +57,14 @@ def worker_env() -> dict[str, str]:
     The raylet starts workers `RAY_worker_niceness` (default 15) nicer than itself, so the learner and the
     rollout actors, which do all the work, would yield the CPU to Ray's own daemons and to anything else on
     the machine; with `lazarus-learner` and `lazarus-actor` they run at the launching shell's priority. Ray's
-    job supervisor sets it to 0 for the same reason (a `RAY_worker_niceness` set by the user is kept)."""
-    from lazarus.platform import preload_env
+    job supervisor sets it to 0 for the same reason (a `RAY_worker_niceness` set by the user is kept).
+    Workers share their node's cores, so their idle BLAS threads sleep instead of spinning
+    (`platform.share_blas_cores`)."""
+    from lazarus.platform import BLAS_SLEEP_TIMEOUT, preload_env
 
     threads = str(os.cpu_count() or 1)
     env = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", threads),
+           "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT", BLAS_SLEEP_TIMEOUT),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads), "PYTHONUNBUFFERED": "1",
            "RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0")}
     env.update(preload_env())

@@ -45,3 +45,63 @@ def test_return_freed_buffers_gives_freed_buffers_back_where_glibc_keeps_them():
     # then: glibc alone keeps them resident (its mmap threshold rose to 24 MB); asked, it gives them back
     assert kept < 32, kept
     assert returned > 100, returned
+
+
+# Makes 2-thread BLAS calls, looks at its threads 20 ms after each, and prints the share of looks that found
+# a thread other than the main one runnable: an idle BLAS thread that spins (OpenBLAS's default, ~0.1 s) is
+# runnable all that time, a sleeping one is not. (Thread states, not CPU time: a spinning OpenBLAS thread
+# yields to other processes, so on a busy machine its CPU time says little.)
+_RUNNABLE_SHARE = """
+import os, sys, time
+import lazarus.platform
+import mlx.core as mx
+lazarus.platform.set_blas_threads(2)
+if sys.argv[1] == "shared":
+    assert lazarus.platform.share_blas_cores()
+    assert lazarus.platform.info().blas_thread_timeout == lazarus.platform.BLAS_SLEEP_TIMEOUT
+    assert lazarus.platform.preload_env()["OPENBLAS_THREAD_TIMEOUT"] == lazarus.platform.BLAS_SLEEP_TIMEOUT
+a, b = mx.random.normal((256, 512)), mx.random.normal((512, 512))
+mx.eval(a @ b)
+def others_runnable():
+    states = []
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) != os.getpid():
+            stat = open(f"/proc/self/task/{tid}/stat").read()
+            states.append(stat.rsplit(")", 1)[1].split()[0])
+    return "R" in states
+looks = []
+for _ in range(40):
+    mx.eval(a @ b)
+    time.sleep(0.02)
+    looks.append(others_runnable())
+print(sum(looks) / len(looks))
+"""
+
+
+def _runnable_share(mode: str) -> float:
+    proc = subprocess.run([sys.executable, "-c", _RUNNABLE_SHARE, mode], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return float(proc.stdout.strip())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the preloaded OpenBLAS")
+def test_share_blas_cores_makes_idle_blas_threads_sleep_instead_of_spinning():
+    # given a process whose idle BLAS thread spins after each call (OpenBLAS's default)
+    spinning = _runnable_share("alone")
+    # when the process shares the host's cores
+    shared = _runnable_share("shared")
+    # then the idle thread sleeps between calls instead of staying runnable
+    assert spinning > 0.8 and shared < 0.2, (spinning, shared)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the preloaded OpenBLAS")
+def test_share_blas_cores_keeps_a_thread_timeout_the_user_set():
+    script = ("import os, lazarus.platform as p; assert not p.share_blas_cores(); "
+              "print(os.environ['OPENBLAS_THREAD_TIMEOUT'], p.preload_env()['OPENBLAS_THREAD_TIMEOUT'])")
+    import os
+
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OPENBLAS_THREAD_TIMEOUT": "20"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["20", "20"]

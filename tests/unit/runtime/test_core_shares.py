@@ -16,6 +16,7 @@ def test_in_sync_mode_actors_split_the_cores_and_the_learner_keeps_them_all(core
     cfg = make_config(f"runtime.actors={actors}")
     shares = share_cores(cfg, cores)
     assert (shares.learner_threads, shares.actor_threads, shares.actor_niceness) == (cores, actor_threads, 0)
+    assert not shares.overlap  # the processes take turns: idle BLAS threads may spin
 
 
 @pytest.mark.parametrize("cores,actors,actor_threads", [(2, 1, 1), (8, 1, 4), (8, 3, 2), (2, 2, 1)])
@@ -25,6 +26,7 @@ def test_in_async_mode_the_learner_keeps_every_core_and_actors_yield_to_it(cores
     shares = share_cores(cfg, cores)
     assert shares.learner_threads == cores and shares.actor_threads == actor_threads
     assert shares.actor_niceness == ACTOR_NICENESS_ASYNC > 0
+    assert shares.overlap  # so idle BLAS threads sleep and leave their cycles to the actors
 
 
 def test_threads_the_user_set_are_kept_for_every_process():
