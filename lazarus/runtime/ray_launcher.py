@@ -50,7 +50,7 @@ def import_ray():
     return ray
 
 
-def worker_env() -> dict[str, str]:
+def worker_env(overlap: bool = True) -> dict[str, str]:
     """Environment variables of every Ray worker: the BLAS preload and thread count of `lazarus.platform`,
     and the scheduling priority of the driver.
 
@@ -58,13 +58,14 @@ def worker_env() -> dict[str, str]:
     rollout actors, which do all the work, would yield the CPU to Ray's own daemons and to anything else on
     the machine; with `lazarus-learner` and `lazarus-actor` they run at the launching shell's priority. Ray's
     job supervisor sets it to 0 for the same reason (a `RAY_worker_niceness` set by the user is kept).
-    Workers share their node's cores, so their idle BLAS threads sleep instead of spinning
-    (`platform.share_blas_cores`)."""
-    from lazarus.platform import BLAS_SLEEP_TIMEOUT, preload_env
+    `overlap`: workers compute at the same time on a node's cores (async mode, env workers), so their idle
+    BLAS threads sleep instead of spinning (`platform.share_blas_cores`); in sync mode they take turns."""
+    from lazarus.platform import BLAS_SLEEP_TIMEOUT, BLAS_SPIN_TIMEOUT, preload_env
 
     threads = str(os.cpu_count() or 1)
     env = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", threads),
-           "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT", BLAS_SLEEP_TIMEOUT),
+           "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT",
+                                                     BLAS_SLEEP_TIMEOUT if overlap else BLAS_SPIN_TIMEOUT),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads), "PYTHONUNBUFFERED": "1",
            "RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0")}
     env.update(preload_env())
@@ -228,7 +229,7 @@ def run_ray(cfg: Config, resume: str | Path | None = None, echo: Callable[[str],
 def connect(ray, cfg: Config, echo: Callable[[str], None]) -> bool:
     """Join `runtime.ray.address`, or start a local instance on 127.0.0.1; True when this run started it."""
     rc = cfg.runtime.ray
-    runtime_env = {"env_vars": worker_env()}
+    runtime_env = {"env_vars": worker_env(overlap=cfg.runtime.mode == "async" and cfg.runtime.max_staleness > 0)}
     kwargs = {"runtime_env": runtime_env, "log_to_driver": True}
     try:
         if rc.address:

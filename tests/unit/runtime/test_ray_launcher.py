@@ -60,3 +60,14 @@ def test_the_address_flag_sets_runtime_ray_address_and_keeps_the_other_ray_field
     cfg = apply_launcher(config(ray={"learner_resource": "head"}), "ray", 3, "auto")
     assert (cfg.runtime.launcher, cfg.runtime.actors) == ("ray", 3)
     assert cfg.runtime.ray.address == "auto" and cfg.runtime.ray.learner_resource == "head"
+
+
+def test_ray_workers_idle_blas_threads_sleep_only_when_workers_compute_at_the_same_time(monkeypatch):
+    from lazarus.platform import BLAS_SLEEP_TIMEOUT, BLAS_SPIN_TIMEOUT
+
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    assert worker_env(overlap=True)["OPENBLAS_THREAD_TIMEOUT"] == BLAS_SLEEP_TIMEOUT
+    assert worker_env(overlap=False)["OPENBLAS_THREAD_TIMEOUT"] == BLAS_SPIN_TIMEOUT
+    # a timeout the user set is theirs
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "12")
+    assert worker_env(overlap=True)["OPENBLAS_THREAD_TIMEOUT"] == "12"
