@@ -30,11 +30,18 @@ print((before - rss()) / 2**20)
 """
 
 
-def _released_mb(mode: str) -> float:
-    proc = subprocess.run([sys.executable, "-c", _FREE_AND_MEASURE, mode], capture_output=True, text=True,
-                          timeout=120)
+def _run(script: str, *args: str, **env: str) -> str:
+    """`script` in a fresh Python (a fresh allocator and BLAS); its stdout."""
+    import os
+
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr
-    return float(proc.stdout.strip())
+    return proc.stdout.strip()
+
+
+def _released_mb(mode: str) -> float:
+    return float(_run(_FREE_AND_MEASURE, mode))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
@@ -79,10 +86,7 @@ print(sum(looks) / len(looks))
 
 
 def _runnable_share(mode: str) -> float:
-    proc = subprocess.run([sys.executable, "-c", _RUNNABLE_SHARE, mode], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return float(proc.stdout.strip())
+    return float(_run(_RUNNABLE_SHARE, mode))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the preloaded OpenBLAS")
@@ -99,9 +103,4 @@ def test_share_blas_cores_makes_idle_blas_threads_sleep_instead_of_spinning():
 def test_share_blas_cores_keeps_a_thread_timeout_the_user_set():
     script = ("import os, lazarus.platform as p; assert not p.share_blas_cores(); "
               "print(os.environ['OPENBLAS_THREAD_TIMEOUT'], p.preload_env()['OPENBLAS_THREAD_TIMEOUT'])")
-    import os
-
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "OPENBLAS_THREAD_TIMEOUT": "20"})
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["20", "20"]
+    assert _run(script, OPENBLAS_THREAD_TIMEOUT="20").split() == ["20", "20"]
