@@ -40,15 +40,11 @@ def _run(script: str, *args: str, **env: str) -> str:
     return proc.stdout.strip()
 
 
-def _released_mb(mode: str) -> float:
-    return float(_run(_FREE_AND_MEASURE, mode))
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
 def test_return_freed_buffers_gives_freed_buffers_back_where_glibc_keeps_them():
     # given/when: the same frees of 128 MB in a process as started, and in one that called return_freed_buffers
-    kept = _released_mb("default")
-    returned = _released_mb("return")
+    kept = float(_run(_FREE_AND_MEASURE, "default"))
+    returned = float(_run(_FREE_AND_MEASURE, "return"))
     # then: glibc alone keeps them resident (its mmap threshold rose to 24 MB); asked, it gives them back
     assert kept < 32, kept
     assert returned > 100, returned
@@ -85,16 +81,12 @@ print(sum(looks) / len(looks))
 """
 
 
-def _runnable_share(mode: str) -> float:
-    return float(_run(_RUNNABLE_SHARE, mode))
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="the preloaded OpenBLAS")
 def test_share_blas_cores_makes_idle_blas_threads_sleep_instead_of_spinning():
     # given a process whose idle BLAS thread spins after each call (OpenBLAS's default)
-    spinning = _runnable_share("alone")
+    spinning = float(_run(_RUNNABLE_SHARE, "alone"))
     # when the process shares the host's cores
-    shared = _runnable_share("shared")
+    shared = float(_run(_RUNNABLE_SHARE, "shared"))
     # then the idle thread sleeps between calls instead of staying runnable
     assert spinning > 0.8 and shared < 0.2, (spinning, shared)
 
