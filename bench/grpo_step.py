@@ -159,6 +159,33 @@ def run_size(size: str, steps: int, baseline_repeats: int, sampling: tuple[str, 
     return summary
 
 
+def overlap(size: str, steps: int, sampling: tuple[str, ...], prepared: tuple[Path, Path, Path]) -> dict:
+    """The same step through the CLI: the local launcher (generate, then update) and the process launcher in
+    async mode with max staleness 1 (one actor generates the next batch while the learner updates).
+
+    Seconds per step from each run's metrics.jsonl after its warm-up steps. EOS stays on here (a random-init
+    model ends ~3% of its 32-token completions early, alike in both runs)."""
+    from runtime import train_cli
+
+    work, data, model_dir = prepared
+    steps = max(steps, 8)  # two warm-up steps are left out of the rate
+    base = [f"model.path={model_dir}", f"data.train={data}", "training.progress=false", "training.eval_every=0",
+            "training.save_every=0", f"training.batch_size={PROMPTS}", f"training.max_steps={steps}",
+            f"generation.num_generations={GROUP}", f"generation.max_new_tokens={NEW_TOKENS}",
+            "generation.temperature=1.0", "rl.beta=0", "lora.enabled=true", f"lora.rank={LORA_RANK}",
+            "rl.rewards=[{function: grpo_step:digit_share}]", "eval.num_prompts=1",
+            "eval.reward=grpo_step:digit_share", *sampling]
+    tag = "-".join(x.rsplit("=", 1)[-1] for x in sampling) or "t1"
+    rates = {}
+    for name, launcher in (("local", ["runtime.launcher=local"]),
+                           ("async", ["runtime.launcher=process", "runtime.actors=1", "runtime.mode=async",
+                                      "runtime.max_staleness=1"])):
+        run_dir = work / f"overlap-{size}-{tag}-{name}"
+        rates[name] = train_cli(f"{size} {name}", None, [*base, f"training.run_dir={run_dir}", *launcher], run_dir,
+                                work / "cache")
+    return {"sync_step_s": 1 / rates["local"], "async_step_s": 1 / rates["async"]}
+
+
 def _seconds(fn, repeats: int = 5) -> float:
     fn()  # warm-up
     start = time.perf_counter()
@@ -229,6 +256,8 @@ def compare_with_trl(sizes: list[str], steps: int, python: Path) -> None:
             theirs = run_trl(python, prepared, steps, sampling)
             print(f"   TRL {theirs['trl']} (torch {theirs['torch']}, {theirs['threads']} threads): "
                   f"{theirs['step_s']:.3f} s/step, peak RSS {theirs['rss_gb']:.3f} GB", flush=True)
+            print(f"-- {size}, {name}: Lazarus through the CLI, local and async (process launcher, k=1)", flush=True)
+            ours.update(overlap(size, steps, sampling, prepared))
             results.append((size, name, ours, theirs))
     print(f"\nLazarus vs TRL GRPOTrainer, same model, data, reward and settings, this run (median of steps 2-{steps}; "
           f"lower ratio is better for Lazarus)")
@@ -241,6 +270,10 @@ def compare_with_trl(sizes: list[str], steps: int, python: Path) -> None:
     for size, name, ours, theirs in results:
         print(f"ratio lazarus/trl {size} {name}: s/step {ours['step_s'] / theirs['step_s']:.2f}, "
               f"peak RSS {ours['rss_gb'] / theirs['rss_gb']:.2f}")
+    for size, name, ours, theirs in results:
+        print(f"ratio lazarus/trl {size} {name} async k=1 (overlap): s/step {ours['async_step_s'] / theirs['step_s']:.2f} "
+              f"({ours['async_step_s']:.3f} vs {theirs['step_s']:.3f}; local launcher through the CLI "
+              f"{ours['sync_step_s']:.3f})")
 
 
 def main() -> None:
@@ -271,8 +304,11 @@ def main() -> None:
     summaries = []
     spawn = multiprocessing.get_context("spawn")
     for size in sizes:
+        prepared = prepare(size, steps)
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:  # a fresh process: its own peak RSS
-            summaries.append(pool.submit(run_size, size, steps, baseline_repeats).result())
+            summaries.append(pool.submit(run_size, size, steps, baseline_repeats, (), prepared).result())
+        print(f"\n{size}: the same step through the CLI, local launcher vs async overlap", flush=True)
+        summaries[-1].update(overlap(size, 2 if args.quick else steps, (), prepared))
 
     print("\nsummary (median over timed steps)")
     print(f"{'size':>6} {'step_s':>7} {'gen_s':>7} {'update_s':>8} {'peak RSS GB':>11} "
@@ -289,6 +325,10 @@ def main() -> None:
               f"alone {s['matmul_s'] * 1e3:.0f} ms ({s['matmul_gflops']:.0f} GFLOP/s, "
               f"{s['matmul_s'] / s['forward_s']:.0%} of it); exp {s['mlx_exp_ns']:.1f} ns/element in MLX vs "
               f"{s['numpy_exp_ns']:.1f} in NumPy (ratio {s['mlx_exp_ns'] / s['numpy_exp_ns']:.1f})")
+    for s in summaries:
+        print(f"async overlap (process launcher, max staleness 1) vs local launcher, {s['size']}: s/step "
+              f"{s['async_step_s']:.3f} vs {s['sync_step_s']:.3f}, ratio {s['async_step_s'] / s['sync_step_s']:.2f} "
+              f"(lower is better)")
     ratios = [s["batched_tok_s"] / s["peer_way_tok_s"] for s in summaries]
     print(f"ratio batched generation / {PEER_BATCH}-at-a-time generation, same engine: "
           + ", ".join(f"{s['size']} {r:.2f}" for s, r in zip(summaries, ratios)) + " (higher is better)")

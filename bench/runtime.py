@@ -70,19 +70,29 @@ def steps_per_s(run_dir: Path) -> float:
 
 
 def run(work: Path, name: str, steps: int, size: str, extra: list[str], loopback_namespace: bool = False) -> float:
-    """One training run through the real CLI in its own process; returns its steps/s.
+    """One training run of the demo's GRPO config through the real CLI in its own process; returns its steps/s.
 
     `loopback_namespace`: in a new network namespace with only `lo` up (for Ray, which binds every interface)."""
+    run_dir = work / name
+    return train_cli(name, ROOT / "configs" / "demo_math.yaml",
+                     config_overrides(work, steps, size, [f"training.run_dir={run_dir}", *extra]), run_dir,
+                     work / "cache", loopback_namespace)
+
+
+def train_cli(name: str, config: Path | None, overrides: list[str], run_dir: Path, cache: Path,
+              loopback_namespace: bool = False) -> float:
+    """`lazarus train grpo [--config C] --set ...` in its own process (bench/ on PYTHONPATH, so rewards can be
+    `module:function` of a bench script); returns the steps/s of its metrics.jsonl after the warm-up."""
     import shlex
     import subprocess
 
-    run_dir = work / name
-    args = [str(Path(sys.executable).parent / "lazarus"), "train", "grpo", "--config",
-            str(ROOT / "configs" / "demo_math.yaml")]
-    for o in config_overrides(work, steps, size, [f"training.run_dir={run_dir}", *extra]):
+    args = [str(Path(sys.executable).parent / "lazarus"), "train", "grpo"]
+    if config is not None:
+        args += ["--config", str(config)]
+    for o in overrides:
         args += ["--set", o]
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "LAZARUS_CACHE": str(work / "cache"), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+           "LAZARUS_CACHE": str(cache), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     if loopback_namespace:
         args = ["unshare", "-n", "bash", "-c", f"ip link set lo up && exec {shlex.join(args)}"]
     t0 = time.perf_counter()
