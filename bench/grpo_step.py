@@ -271,7 +271,8 @@ def compare_with_trl(sizes: list[str], steps: int, python: Path) -> None:
         print(f"ratio lazarus/trl {size} {name}: s/step {ours['step_s'] / theirs['step_s']:.2f}, "
               f"peak RSS {ours['rss_gb'] / theirs['rss_gb']:.2f}")
     for size, name, ours, theirs in results:
-        print(f"ratio lazarus/trl {size} {name} async k=1 (overlap): s/step {ours['async_step_s'] / theirs['step_s']:.2f} "
+        ratio = ours['async_step_s'] / theirs['step_s']
+        print(f"ratio lazarus/trl {size} {name} async k=1 (overlap): s/step {ratio:.2f} "
               f"({ours['async_step_s']:.3f} vs {theirs['step_s']:.3f}; local launcher through the CLI "
               f"{ours['sync_step_s']:.3f})")
 

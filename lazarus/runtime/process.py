@@ -11,8 +11,8 @@ the same time, split the cores between their BLAS threads; in async mode the lea
 they generate, and it is the pipeline's bottleneck (the next step waits for it, never for an actor that
 is a batch ahead), so the actors run at a lower CPU priority and generate in the cycles the update leaves
 idle; every process's idle BLAS threads then sleep at once instead of spinning
-(`platform.share_blas_cores`), or those idle cycles would not exist. An OPENBLAS_NUM_THREADS set in the environment is the user's choice
-and is kept.
+(`platform.share_blas_cores`), or those idle cycles would not exist. An OPENBLAS_NUM_THREADS set in the
+environment is the user's choice and is kept.
 """
 
 from __future__ import annotations
