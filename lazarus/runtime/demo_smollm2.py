@@ -23,8 +23,9 @@ dropped the "58 + 7 = ..." working it wrote before and answers directly, less of
 964 s (1135 s in all), peak RSS 1.74 GiB. Earlier recipes: lr 5e-4/1e-3 collapsed onto "Answer: 0000...";
 `accuracy` alone (lr 3e-4, T 0.7) sharpened the policy (entropy 0.77 -> 0.1 in 10 steps) without moving held-
 out greedy accuracy (0.23 -> 0.27 -> 0.14 -> 0.23 at steps 0/8/16/24 on 64 prompts); `accuracy_strict` + 0.2
-`accuracy` (lr 2e-4, T 0.8) never learned to mark (strict reward 3% -> 0 by step 10). The arithmetic itself
-(base greedy 22% on one-step problems) did not improve in any of them.
+`accuracy` (lr 2e-4, T 0.8) never learned to mark (strict reward 3% -> 0 by step 10); the shipped recipe plus
+0.5 `accuracy` drifted the same way to direct answers (format 1.0, none right, at step 17; stopped). The
+arithmetic itself (base greedy 22% on one-step problems) did not improve in any of them.
 
 Memory is bounded by design: MLX's buffer cache is capped, glibc returns freed model-sized buffers to the
 OS (`lazarus.platform.return_freed_buffers`), the learner's forward/backward runs `rl.micro_batch_size`
