@@ -11,10 +11,21 @@ last-number fallback. The base model, greedy, answers "58 + 7 = 12." or "19 - 0 
 answer, so it scores ~0 although some of its numbers are right; sampled, it marks a right answer ~5% of the
 time. GRPO is meant to turn those samples into the policy, so that the model follows the instruction and its
 marked answers are scored: following the instruction is the learning this demo is to show (as in RL
-post-training of chat models on verifiable rewards); the arithmetic of a 135M model barely changes in 30
-minutes. Not yet shown: in three runs (Dec 2026) the policy learned the `Answer:` form within ~10 steps and
-then collapsed onto "Answer: 0000..." (greedy held-out strict accuracy 0.000 before and after); the
-recipe in configs/demo_smollm2.yaml is the last one tried, not a working one.
+post-training of chat models on verifiable rewards). The demo also prints the same completions read by the
+other extractor (the lenient `accuracy`, any last number), so a gain in marking can be told from a gain in
+arithmetic.
+
+Measured (Dec 2026, 2 cores shared with three other busy sessions, so slower than a quiet machine): with
+configs/demo_smollm2.yaml as shipped (lr 2e-4, temperature 0.8, `accuracy_strict` + 0.1 `format`, 60 steps)
+the policy writes `Answer: N` from step ~11 on; held-out strict accuracy went 0.000 -> 0.115 (+11.5 points,
+short of the 15 asked), but the lenient reading of the same completions fell 0.215 -> 0.115: the model
+dropped the "58 + 7 = ..." working it wrote before and answers directly, less often right. Training took
+964 s (1135 s in all), peak RSS 1.74 GiB. Earlier recipes: lr 5e-4/1e-3 collapsed onto "Answer: 0000...";
+`accuracy` alone (lr 3e-4, T 0.7) sharpened the policy (entropy 0.77 -> 0.1 in 10 steps) without moving held-
+out greedy accuracy (0.23 -> 0.27 -> 0.14 -> 0.23 at steps 0/8/16/24 on 64 prompts); `accuracy_strict` + 0.2
+`accuracy` (lr 2e-4, T 0.8) never learned to mark (strict reward 3% -> 0 by step 10); the shipped recipe plus
+0.5 `accuracy` drifted the same way to direct answers (format 1.0, none right, at step 17; stopped). The
+arithmetic itself (base greedy 22% on one-step problems) did not improve in any of them.
 
 Memory is bounded by design: MLX's buffer cache is capped, glibc returns freed model-sized buffers to the
 OS (`lazarus.platform.return_freed_buffers`), the learner's forward/backward runs `rl.micro_batch_size`
@@ -82,6 +93,10 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
          f"{time.perf_counter() - t0:.0f}s in all; curves: {plots[-1].parent if plots else run_root}")
     for completion, reward in list(zip(tuned["completions"], tuned["rewards"]))[:3]:
         echo(f"  [{reward:.0f}] {completion.strip()[:120]!r}")
+    if cfg.eval.reward in ("accuracy", "accuracy_strict"):  # the same completions, read by the other extractor
+        other = "accuracy" if cfg.eval.reward == "accuracy_strict" else "accuracy_strict"
+        other_before, other_after = rescore(base, other), rescore(tuned, other)
+        echo(f"  (read by {other} instead: {other_before:.3f} -> {other_after:.3f})")
     echo(f"held-out accuracy: before {before:.3f} -> after GRPO {after:.3f} ({100 * (after - before):+.1f} points)")
     result = {"accuracy_before": before, "accuracy_after": after, "training_s": train_s,
               "plots": [str(p) for p in plots]}
@@ -89,6 +104,14 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
         raise DemoFailed(f"GRPO improved held-out accuracy by {after - before:+.3f}, "
                          f"less than demo.min_improvement={cfg.demo.min_improvement}")
     return result
+
+
+def rescore(result: dict, reward: str) -> float:
+    """Mean `reward` (a built-in math reward) over the completions `run_eval` returned."""
+    from lazarus.env.rewards import BUILTIN_REWARDS
+
+    scores = BUILTIN_REWARDS[reward](result["prompts"], result["completions"], answer=result["answers"])
+    return sum(scores) / max(len(scores), 1)
 
 
 def write_data(cfg: Config) -> None:
