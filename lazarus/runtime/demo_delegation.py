@@ -2,8 +2,8 @@
 
 The task is "what launch angle hits a target at D m with wind W m/s?" under drag (Projectile-v0): the
 answer must land within `HIT_TOLERANCE` m of the target, which near the ground takes the launch angle right
-to about 0.3 degrees. A ~1M-parameter language model fine-tuned on a few thousand true angles gets there on
-about 60% of held-out problems; a GRU expert trained with PPO on Projectile-v0 on about 97%. Registered by
+to about 0.3 degrees. The demo's ~1M-parameter language model, after its SFT, gets there on under a third
+of held-out problems; a GRU expert trained with PPO on Projectile-v0 almost always. Registered by
 name and listed in `env.tools` as `{expert: NAME}`, the expert is the tool `expert_projectile`. The demo:
 
   1. trains the projectile expert (a few seconds to minutes) and registers it, unless the name already
