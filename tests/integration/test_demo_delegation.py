@@ -55,5 +55,7 @@ def test_delegation_demo_grpo_raises_held_out_accuracy_and_the_delegation_rate(t
     rate_before, rate_after = map(float, re.search(r"delegation rate: ([\d.]+) -> ([\d.]+)", proc.stdout).groups())
     assert after - before >= (1 / REDUCED_PROMPTS if REDUCED else 0.20), proc.stdout[-3000:]
     assert rate_after > rate_before, proc.stdout[-3000:]
-    assert points == pytest.approx(100 * (after - before), abs=0.06)
+    # (the points are printed from the unrounded accuracies: with 64 problems 0.3125 prints as +31.2 while the
+    # 3-decimal accuracies differ by 0.313)
+    assert points == pytest.approx(100 * (after - before), abs=0.16)
     assert (tmp_path / "runs" / "demo_delegation" / "grpo" / "metrics.jsonl").exists()
