@@ -2,15 +2,15 @@
 
 The task is "what launch angle hits a target at D m with wind W m/s?" under drag (Projectile-v0): the
 answer must land within `HIT_TOLERANCE` m of the target, which near the ground takes the launch angle right
-to about 0.3 degrees. A ~1M-parameter language model fine-tuned on a few thousand true angles gets there on
-about 60% of held-out problems; a GRU expert trained with PPO on Projectile-v0 on about 97%. Registered by
+to about 0.3 degrees. The demo's ~1M-parameter language model, after its SFT, gets there on under a third
+of held-out problems; a GRU expert trained with PPO on Projectile-v0 almost always. Registered by
 name and listed in `env.tools` as `{expert: NAME}`, the expert is the tool `expert_projectile`. The demo:
 
   1. trains the projectile expert (a few seconds to minutes) and registers it, unless the name already
      resolves to a Projectile-v0 expert;
-  2. SFTs a random-init tiny model on a mix of demonstrations that delegate (the tool call, the expert's
-     outcome as the tool message, then `Answer: ANGLE` copied from it) and that answer directly (the true
-     angle, from `launch_angle_for`);
+  2. SFTs a random-init tiny model on packed pairs of demonstrations, one that delegates (the tool call,
+     the expert's outcome as the tool message, then `Answer: ANGLE` copied from it) and one that answers
+     directly (the true angle, from `launch_angle_for`);
   3. runs multi-turn GRPO rewarded only by `hits_target` (does the final answer's angle land within the
      tolerance?): held-out greedy accuracy and the share of episodes that delegate both go up.
 """
@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 from lazarus.config import Config, ConfigError
-from lazarus.runtime.local import run_training
 
-DELEGATE_SHARE = 0.35  # of SFT demonstrations that delegate to the expert; the rest answer directly
+DELEGATE_SHARE = 0.35  # of SFT conversations that open with a delegation (see write_delegation_task)
 N_TRAIN, N_EVAL = 4000, 200
 HIT_TOLERANCE = 1.0  # metres: the projectile env's hit radius
 EXPERT_ENV = "Projectile-v0"
@@ -94,15 +93,21 @@ def ensure_expert(name_or_dir: str, run_root: Path, seed: int, echo: Callable[[s
 
 
 def tool_call_text(tool_name: str, row: dict) -> str:
+    """A Hermes call of the expert, as compact JSON (fewer tokens for the tiny model to learn to write)."""
     arguments = {"target_distance": row["target_distance"], "wind": row["wind"]}
-    return f'<tool_call>{json.dumps({"name": tool_name, "arguments": arguments})}</tool_call>'
+    return f'<tool_call>{json.dumps({"name": tool_name, "arguments": arguments}, separators=(",", ":"))}</tool_call>'
 
 
 def write_delegation_task(data_dir: Path, cfg: Config, seed: int, delegate_share: float = DELEGATE_SHARE,
                           n_train: int = N_TRAIN, n_eval: int = N_EVAL) -> None:
     """sft_train.jsonl (conversations), rl_train.jsonl and rl_eval.jsonl (prompt, target_distance, wind and
     the true low-angle `answer`), disjoint. Delegating demonstrations carry the tool message the expert's tool
-    really returns (the same toolbox the episodes use), and answer with the angle it reports."""
+    really returns (the same toolbox the episodes use), and answer with the angle it reports.
+
+    As in the tools demo (`demo_tools.write_tool_task`), the demonstrations come in pairs, one delegating
+    (~260 tokens) and one answering directly (~50), which SFT packs into one row (max_length 320); the first
+    of a pair, the one that teaches how a conversation opens, delegates with probability `delegate_share`.
+    Unpacked, a batch is padded to its longest (delegating) demonstration and half of it is padding."""
     from lazarus.data.io import write_jsonl
     from lazarus.env.build import env_settings, toolbox
     from lazarus.experts.projectile import launch_angle_for
@@ -118,18 +123,23 @@ def write_delegation_task(data_dir: Path, cfg: Config, seed: int, delegate_share
             seen.add(row["prompt"])
             rows.append({**row, "answer": f"{angle:.1f}"})
     held_out, sft_part, rl_part = rows[:n_eval], rows[n_eval:n_eval + n_train], rows[n_eval + n_train:]
+
+    def delegates(row):
+        call = tool_call_text(tool_name, row)
+        result = box.call(tool_name, {"target_distance": row["target_distance"], "wind": row["wind"]})
+        angle = json.dumps(json.loads(result)["outcome"]["launch_angle_deg"])
+        return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": call},
+                {"role": "tool", "content": result}, {"role": "assistant", "content": f"Answer: {angle}"}]
+
+    def answers(row):
+        return [{"role": "user", "content": row["prompt"]},
+                {"role": "assistant", "content": f"Answer: {row['answer']}"}]
+
     sft_rows = []
-    for row in sft_part:
-        user = {"role": "user", "content": row["prompt"]}
-        if rng.random() < delegate_share:
-            call = tool_call_text(tool_name, row)
-            result = box.call(tool_name, {"target_distance": row["target_distance"], "wind": row["wind"]})
-            angle = json.dumps(json.loads(result)["outcome"]["launch_angle_deg"])
-            messages = [user, {"role": "assistant", "content": call}, {"role": "tool", "content": result},
-                        {"role": "assistant", "content": f"Answer: {angle}"}]
-        else:
-            messages = [user, {"role": "assistant", "content": f"Answer: {row['answer']}"}]
-        sft_rows.append({"messages": messages})
+    for first, second in zip(sft_part[0::2], sft_part[1::2]):
+        opens_with_call = rng.random() < delegate_share
+        pair = (delegates(first), answers(second)) if opens_with_call else (answers(first), delegates(second))
+        sft_rows += [{"messages": messages} for messages in pair]
     write_jsonl(data_dir / "sft_train.jsonl", sft_rows)
     write_jsonl(data_dir / "rl_train.jsonl", rl_part)
     write_jsonl(data_dir / "rl_eval.jsonl", held_out)
@@ -137,7 +147,7 @@ def write_delegation_task(data_dir: Path, cfg: Config, seed: int, delegate_share
 
 def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     from lazarus.env.rewards import RewardFunction
-    from lazarus.runtime.demo_tools import evaluate_episodes, report_gain
+    from lazarus.runtime.demo_multiturn import report_gain, sft_then_grpo
 
     if cfg.env.name != "tools":
         raise ConfigError("env.name: the delegation demo runs multi-turn tool episodes; set env.name=tools")
@@ -148,39 +158,13 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> dict:
     data_dir = Path(cfg.data.train).parent
     if not Path(cfg.data.train).exists():
         write_delegation_task(data_dir, cfg, cfg.training.seed)
-    echo(f"[2/5] data: {data_dir} (aim a projectile under drag and wind; {DELEGATE_SHARE:.0%} of SFT "
-         f"demonstrations delegate to the expert, the rest answer directly)")
-
-    sft = cfg.model_copy(deep=True)
-    sft.algorithm = "sft"
-    sft.lora.enabled = False
-    sft.env.name = None
-    sft.data.train, sft.data.eval = str(data_dir / "sft_train.jsonl"), None
-    sft.optim.learning_rate = cfg.demo.sft_learning_rate
-    sft.optim.schedule, sft.optim.warmup_steps, sft.optim.min_lr_ratio = "cosine", 20, 0.1
-    sft.training.max_steps, sft.training.batch_size = cfg.demo.sft_steps, cfg.demo.sft_batch_size
-    sft.training.run_dir = str(run_root / "sft")
-    echo(f"[3/5] SFT {sft.training.max_steps} steps from a random-init {cfg.model.init_arch or ''} model")
-    run_training(sft, force=True)  # the demo owns its run directory: a rerun starts it over
-    sft_model = str(run_root / "sft" / "model")
+    echo(f"[2/5] data: {data_dir} (aim a projectile under drag and wind; SFT pairs a demonstration that "
+         f"delegates to the expert with one that answers directly, and {DELEGATE_SHARE:.0%} of conversations "
+         f"open with the delegation)")
 
     reward = RewardFunction("hits_target", hits_target)
-    held_out = [json.loads(line) for line in Path(cfg.data.eval).read_text().splitlines()][: cfg.eval.num_prompts]
-    before = evaluate_episodes(sft_model, cfg, held_out, reward)
-    echo(f"[4/5] held-out accuracy after SFT: {before['accuracy']:.3f} ({before['tool_call_rate']:.0%} of episodes "
-         f"delegate to the expert); multi-turn GRPO {cfg.training.max_steps} steps")
-
-    grpo = cfg.model_copy(deep=True)
-    grpo.model.path, grpo.model.init_arch = sft_model, None
-    grpo.lora.enabled = False
-    grpo.data.eval = None  # the trainer's own eval is single-turn; the demo scores whole episodes below
-    grpo.training.run_dir = str(run_root / "grpo")
-    run_training(grpo, force=True)
-    after = evaluate_episodes(str(run_root / "grpo" / "model"), cfg, held_out, reward)
-
-    from lazarus.observe.plots import plot_run
-
-    plots = plot_run(run_root / "sft") + plot_run(run_root / "grpo")
+    before, after, plots = sft_then_grpo(cfg, data_dir / "sft_train.jsonl", "delegate to the expert", 3, 5, echo,
+                                         reward)
     echo(f"[5/5] held-out accuracy after GRPO: {after['accuracy']:.3f} ({after['tool_call_rate']:.0%} delegate, "
          f"{after['failed_calls']} failed calls); curves: {plots[-1].parent if plots else '-'} "
          f"({time.perf_counter() - t0:.0f}s in all)")

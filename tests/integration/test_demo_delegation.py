@@ -1,15 +1,17 @@
 """`lazarus demo delegation` runs end to end through the real CLI: the projectile expert is trained and
-registered, the tiny model is SFT-ed on delegating and direct demonstrations, multi-turn GRPO runs with the
-expert as a tool, and held-out accuracy and the delegation rate both go up.
+registered, the tiny model is SFT-ed on packed pairs of delegating and direct demonstrations, multi-turn GRPO
+runs with the expert as a tool, and held-out accuracy and the delegation rate both go up.
 
-After SFT (35% of demonstrations delegate) the greedy model answers directly and lands within a metre on
-about 60% of problems; GRPO, rewarded for hits alone, learns to hand the aiming to the expert (~97%). The
-shipped config demands +20 points (`demo.min_improvement`).
+After SFT (35% of conversations open with a delegation) the greedy model answers directly and misses most
+targets; GRPO, rewarded for hits alone, learns to hand the aiming to the expert. The shipped config demands
++20 points (`demo.min_improvement`).
 
-There is no reduced form yet: the model needs its 700 SFT steps to copy numbers into the call and out of
-the expert's answer (400 were too few: GRPO then had no working delegation to reinforce), which alone
-exceeds CI's 600 s per test on 2 cores. Like the tools demo's test it is skipped under LAZARUS_REDUCED=1 and
-runs in full with LAZARUS_REDUCED=0 (allowed an hour).
+The reduced form keeps the expert training and the whole SFT stage (after 300 of its 450 steps the model
+still copied wrong numbers into the call and out of the expert's answer, so no delegation hit and GRPO had
+nothing to reinforce), takes REDUCED_STEPS GRPO steps, scores REDUCED_PROMPTS held-out problems and demands
+a gain and a higher delegation rate. It took 827 s on the busy 2-core box (0.203 -> 0.516, delegation 0 -> 1),
+more than CI's 25-minute budget has left, so the reduced form runs only when asked (LAZARUS_DELEGATION_REDUCED=1);
+LAZARUS_REDUCED=0 runs the shipped config.
 """
 
 import os
@@ -22,15 +24,21 @@ import pytest
 from conftest import REDUCED
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_delegation.yaml"
+REDUCED_STEPS, REDUCED_PROMPTS = 8, 64
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-@pytest.mark.skipif(REDUCED, reason="no reduced form fits CI's 600 s per test yet (700 SFT steps are needed); "
-                    "runs in full with LAZARUS_REDUCED=0")
+@pytest.mark.skipif(REDUCED and not os.environ.get("LAZARUS_DELEGATION_REDUCED"),
+                    reason="its reduced form took ~14 min on 2 busy cores (450 SFT steps), more than CI has left; "
+                    "set LAZARUS_DELEGATION_REDUCED=1 to run the reduced form, or LAZARUS_REDUCED=0 for the full one")
 def test_delegation_demo_grpo_raises_held_out_accuracy_and_the_delegation_rate(tmp_path):
-    # given the delegation demo config as shipped, and an empty expert registry
+    # given the delegation demo config, reduced in GRPO steps and held-out problems (CI) or as shipped,
+    # and an empty expert registry
     overrides = ["training.progress=false"]
+    if REDUCED:
+        overrides += [f"training.max_steps={REDUCED_STEPS}", f"eval.num_prompts={REDUCED_PROMPTS}",
+                      "demo.min_improvement=null"]
     args = [str(Path(sys.executable).parent / "lazarus"), "demo", "delegation", "--config", str(CONFIG)]
     for o in overrides:
         args += ["--set", o]
@@ -45,7 +53,9 @@ def test_delegation_demo_grpo_raises_held_out_accuracy_and_the_delegation_rate(t
     before, after, points = map(float, re.search(
         r"held-out accuracy: after SFT ([\d.]+) -> after GRPO ([\d.]+) \(([-+\d.]+) points\)", proc.stdout).groups())
     rate_before, rate_after = map(float, re.search(r"delegation rate: ([\d.]+) -> ([\d.]+)", proc.stdout).groups())
-    assert after - before >= 0.20, proc.stdout[-3000:]
-    assert rate_after > rate_before
-    assert points == pytest.approx(100 * (after - before), abs=0.06)
+    assert after - before >= (1 / REDUCED_PROMPTS if REDUCED else 0.20), proc.stdout[-3000:]
+    assert rate_after > rate_before, proc.stdout[-3000:]
+    # (the points are printed from the unrounded accuracies: with 64 problems 0.3125 prints as +31.2 while the
+    # 3-decimal accuracies differ by 0.313)
+    assert points == pytest.approx(100 * (after - before), abs=0.16)
     assert (tmp_path / "runs" / "demo_delegation" / "grpo" / "metrics.jsonl").exists()

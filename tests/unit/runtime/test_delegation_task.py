@@ -1,5 +1,6 @@
 """The delegation demo's parts: its reward scores an answer by where the angle lands, and its SFT data holds
-delegations whose tool messages are exactly what the expert tool returns in an episode."""
+delegations whose tool messages are exactly what the expert tool returns in an episode, each paired with a
+direct answer."""
 
 import json
 
@@ -41,8 +42,9 @@ def test_delegating_demonstrations_carry_the_tool_message_an_episode_gets(tmp_pa
     # then: held-out prompts are unseen, and every delegation's tool message is what the episode's env answers
     assert len(sft) == 30 and len(rl) == 30 and len(held_out) == 10
     assert not {r["prompt"] for r in held_out} & ({m[0]["content"] for m in sft} | {r["prompt"] for r in rl})
+    # and they come in pairs (packed into one SFT row), one delegating and one answering directly
+    assert all(sorted(map(len, pair)) == [2, 4] for pair in zip(sft[0::2], sft[1::2]))
     delegations = [m for m in sft if len(m) == 4]
-    assert 0 < len(delegations) < 30
     make_env = env_factory(env_settings(cfg.env.model_dump()))
     for user, call, tool, answer in delegations:
         env = make_env()
