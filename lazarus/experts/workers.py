@@ -146,7 +146,12 @@ class ProcessShard:
         self.pid = self.executor.submit(_open_in_worker, *args).result(timeout=COLLECT_TIMEOUT_S)
 
     def collect(self, *args) -> Future:
-        return self.executor.submit(_collect_in_worker, *args)
+        try:
+            return self.executor.submit(_collect_in_worker, *args)
+        except BrokenProcessPool as error:  # the pool saw the death first: the same error, at result()
+            future = Future()
+            future.set_exception(error)
+            return future
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -3,6 +3,7 @@ array, the episodes that ended, and so the trained policy; a worker that dies is
 
 import os
 import signal
+import time
 
 import mlx.core as mx
 import numpy as np
@@ -72,14 +73,17 @@ def test_training_with_env_workers_ends_at_the_same_policy_as_in_one_process():
         np.testing.assert_array_equal(np.array(a), np.array(b), err_msg=name)
 
 
-def test_a_worker_that_dies_is_an_error_naming_it_and_its_envs():
-    # given: 4 envs over 2 worker processes, and one of them killed
+@pytest.mark.parametrize("noticed", [False, True], ids=["asked-at-once", "after-the-pool-noticed"])
+def test_a_worker_that_dies_is_an_error_naming_it_and_its_envs(noticed):
+    # given: 4 envs over 2 worker processes, and one of them killed (its pool may or may not have seen it yet)
     config = preset("CartPole-v1", arch="mlp", num_envs=4, rollout_steps=16, chunk_length=16, num_minibatches=1,
                     workers=2)
     policy = random_policy(config, 0)
     workers = EnvWorkers(config, policy.spec)
     try:
         os.kill(workers.shards[1].pid, signal.SIGKILL)
+        while noticed and not workers.shards[1].executor._broken:
+            time.sleep(0.01)
         # when: a rollout is asked for
         with pytest.raises(EnvWorkerError, match=r"env worker 1 \(envs 2-3\) died"):
             workers.collect(RolloutPolicy(policy), 16, config.gamma)

@@ -54,13 +54,21 @@ def test_sft_loss_goes_down(make_config, tmp_path):
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
 
 
-def test_dpo_raises_the_margin_of_chosen_over_rejected(make_config, tmp_path):
-    cfg = make_config("dpo", "lora.enabled=true", "training.max_steps=15", "optim.learning_rate=0.01",
-                      "dpo.beta=0.5")
+def test_dpo_raises_the_margin_of_chosen_over_rejected(make_config, math_dir, tmp_path):
+    # given four preference pairs, each batch all four (a margin measured on fresh pairs per step is noise)
+    pairs = (math_dir / "preference_train.jsonl").read_text().splitlines(keepends=True)[:4]
+    (tmp_path / "four.jsonl").write_text("".join(pairs))
+    cfg = make_config("dpo", "lora.enabled=true", "training.max_steps=15", "optim.learning_rate=0.003",
+                      "dpo.beta=0.5", f"data.train={tmp_path / 'four.jsonl'}")
+    # when DPO trains on them
     run_training(cfg)
+    # then the policy's margin of chosen over rejected grows from 0 (policy = reference) and one
+    # reference forward ran per batch, with the adapters off
     history = [m for m in metrics(tmp_path / "run") if "reward_margin" in m]
-    assert history[-1]["reward_margin"] > history[0]["reward_margin"]
-    assert history[-1]["reference_forward_passes"] == 15  # one per batch, adapters off
+    assert history[0]["reward_margin"] == pytest.approx(0.0, abs=1e-4)
+    assert history[-1]["reward_margin"] > 1.0
+    assert history[-1]["reward_accuracy"] == 1.0
+    assert history[-1]["reference_forward_passes"] == 15
 
 
 def test_beta_zero_runs_no_reference_forward(make_config, tmp_path):
