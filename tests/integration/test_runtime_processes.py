@@ -141,12 +141,13 @@ def test_an_actor_killed_with_sigkill_mid_task_is_requeued_and_the_counts_add_up
                         training={"max_steps": 8, "batch_size": 8, "save_every": 0},
                         rl={"rewards": [{"function": "runtime_rewards:slow_starts_with_a_digit"}]},
                         eval={"num_prompts": 4, "reward": "runtime_rewards:starts_with_a_digit"})
+    # (a1 starts once a0 holds a task: started together on a loaded machine, a1 could do every task first)
     learner, address = start_learner(config)
-    actors = {f"a{i}": start_actor(address, f"a{i}", cache=tmp_path / "cache",
-                                   extra_env={"LAZARUS_TEST_REWARD_SLEEP": "60" if i == 0 else "1"})
-              for i in range(2)}
+    actors = {"a0": start_actor(address, "a0", cache=tmp_path / "cache",
+                                extra_env={"LAZARUS_TEST_REWARD_SLEEP": "60"})}
+    wait_until(lambda: leased_by(address, "a0") > 0, 300, "actor a0 to lease a task")
+    actors["a1"] = start_actor(address, "a1", cache=tmp_path / "cache", extra_env={"LAZARUS_TEST_REWARD_SLEEP": "1"})
     # when actor a0 is killed with SIGKILL while it holds a task
-    wait_until(lambda: leased_by(address, "a0") > 0, 120, "actor a0 to lease a task")
     actors["a0"].send_signal(signal.SIGKILL)
     code, out = finish(learner)
     # then the run completes every step with the other actor
