@@ -13,7 +13,9 @@ integers ("19", "-3"), fractions in lowest terms ("3/4"), terminating decimals (
 letter ("A").
 
 `answers_match` checks answers with math-verify (sympy underneath): "0.75" equals "3/4" and "19.0"
-equals "19"; choice letters compare case-insensitively.
+equals "19"; choice letters compare case-insensitively. Where the gold answer is a number, an unevaluated
+expression ("2 + 75", "3 \\times 4") is not an answer although sympy would evaluate it: a policy rewarded
+for it learns to copy the question's operands ("The answer is in the form of 2 + 75"), as SmolLM2 did.
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ _ANSWER_IS = re.compile(r"\b(?:final )?answer is[:\s]*([^\n]*)", re.IGNORECASE)
 _NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _LEADING_VALUE = re.compile(r"\s*([-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?|\(?[A-Ea-e]\)?(?![\w]))")
 _CHOICE = re.compile(r"[A-Ea-e]")
+#: a number, an arithmetic operator, a number: an expression left for the reader to evaluate ("/" is a fraction)
+_UNEVALUATED = re.compile(r"\d\s*(?:[-+*×÷^]|\\times|\\cdot|\\div)\s*[-+(]?\d")
 
 
 def extract_answer(completion: str, *, last_number_fallback: bool = True) -> str | None:
@@ -181,6 +185,8 @@ def answers_match(predicted: str | None, gold: str) -> bool:
     if _CHOICE.fullmatch(gold):
         return predicted.strip("().: ").upper() == gold.upper()
     if not predicted or len(predicted) > MAX_ANSWER_CHARS:
+        return False
+    if _NUMBER.fullmatch(gold) and _UNEVALUATED.search(predicted):
         return False
     from math_verify import parse, verify
 

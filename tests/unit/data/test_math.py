@@ -153,6 +153,9 @@ def test_answers_match_equivalent_answers(predicted, gold):
 @pytest.mark.parametrize("predicted, gold", [
     ("19", "190"), ("190", "19"), ("4/3", "3/4"), ("3", "-3"), ("0.667", "2/3"), ("B", "A"),
     ("A is larger", "A"), ("", "5"), (None, "5"), ("x", "5"), ("1" * 200, "1" * 200),
+    # an unevaluated expression is not a numeric answer (SmolLM2 under GRPO learned to copy the question)
+    ("in the form of 2 + 75, and the answer is in the form", "77"), ("2+75", "77"), ("3 * 4", "12"),
+    ("3 \\times 4", "12"), ("10 - 3", "7"), ("1/2 + 1/4", "3/4"),
 ])
 def test_answers_match_rejects_different_answers(predicted, gold):
     assert not answers_match(predicted, gold)
