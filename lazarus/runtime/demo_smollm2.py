@@ -16,17 +16,25 @@ other extractor (the lenient `accuracy`, any last number), so a gain in marking 
 arithmetic.
 
 Measured (Dec 2026, quiet 2-core machine) with configs/demo_smollm2.yaml as shipped (lr 2e-4, temperature
-0.8, `accuracy_strict` + 0.1 `format`, 32 new tokens, 40 steps): seed 0 learned to end its working with "The
-answer is N." (held-out strict accuracy 0.000 -> 0.200, +20.0 points; the lenient reading of the same
-completions 0.215 -> 0.200), training 791 s, peak RSS 1.81 GiB. Seed 1 drifted instead to bare "Answer: N"
-lines without the working, less often right (strict 0.000 -> 0.090, lenient 0.215 -> 0.090), 408 s: the
-gain is not yet reliable across seeds. With 16 new tokens (60 steps, lr 2e-4) "58 + 7 = 65. The answer is
-65." did not fit, and every seed measured dropped the working (0.000 -> 0.115, lenient 0.215 -> 0.115).
+0.8, `accuracy_strict` alone, 32 new tokens, 40 steps, seed 0): the model learned to end its working with "The
+answer is N." Held-out strict accuracy went 0.000 -> 0.275 (+27.5 points), and the lenient reading of the same
+completions went 0.215 -> 0.275. Training took 736 s (862 s in all), peak RSS 1.81 GiB. Only seed 0 was
+measured with this recipe.
+
+Recipes that did not work:
+- Strict accuracy alone, before answers had to be values: the policy learned "The answer is in the form of
+  2 + 75", which math-verify evaluated to the gold 77 (0.770 of copied questions). `answers_match` now
+  refuses unevaluated expressions.
+- Adding a 0.1 `format` reward: seed 0 gained +20.0 points. Seed 1 drifted to bare "Answer: N" lines, less
+  often right (0.000 -> 0.090).
+- With 16 new tokens, "58 + 7 = 65. The answer is 65." did not fit, and the working was dropped
+  (0.000 -> 0.115).
+
 Earlier recipes: lr 5e-4/1e-3 collapsed onto "Answer: 0000..."; `accuracy` alone (lr 3e-4, T 0.7) sharpened
 the policy (entropy 0.77 -> 0.1 in 10 steps) without moving held-out greedy accuracy (0.23 -> 0.27 -> 0.14 ->
 0.23 at steps 0/8/16/24 on 64 prompts); `accuracy_strict` + 0.2 `accuracy` (lr 2e-4, T 0.8, 16 tokens) never
 learned to mark (strict reward 3% -> 0 by step 10). The arithmetic itself (base greedy 22% on one-step
-problems) did not improve in any of them.
+problems) did not improve in any of those.
 
 Memory is bounded by design: MLX's buffer cache is capped, glibc returns freed model-sized buffers to the
 OS (`lazarus.platform.return_freed_buffers`), the learner's forward/backward runs `rl.micro_batch_size`
