@@ -15,11 +15,14 @@ post-training of chat models on verifiable rewards). The demo also prints the sa
 other extractor (the lenient `accuracy`, any last number), so a gain in marking can be told from a gain in
 arithmetic.
 
-Measured (Dec 2026, quiet 2-core machine) with configs/demo_smollm2.yaml as shipped (lr 2e-4, temperature
-0.8, `accuracy_strict` alone, 32 new tokens, 40 steps, seed 0): the model learned to end its working with "The
-answer is N." Held-out strict accuracy went 0.000 -> 0.275 (+27.5 points), and the lenient reading of the same
-completions went 0.215 -> 0.275. Training took 736 s (862 s in all), peak RSS 1.81 GiB. Only seed 0 was
-measured with this recipe.
+Measured (Dec 2026, 2-core machine) with configs/demo_smollm2.yaml as shipped (lr 2e-4, temperature 0.8,
+`accuracy_strict` alone, 32 new tokens, 40 steps): the model learned to end its working with "The answer is
+N." Held-out strict accuracy, and the lenient reading of the same completions:
+- seed 0: 0.000 -> 0.275 (+27.5 points), lenient 0.215 -> 0.275; training 736 s, peak RSS 1.81 GiB;
+- seed 0 again (the acceptance check, beside a pip install): 0.000 -> 0.240 (+24.0), lenient 0.215 -> 0.240;
+  training 749 s, peak RSS 1.83 GiB;
+- seed 1: 0.000 -> 0.195 (+19.5), lenient 0.215 -> 0.195; training 807 s, peak RSS 1.84 GiB.
+So on seed 1 the gain is in marking answers the model already got right, not in arithmetic.
 
 Recipes that did not work:
 - Strict accuracy alone, before answers had to be values: the policy learned "The answer is in the form of
