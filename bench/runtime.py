@@ -109,7 +109,7 @@ def coordinator_throughput(actors: int = 64, steps: int = 40, prompts: int = 64,
     from lazarus.config import load_config
     from lazarus.data.records import PromptRecord
     from lazarus.data.trajectory import Trajectory
-    from lazarus.distributed.experience import ExperienceHub
+    from lazarus.distributed.hub import ExperienceHub
     from lazarus.runtime.coordinator import Coordinator, TaskSource
 
     work = Path(tempfile.mkdtemp(prefix="lazarus-bench-coord-"))

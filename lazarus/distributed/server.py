@@ -47,7 +47,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from mlx.utils import tree_flatten, tree_map
 
 from lazarus.distributed import auth, codec, experience_pb2_grpc
-from lazarus.distributed.experience import ExperienceHub, ExperienceService, RunSpec
+from lazarus.distributed.experience import ExperienceService, RunSpec
+from lazarus.distributed.hub import ExperienceHub
 from lazarus.distributed.guard import CallGuard, MethodLimit
 from lazarus.distributed.shared import SharedSnapshots
 from lazarus.distributed import parameter_server_pb2 as pb

@@ -31,7 +31,7 @@ from lazarus.config import Config, ConfigError
 from lazarus.data.batching import BatchIterator
 from lazarus.data.curriculum import DifficultySchedule, TaskMixture, curriculum_batch, level_pools, per_task_means
 from lazarus.data.trajectory import RolloutTask, SamplingSettings, Trajectory
-from lazarus.distributed.experience import ExperienceHub
+from lazarus.distributed.hub import ExperienceHub
 from lazarus.observe.signal import NoSignalMonitor
 from lazarus.training.rl import RLLearner, rollout_metrics
 

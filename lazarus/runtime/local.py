@@ -15,7 +15,7 @@ import mlx.nn as nn
 
 from lazarus.config import Config, ConfigError
 from lazarus.data.trajectory import Trajectory
-from lazarus.distributed.experience import ExperienceHub
+from lazarus.distributed.hub import ExperienceHub
 from lazarus.runtime.build import (build_learner, build_trainer, ensure_data, needs_reference,  # noqa: F401
                                    prepare_model, resolve_rewards)
 from lazarus.runtime.coordinator import Coordinator, TaskSource

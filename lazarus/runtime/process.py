@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lazarus.config import Config
-from lazarus.distributed.experience import ExperienceHub
+from lazarus.distributed.hub import ExperienceHub
 from lazarus.errors import LazarusError
 
 

@@ -42,7 +42,8 @@ from lazarus.config import Config, ConfigError, load_config_dict, to_dict
 from lazarus.data.trajectory import Trajectory
 from lazarus.distributed import replicas_pb2 as rpb
 from lazarus.distributed import replicas_pb2_grpc
-from lazarus.distributed.experience import ExperienceHub, RunSpec
+from lazarus.distributed.experience import RunSpec
+from lazarus.distributed.hub import ExperienceHub
 from lazarus.errors import LazarusError
 from lazarus.training.data_parallel import FollowerStepper, LeaderStepper, ReplicaDropped, ReplicaTimeout
 

@@ -33,7 +33,8 @@ from mlx.utils import tree_flatten
 from lazarus.config import Config, load_config_dict, to_dict
 from lazarus.data.trajectory import RolloutTask, TrajectoryDecodeError
 from lazarus.distributed.client import ParameterClient, ParameterServerError
-from lazarus.distributed.experience import ExperienceHub, RunSpec
+from lazarus.distributed.experience import RunSpec
+from lazarus.distributed.hub import ExperienceHub
 from lazarus.distributed.experience_client import ExperienceClient, LearnerError, LearnerUnavailable
 from lazarus.distributed.server import ParameterStore, serve
 from lazarus.errors import LazarusError

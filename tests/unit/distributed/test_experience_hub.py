@@ -8,7 +8,7 @@ import pytest
 from lazarus.data.trajectory import RolloutTask, SamplingSettings, Trajectory
 from lazarus.distributed import experience_pb2 as xpb
 from lazarus.distributed import experience_pb2_grpc
-from lazarus.distributed.experience import BadPush, ExperienceHub, QueueFull
+from lazarus.distributed.hub import BadPush, ExperienceHub, QueueFull
 
 
 def task(task_id: str, prompts: int = 2, group_size: int = 2) -> RolloutTask:

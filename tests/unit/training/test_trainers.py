@@ -168,7 +168,7 @@ def starts_with_a_digit(prompts, completions, **kwargs):
 
 def test_grpo_learns_a_simple_verifiable_reward(make_config, tmp_path):
     # given a random-init policy that rarely starts its answer with a digit
-    from lazarus.distributed.experience import ExperienceHub
+    from lazarus.distributed.hub import ExperienceHub
     from lazarus.env.rewards import RewardFunction
     from lazarus.runtime.coordinator import Coordinator
     from lazarus.runtime.local import local_pump
