@@ -58,18 +58,34 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; outputs follow the umask like every other file
     except OSError as e:
         raise write_error(path, e) from None
+    old = None
     try:
         yield tmp
-        old = None
         if path.exists():
             old = path.parent / f".{path.name}.old.{os.getpid()}"
             os.replace(path, old)
         os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not path.exists():  # stopped between the two renames
+            os.replace(old, path)
+        remove_tree(tmp)
         raise
+    if old is not None:
+        remove_tree(old)
+
+
+def remove_tree(path: Path, attempts: int = 3) -> None:
+    """`rmtree` that finishes even when Ctrl-C or SIGTERM (raised as KeyboardInterrupt) lands mid-delete,
+    then lets the interrupt go on: a stopped run leaves no temp, `.old` or `.pruned` directory behind."""
+    interrupted = None
+    for _ in range(attempts):
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
 
 
 def read_json(path: str | Path) -> dict:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import mlx.core as mx
@@ -32,7 +31,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
 from lazarus.errors import LazarusError
-from lazarus.models.io import atomic_dir, read_json, save_safetensors, write_json
+from lazarus.models.io import atomic_dir, read_json, remove_tree, save_safetensors, write_json
 from lazarus.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, has_lora, load_adapter, save_adapter
 
 STATE_FILE = "trainer_state.json"
@@ -318,4 +317,6 @@ def remove_checkpoint(path: Path) -> None:
         os.replace(path, hidden)
     except FileNotFoundError:
         return
-    shutil.rmtree(hidden, ignore_errors=True)
+    finally:
+        remove_tree(hidden)
+

@@ -247,6 +247,65 @@ def test_stale_temp_and_half_pruned_directories_are_removed_when_a_run_starts(ma
     assert steps_on_disk(tmp_path / "run") == [2, 3]
 
 
+PRUNE_UNTIL_SIGTERM = textwrap.dedent("""
+    import signal, sys
+    from pathlib import Path
+    from lazarus.training.checkpoint import remove_checkpoint
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # as the CLI does: SIGTERM unwinds like Ctrl-C
+    try:
+        remove_checkpoint(Path(sys.argv[1]))
+    except KeyboardInterrupt:
+        sys.exit(130)
+""")
+
+
+def test_sigterm_in_the_middle_of_pruning_still_finishes_the_delete(tmp_path):
+    # given a checkpoint of many files being pruned by a process that turns SIGTERM into KeyboardInterrupt
+    step = tmp_path / "checkpoints" / "step_000001"
+    for i in range(40):
+        (step / f"shard_{i}").mkdir(parents=True)
+        for j in range(500):
+            (step / f"shard_{i}" / f"{j}.bin").write_bytes(b"x")
+    child = subprocess.Popen([sys.executable, "-c", PRUNE_UNTIL_SIGTERM, str(step)])
+    # when SIGTERM lands once the checkpoint has left the step_* namespace, while its files are deleted
+    while step.exists() and child.poll() is None:
+        pass
+    child.send_signal(15)
+    child.wait(timeout=60)
+    # then the interrupt still stops the process, and no hidden half-deleted directory is left behind
+    assert child.returncode in (0, 130)
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_an_interrupt_between_the_two_renames_of_a_save_puts_the_previous_directory_back(tmp_path, monkeypatch):
+    # given a directory written before, being replaced through atomic_dir
+    from lazarus.models import io
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "weights").write_text("previous")
+    real_replace, calls = io.os.replace, []
+
+    def replace_then_interrupt(src, dst):  # Ctrl-C arrives right after the previous one is moved aside
+        calls.append(dst)
+        real_replace(src, dst)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(io.os, "replace", replace_then_interrupt)
+    # when the save is interrupted
+    with pytest.raises(KeyboardInterrupt):
+        with io.atomic_dir(target) as tmp:
+            (tmp / "weights").write_text("new")
+    # then the previous directory is back in place and no temp or moved-aside directory is left
+    assert (target / "weights").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
 def test_half_deleted_or_truncated_checkpoint_is_never_resumed(make_config, tmp_path):
     # given checkpoints 1..3, where 3 lost a file (an old-style interrupted prune) and 2 was truncated
     build_trainer(make_config("sft", "training.save_every=1", "training.max_steps=3")).train()
