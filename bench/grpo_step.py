@@ -16,9 +16,11 @@ plus a small length term):
 a random-init model never answers right, and a batch whose groups all score alike skips the update.
 
 Then, for the update's forward pass on the step's batch shape: its time, the time of the same model's
-matmuls alone (and their GFLOP/s), and `exp` per element in MLX against NumPy. On Linux x86 MLX's CPU
-backend has no SIMD transcendental functions, so softmax, SiLU and log-softmax cost far more than their
-matmuls there (Apple silicon runs them vectorized, or on the GPU).
+matmuls alone (and their GFLOP/s), and `exp` per element in MLX (its built-in kernel, and a compiled one)
+against NumPy. On Linux x86 MLX's built-in CPU kernels have no SIMD transcendental functions, so softmax
+and log-softmax cost far more than their matmuls there; compiled functions (the update step, SiLU) get
+SIMD kernels from MLX's JIT once `lazarus.platform.setup_native_jit` has it build for this CPU (Apple
+silicon runs them vectorized, or on the GPU).
 
 Without `--peer`, the peers' figures are fixed constants measured earlier on this machine, not in this run.
 With `--peer trl`, TRL's GRPOTrainer (torch on the CPU, from the separate venv that `make bench-peers`
@@ -215,10 +217,13 @@ def forward_breakdown(model, rows: int, width: int) -> dict:
     a = mx.random.normal((elements,))
     mx.eval(a)
     mlx_exp = _seconds(lambda: mx.eval(mx.exp(a))) / elements
+    compiled = mx.compile(mx.exp)  # a JIT kernel: built for this CPU where lazarus.platform set that up
+    compiled_exp = _seconds(lambda: mx.eval(compiled(a))) / elements
     b = np.array(a)
     numpy_exp = _seconds(lambda: np.exp(b)) / elements
     return {"forward_s": forward, "matmul_s": matmul, "matmul_gflops": flops / matmul / 1e9,
-            "mlx_exp_ns": mlx_exp * 1e9, "numpy_exp_ns": numpy_exp * 1e9, "rows": rows, "width": width}
+            "mlx_exp_ns": mlx_exp * 1e9, "compiled_exp_ns": compiled_exp * 1e9, "numpy_exp_ns": numpy_exp * 1e9,
+            "rows": rows, "width": width}
 
 
 SAMPLINGS = {"T=1": (), "top-k 20, top-p 0.95": ("generation.top_k=20", "generation.top_p=0.95")}
@@ -324,8 +329,9 @@ def main() -> None:
     for s in summaries:
         print(f"{s['size']:>6} forward {s['forward_s'] * 1e3:.0f} ms on {s['rows']}x{s['width']} tokens; its matmuls "
               f"alone {s['matmul_s'] * 1e3:.0f} ms ({s['matmul_gflops']:.0f} GFLOP/s, "
-              f"{s['matmul_s'] / s['forward_s']:.0%} of it); exp {s['mlx_exp_ns']:.1f} ns/element in MLX vs "
-              f"{s['numpy_exp_ns']:.1f} in NumPy (ratio {s['mlx_exp_ns'] / s['numpy_exp_ns']:.1f})")
+              f"{s['matmul_s'] / s['forward_s']:.0%} of it); exp {s['mlx_exp_ns']:.1f} ns/element in MLX's "
+              f"kernel, {s['compiled_exp_ns']:.1f} compiled (MLX's JIT), vs {s['numpy_exp_ns']:.1f} in NumPy "
+              f"(ratios {s['mlx_exp_ns'] / s['numpy_exp_ns']:.1f}, {s['compiled_exp_ns'] / s['numpy_exp_ns']:.1f})")
     for s in summaries:
         print(f"async overlap (process launcher, max staleness 1) vs local launcher, {s['size']}: s/step "
               f"{s['async_step_s']:.3f} vs {s['sync_step_s']:.3f}, ratio {s['async_step_s'] / s['sync_step_s']:.2f} "

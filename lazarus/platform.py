@@ -2,14 +2,19 @@
 
 On Linux the `mlx[cpu]` wheel bundles a reference BLAS that makes float32 matmul ~50x slower than
 numpy. Loading Debian's OpenBLAS with RTLD_GLOBAL before MLX binds its BLAS symbols makes MLX use it,
-with bit-identical results. `import lazarus` runs this; so does every console script.
+with bit-identical results. On x86-64 Linux, MLX's JIT builds the kernels of compiled functions (every
+compiled train step, `nn.silu`) for the baseline x86-64 CPU, where its `exp` polynomial calls a software
+`fma`; `setup_native_jit` has them built for this CPU instead (SIMD, hardware FMA), again with
+bit-identical results. `import lazarus` runs this; so does every console script.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import platform as _platform
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass
@@ -32,6 +37,7 @@ class PlatformInfo:
     blas_loaded_before_mlx: bool
     device: str
     blas_thread_timeout: str | None  # OPENBLAS_THREAD_TIMEOUT: how long idle BLAS threads spin (`share_blas_cores`)
+    native_jit: str | None  # the g++ shim's directory when MLX's JIT kernels are built for this CPU
 
 
 _blas_path: str | None = None
@@ -134,6 +140,95 @@ def preload_env() -> dict[str, str]:
     return env
 
 
+#: Added to MLX's JIT compiles by `setup_native_jit`. `-march=native` gives SIMD and hardware FMA (MLX's
+#: `exp` is a polynomial of `fma` calls: in software ~14 ns per element, 1.1 ns here); `-finline-limit`
+#: lets GCC inline that polynomial so the kernel loop vectorizes; `-ffp-contract=off` keeps every
+#: rounding as in MLX's own build (no fused multiply-adds it did not write), so results are bit-identical.
+NATIVE_JIT_FLAGS = ("-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+                    "-finline-limit=100000")
+_native_jit_dir: str | None = None
+
+
+def _mlx_kernel_cache() -> str:
+    """Where MLX's CPU JIT keeps its kernels: C++'s temp_directory_path()/mlx/VERSION/cpu."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    tmp = next((os.environ[v] for v in ("TMPDIR", "TMP", "TEMP", "TEMPDIR") if os.environ.get(v)), "/tmp")
+    try:
+        mlx_version = version("mlx")
+    except PackageNotFoundError:
+        mlx_version = "unknown"
+    return os.path.join(tmp, "mlx", mlx_version, "cpu")
+
+
+def setup_native_jit() -> str | None:
+    """Have MLX's CPU JIT build its kernels for this CPU (x86-64 Linux only); the shim's directory, or None.
+
+    MLX runs `g++` from PATH to build the kernel of each compiled function. A `g++` shim put first on
+    PATH adds `NATIVE_JIT_FLAGS` when the build is one of MLX's (its output is in MLX's kernel cache) and
+    passes every other call through unchanged. Kernels MLX cached earlier without these flags are removed
+    once (a marker in the cache records the flags), so they are rebuilt with them. Idempotent; child
+    processes inherit PATH. Off with LAZARUS_NATIVE_JIT=0, or where there is no g++.
+    """
+    global _native_jit_dir
+    if _native_jit_dir is not None or os.environ.get("LAZARUS_NATIVE_JIT") == "0":
+        return _native_jit_dir
+    if sys.platform != "linux" or _platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    shim_dir = os.path.join(_temp_root(), f"lazarus-native-jit-{os.getuid()}")
+    # without any shim's directory (a parent process's, with another temp dir, included)
+    path_dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep)
+                 if not os.path.basename(d.rstrip("/")).startswith("lazarus-native-jit-")]
+    real = shutil.which("g++", path=os.pathsep.join(path_dirs))
+    if real is None:
+        return None
+    cache = _mlx_kernel_cache()
+    flags = " ".join(NATIVE_JIT_FLAGS)
+    script = ("#!/bin/sh\n"
+              "# Written by lazarus.platform.setup_native_jit: MLX's JIT kernels are built for this CPU.\n"
+              f'case "$*" in *"{cache}/"*) exec "{real}" "$@" {flags} ;; esac\n'
+              f'exec "{real}" "$@"\n')
+    try:
+        os.makedirs(shim_dir, mode=0o700, exist_ok=True)
+        owner = os.stat(shim_dir)
+        if owner.st_uid != os.getuid() or owner.st_mode & 0o022:  # a directory others could write into
+            return None
+        shim = os.path.join(shim_dir, "g++")
+        if not os.path.exists(shim) or open(shim).read() != script:
+            tmp = f"{shim}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.write(script)
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, shim)
+        _forget_kernels_built_otherwise(cache, hashlib.sha256(script.encode()).hexdigest()[:16])
+    except OSError:  # read-only temp dir, someone else's shim: MLX's own flags then
+        return None
+    os.environ["PATH"] = os.pathsep.join([shim_dir] + path_dirs)
+    _native_jit_dir = shim_dir
+    return shim_dir
+
+
+def _temp_root() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def _forget_kernels_built_otherwise(cache: str, stamp: str) -> None:
+    """Remove the kernels in MLX's cache unless the marker says this shim built them."""
+    marker = os.path.join(cache, f".lazarus-native-jit-{stamp}")
+    if os.path.exists(marker):
+        return
+    os.makedirs(cache, exist_ok=True)
+    for name in os.listdir(cache):
+        if name.endswith(".so") or name.startswith(".lazarus-native-jit-"):
+            try:
+                os.unlink(os.path.join(cache, name))
+            except FileNotFoundError:
+                pass
+    open(marker, "w").close()
+
+
 def info() -> PlatformInfo:
     import mlx.core as mx
 
@@ -144,6 +239,7 @@ def info() -> PlatformInfo:
         blas_loaded_before_mlx=_blas_before_mlx,
         device=str(mx.default_device()),
         blas_thread_timeout=os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+        native_jit=_native_jit_dir,
     )
 
 
@@ -168,3 +264,4 @@ def return_freed_buffers(threshold_bytes: int = 256 << 10) -> bool:
 
 
 setup_blas()
+setup_native_jit()

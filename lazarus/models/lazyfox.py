@@ -66,8 +66,44 @@ class Attention(nn.Module):
         keys = self.rope(keys, offset=offset)
         if cache is not None:
             keys, values = cache.update_and_fetch(keys, values)
-        output = scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)
+        if cache is None and isinstance(mask, str) and mx.default_device() == mx.cpu:
+            output = causal_attention(queries, keys, values, self.scale)
+        else:
+            output = scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)
         return self.o_proj(output.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+
+#: Queries per block in `causal_attention`.
+CAUSAL_BLOCK = 64
+
+
+def causal_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float) -> mx.array:
+    """Causal attention over whole sequences (B, heads, L, head_dim), as MLX's CPU backend should do it.
+
+    MLX's CPU `scaled_dot_product_attention` scores every query against every key, masked ones included,
+    and its softmax kernel computes `exp` without SIMD. Here each block of `CAUSAL_BLOCK` queries is scored
+    only against the keys up to its end (at 320 tokens ~0.6 of the work), and the softmax is written in
+    elementwise ops, which a compiled step (`training.compile`) fuses into kernels that MLX's JIT builds
+    with SIMD (`lazarus.platform.setup_native_jit`). The result equals MLX's within float32 rounding. Grouped
+    queries share their key/value head as in MLX: query head h reads head h // (heads / kv_heads).
+    """
+    B, n_heads, L, D = queries.shape
+    n_kv = keys.shape[1]
+    group = n_heads // n_kv
+    outputs = []
+    for start in range(0, L, CAUSAL_BLOCK):
+        end = min(L, start + CAUSAL_BLOCK)
+        q = queries[:, :, start:end].reshape(B, n_kv, group * (end - start), D)
+        scores = (q * scale) @ keys[:, :, :end].swapaxes(-1, -2)
+        scores = scores.reshape(B, n_kv, group, end - start, end)
+        visible = mx.arange(end)[None, :] <= mx.arange(start, end)[:, None]
+        scores = mx.where(visible, scores, -mx.inf)
+        shifted = scores - mx.stop_gradient(scores.max(axis=-1, keepdims=True))
+        weights = mx.exp(shifted)
+        weights = weights / weights.sum(axis=-1, keepdims=True)
+        out = weights.reshape(B, n_kv, group * (end - start), end) @ values[:, :, :end]
+        outputs.append(out.reshape(B, n_heads, end - start, D))
+    return outputs[0] if len(outputs) == 1 else mx.concatenate(outputs, axis=2)
 
 
 class MLP(nn.Module):

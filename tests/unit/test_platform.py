@@ -1,5 +1,6 @@
 """Process-wide platform set-up: freed model-sized buffers go back to the OS once a process asks for it."""
 
+import os
 import subprocess
 import sys
 
@@ -32,8 +33,6 @@ print((before - rss()) / 2**20)
 
 def _run(script: str, *args: str, **env: str) -> str:
     """`script` in a fresh Python (a fresh allocator and BLAS); its stdout."""
-    import os
-
     proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr
@@ -96,3 +95,56 @@ def test_share_blas_cores_keeps_a_thread_timeout_the_user_set():
     script = ("import os, lazarus.platform as p; assert not p.share_blas_cores(); "
               "print(os.environ['OPENBLAS_THREAD_TIMEOUT'], p.preload_env()['OPENBLAS_THREAD_TIMEOUT'])")
     assert _run(script, OPENBLAS_THREAD_TIMEOUT="20").split() == ["20", "20"]
+
+
+# Compiles exp, sigmoid, SiLU, log, tanh and erf through MLX's JIT and compares them bit for bit with MLX's
+# own kernels; prints the directory of the g++ shim (or None) and the kernels the JIT built.
+_JIT_SCRIPT = """
+import glob, os
+import lazarus.platform as platform
+import mlx.core as mx
+x = mx.random.uniform(-30.0, 30.0, (100_003,))
+ops = [mx.exp, mx.sigmoid, lambda t: t * mx.sigmoid(t), lambda t: mx.log(mx.abs(t) + 1e-3), mx.tanh, mx.erf]
+for op in ops:
+    assert mx.array_equal(mx.compile(op)(x), op(x)).item(), op
+print(platform.info().native_jit)
+print("\\n".join(glob.glob(os.path.join(platform._mlx_kernel_cache(), "*.so"))))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64", reason="an x86-64 Linux set-up")
+def test_mlx_jit_kernels_are_built_for_this_cpu_with_bit_identical_results(tmp_path):
+    # given a fresh process with its own temp directory (so its own, empty, MLX kernel cache)
+    # when it compiles transcendental elementwise functions through MLX's JIT
+    shim, *kernels = _run(_JIT_SCRIPT, TMPDIR=str(tmp_path)).splitlines()
+    # then the results equal MLX's own kernels bit for bit
+    # and the kernels were built through the shim, with 256-bit (or wider) SIMD instructions in them
+    assert shim == str(tmp_path / f"lazarus-native-jit-{os.getuid()}")
+    assert kernels
+    listing = subprocess.run(["objdump", "-d", *kernels], capture_output=True, text=True, check=True).stdout
+    assert "%ymm" in listing or "%zmm" in listing
+
+
+def test_the_g_plus_plus_shim_passes_other_builds_through_unchanged(tmp_path):
+    # given the shim a process set up
+    shim = _run("import lazarus.platform as p; print(p.info().native_jit)", TMPDIR=str(tmp_path))
+    if shim == "None":
+        pytest.skip("no native JIT set-up on this platform")
+    source = tmp_path / "hello.cpp"
+    source.write_text("#include <cstdio>\nint main() { std::puts(\"hi\"); }\n")
+    # when it builds something that is not an MLX kernel, and when asked its version
+    subprocess.run([f"{shim}/g++", str(source), "-o", str(tmp_path / "hello")], check=True)
+    version = subprocess.run([f"{shim}/g++", "--version"], capture_output=True, text=True, check=True).stdout
+    # then it behaves as the real g++
+    assert subprocess.run([str(tmp_path / "hello")], capture_output=True, text=True).stdout == "hi\n"
+    assert version == subprocess.run(["g++", "--version"], capture_output=True, text=True).stdout
+
+
+def test_native_jit_is_off_with_lazarus_native_jit_0(tmp_path):
+    # given LAZARUS_NATIVE_JIT=0 and a PATH without a shim
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if "lazarus-native-jit" not in d)
+    # when a process starts
+    out = _run("import os, lazarus.platform as p; print(p.info().native_jit, 'native-jit' in os.environ['PATH'])",
+               TMPDIR=str(tmp_path), LAZARUS_NATIVE_JIT="0", PATH=path)
+    # then no shim is set up
+    assert out == "None False"
