@@ -14,6 +14,7 @@ import ctypes
 import hashlib
 import os
 import platform as _platform
+import shlex
 import shutil
 import sys
 import warnings
@@ -186,8 +187,8 @@ def setup_native_jit() -> str | None:
     flags = " ".join(NATIVE_JIT_FLAGS)
     script = ("#!/bin/sh\n"
               "# Written by lazarus.platform.setup_native_jit: MLX's JIT kernels are built for this CPU.\n"
-              f'case "$*" in *"{cache}/"*) exec "{real}" "$@" {flags} ;; esac\n'
-              f'exec "{real}" "$@"\n')
+              f'case "$*" in *{shlex.quote(cache + "/")}*) exec {shlex.quote(real)} "$@" {flags} ;; esac\n'
+              f'exec {shlex.quote(real)} "$@"\n')
     try:
         os.makedirs(shim_dir, mode=0o700, exist_ok=True)
         owner = os.stat(shim_dir)

@@ -114,12 +114,15 @@ print("\\n".join(glob.glob(os.path.join(platform._mlx_kernel_cache(), "*.so"))))
 
 @pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64", reason="an x86-64 Linux set-up")
 def test_mlx_jit_kernels_are_built_for_this_cpu_with_bit_identical_results(tmp_path):
-    # given a fresh process with its own temp directory (so its own, empty, MLX kernel cache)
+    # given a fresh process with its own temp directory (so its own, empty, MLX kernel cache; a space in its
+    # path, which the shim must quote)
+    temp = tmp_path / "temp dir"
+    temp.mkdir()
     # when it compiles transcendental elementwise functions through MLX's JIT
-    shim, *kernels = _run(_JIT_SCRIPT, TMPDIR=str(tmp_path)).splitlines()
+    shim, *kernels = _run(_JIT_SCRIPT, TMPDIR=str(temp)).splitlines()
     # then the results equal MLX's own kernels bit for bit
     # and the kernels were built through the shim, with 256-bit (or wider) SIMD instructions in them
-    assert shim == str(tmp_path / f"lazarus-native-jit-{os.getuid()}")
+    assert shim == str(temp / f"lazarus-native-jit-{os.getuid()}")
     assert kernels
     listing = subprocess.run(["objdump", "-d", *kernels], capture_output=True, text=True, check=True).stdout
     assert "%ymm" in listing or "%zmm" in listing
