@@ -377,6 +377,12 @@ class RuntimeConfig(Section):
     listen: str = Field("127.0.0.1:0", description="process/ray: HOST:PORT of the learner's gRPC server (port 0 "
                         "picks a free one). Any non-loopback host requires token_file.")
     token_file: Optional[str] = Field(None, description="File holding the shared auth token for the gRPC server.")
+    transfer_port: int = Field(
+        0, ge=-1, le=65535, description="process/ray: port of the learner's weight transfer socket, on the host "
+        "of `listen`: actors on other hosts pull each version through it, straight into their arrays (about twice "
+        "the gRPC stream's rate; bench/weights.py), with a single-use ticket from an authenticated call; actors on "
+        "the learner's host use shared memory. 0 picks a free port; -1: none, remote actors stream over gRPC "
+        "(as they also do when the port is unreachable).")
     heartbeat_s: float = Field(1.0, gt=0, le=60, description="How often actors heartbeat.")
     lease_s: float = Field(10.0, gt=0, le=3600, description="A task whose actor has not heartbeaten for this "
                            "long returns to the queue (dead-actor detection).")

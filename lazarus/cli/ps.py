@@ -33,17 +33,21 @@ def serve(
     learning_rate: float = typer.Option(1e-3, "--lr", help="Optimizer learning rate."),
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Checkpoint weights, optimizer and "
                                              "version here; a restart on the same dir continues."),
+    transfer_port: int = typer.Option(0, "--transfer-port", min=-1, max=65535, help="Port of the weight "
+                                      "transfer socket on --host, through which clients on other hosts pull "
+                                      "(0: a free one, printed on start; -1: none, they stream over gRPC)."),
 ):
     """Serve MODEL's weights until interrupted (Ctrl-C or SIGTERM checkpoints and stops)."""
     from lazarus.runtime.ps import serve_model, user_errors
 
-    def ready(address: str, version: int) -> None:
-        typer.echo(f"lazarus ps: serving {model} on {address} (version {version}, {mode})")
+    def ready(address: str, version: int, transfer: Optional[int]) -> None:
+        where = f"; weight transfers on port {transfer}" if transfer is not None else ""
+        typer.echo(f"lazarus ps: serving {model} on {address} (version {version}, {mode}{where})")
 
     try:
         serve_model(model, host=host, port=port, token_file=token_file, tls_cert=tls_cert, tls_key=tls_key,
                     mode=mode, workers=workers, max_staleness=max_staleness, optimizer=optimizer,
-                    learning_rate=learning_rate, state_dir=state_dir, on_ready=ready)
+                    learning_rate=learning_rate, state_dir=state_dir, transfer_port=transfer_port, on_ready=ready)
     except user_errors() as e:
         _fail(e)
 

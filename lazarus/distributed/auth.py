@@ -76,7 +76,13 @@ def message_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[st
 
 def server_credentials(cert_path: str | Path, key_path: str | Path) -> grpc.ServerCredentials:
     """Credentials from PEM files, checked first: gRPC itself only reports a failed bind."""
-    cert, key = _read_pem(cert_path, "certificate"), _read_pem(key_path, "key")
+    server_ssl_context(cert_path, key_path)
+    return grpc.ssl_server_credentials([(_read_pem(key_path, "key"), _read_pem(cert_path, "certificate"))])
+
+
+def server_ssl_context(cert_path: str | Path, key_path: str | Path) -> ssl.SSLContext:
+    """The same PEM files as a TLS server context for a plain socket (the weight transfer socket)."""
+    _read_pem(cert_path, "certificate"), _read_pem(key_path, "key")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(str(cert_path), str(key_path))
@@ -86,7 +92,7 @@ def server_credentials(cert_path: str | Path, key_path: str | Path) -> grpc.Serv
             raise TLSFileError(f"TLS key {key_path} does not belong to certificate {cert_path} ({reason})") from None
         raise TLSFileError(f"TLS certificate {cert_path} / key {key_path} do not load: {reason} "
                            f"(expected PEM files: a certificate and its unencrypted private key)") from None
-    return grpc.ssl_server_credentials([(key, cert)])
+    return context
 
 
 def _read_pem(path: str | Path, what: str) -> bytes:
@@ -102,6 +108,11 @@ def _read_pem(path: str | Path, what: str) -> bytes:
 def channel_credentials(cert_path: str | Path) -> grpc.ChannelCredentials:
     """Trust the server's certificate (or the CA that signed it) from `cert_path`."""
     return grpc.ssl_channel_credentials(root_certificates=Path(cert_path).read_bytes())
+
+
+def client_ssl_context(cert_path: str | Path) -> ssl.SSLContext:
+    """The same trust as `channel_credentials`, for a plain socket (the weight transfer socket)."""
+    return ssl.create_default_context(cadata=_read_pem(cert_path, "certificate").decode())
 
 
 class TokenInterceptor(grpc.ServerInterceptor):

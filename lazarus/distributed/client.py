@@ -8,13 +8,16 @@ applied once.
 
 A client of a server on this host (a loopback address) pulls through the server's sealed shared memory
 (`shared`): the same versions, header and checksums, one copy of the snapshot for all the host's
-actors. When the server offers none (another host, another platform, an older server) or the segment
-is gone, it streams over gRPC as any remote client does.
+actors. Other clients (and same-host ones where shared memory is not offered) pull through the server's
+transfer socket (`transfer`): a ticket from an authenticated call, then the bytes over a plain socket
+straight into the arrays, checked against the same digests. When neither is offered (an older server,
+a port a firewall blocks) or a transfer breaks off, the pull streams over gRPC.
 """
 
 from __future__ import annotations
 
 from lazarus.errors import LazarusError
+import logging
 import random
 import time
 import uuid
@@ -28,11 +31,12 @@ import mlx.core as mx
 import mlx.nn as nn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lazarus.distributed import auth, codec, shared
+from lazarus.distributed import auth, codec, shared, transfer
 from lazarus.distributed import parameter_server_pb2 as pb
 from lazarus.distributed import parameter_server_pb2_grpc as pb_grpc
 from lazarus.distributed.retry import DeadlinePassed, call_with_retries
 
+log = logging.getLogger(__name__)
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE,)
 SCOPES = {"full": pb.SCOPE_FULL, "trainable": pb.SCOPE_TRAINABLE}
 T = TypeVar("T")
@@ -97,13 +101,18 @@ class ParameterClient:
     def __init__(self, address: str, token: str | None = None, tls_cert: str | Path | None = None,
                  timeout: float = 30.0, retries: int = 6, backoff: float = 0.1, max_backoff: float = 2.0,
                  max_message_bytes: int = auth.MAX_MESSAGE_BYTES, reuse_buffers: bool = True,
-                 shared_memory: bool = True):
+                 shared_memory: bool = True, transfer_socket: bool = True):
         """`reuse_buffers` raises MLX's buffer cache to one snapshot's size (`codec.keep_snapshot_buffers`)
         so a client that drops each version before pulling the next receives into warm memory.
-        `shared_memory` pulls from a server on this host through its shared memory (False: always stream)."""
+        `shared_memory` pulls from a server on this host through its shared memory; `transfer_socket`
+        pulls through the server's transfer socket when shared memory is not used (both False: always
+        stream over gRPC)."""
         self.address, self.timeout = address, timeout
         self.reuse_buffers = reuse_buffers
-        self.shared_memory = shared_memory and shared.SUPPORTED and auth.is_loopback(_host_of(address))
+        self._host = _host_of(address)
+        self.shared_memory = shared_memory and shared.SUPPORTED and auth.is_loopback(self._host)
+        self.transfer_socket = transfer_socket
+        self._ssl = auth.client_ssl_context(tls_cert) if tls_cert is not None and transfer_socket else None
         codec.keep_message_buffers()
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
         self._metadata = auth.call_metadata(token)
@@ -132,6 +141,9 @@ class ParameterClient:
         self._share = self.channel.unary_unary("/lazarus.v1.ParameterServer/ShareWeights",
                                                request_serializer=pb.PullRequest.SerializeToString,
                                                response_deserializer=pb.SharedSnapshot.FromString)
+        self._open_transfer = self.channel.unary_unary("/lazarus.v1.ParameterServer/OpenTransfer",
+                                                       request_serializer=pb.PullRequest.SerializeToString,
+                                                       response_deserializer=pb.TransferTicket.FromString)
 
     # -- calls -------------------------------------------------------------------------------------
 
@@ -154,6 +166,11 @@ class ParameterClient:
         if self.shared_memory:
             try:
                 return self._pull_shared(have_version, scope, timeout)
+            except _Stream:
+                pass
+        if self.transfer_socket:
+            try:
+                return self._pull_transfer(have_version, scope, timeout)
             except _Stream:
                 pass
 
@@ -193,6 +210,36 @@ class ParameterClient:
             raise ParameterServerError(f"{self.address}: ShareWeights: {e}") from None
         except shared.SharedSnapshotError:
             # replaced by a newer version before we opened it, or another mount namespace: stream this one
+            raise _Stream() from None
+        return Snapshot(answer.header.version, weights, answer.header.sha256.hex())
+
+    def _pull_transfer(self, have_version: int, scope: str, timeout: float | None) -> Snapshot | None:
+        """Pull through the server's transfer socket; raises `_Stream` when this pull must stream instead."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        request = pb.PullRequest(have_version=have_version, scope=SCOPES[scope])
+        try:
+            answer = self._retrying("OpenTransfer", timeout, lambda t: self._open_transfer(
+                request, timeout=t, metadata=self._metadata))
+        except ParameterServerError as e:
+            if e.code != grpc.StatusCode.UNIMPLEMENTED:  # an older server: stream from now on
+                raise
+            self.transfer_socket = False
+            raise _Stream() from None
+        if not answer.available:  # the server has no transfer socket: stream from now on
+            self.transfer_socket = False
+            raise _Stream()
+        if answer.header.unchanged:
+            return None
+        try:
+            weights = transfer.receive(self._host, answer, deadline, self._ssl, accept_header=self._accept_header)
+        except codec.CodecError as e:
+            raise ParameterServerError(f"{self.address}: transfer: {e}") from None
+        except transfer.TransferUnreachable as e:  # a firewall or a proxy in the way: stream from now on
+            log.warning("%s: %s; pulling over the gRPC stream from now on", self.address, e)
+            self.transfer_socket = False
+            raise _Stream() from None
+        except transfer.TransferError as e:  # broken off (the server restarting, a deadline): stream this one
+            log.info("%s: %s; streaming this pull over gRPC", self.address, e)
             raise _Stream() from None
         return Snapshot(answer.header.version, weights, answer.header.sha256.hex())
 

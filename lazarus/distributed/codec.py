@@ -31,6 +31,9 @@ from lazarus.distributed import parameter_server_pb2 as pb
 CHUNK_BYTES = 4 * 1024 * 1024 - 64 * 1024
 #: gRPC's default message limit; every serialized chunk message stays under it.
 MESSAGE_LIMIT = 4 * 1024 * 1024
+#: Threads hashing chunks as they arrive: sha256 (~1 GB/s a core here) is the costliest work of a pull, and
+#: through the transfer socket the bytes arrive faster than one thread hashes them (bench/weights.py).
+HASH_THREADS = 2
 
 #: mlx dtype name -> (mlx dtype, numpy dtype of the same bytes). bf16 has no numpy dtype: its raw words.
 DTYPES: dict[str, tuple[mx.Dtype, np.dtype]] = {
@@ -300,11 +303,11 @@ class SnapshotDecoder:
     """Reassemble one snapshot from its messages: `feed` each part in order, then `finish`.
 
     Chunk bytes are copied straight into the destination MLX arrays, so decoding holds one copy of the
-    tensors. Two helper threads keep that copy the only work on the receiving thread: one allocates the
+    tensors. Helper threads keep that copy the only work on the receiving thread: one allocates the
     destination arrays in payload order, up to `ALLOCATE_AHEAD` bytes past the data received so far (a
     fresh MLX buffer costs a page fault per 4 KiB, as much as receiving the bytes; nothing is allocated
-    before the first chunk arrives), the other computes each chunk's sha256 (hashlib and MLX release
-    the GIL). A sha256 mismatch surfaces at a later `feed` (at most
+    before the first chunk arrives), the others (`HASH_THREADS`) compute each chunk's sha256 (hashlib and
+    MLX release the GIL). A sha256 mismatch surfaces at a later `feed` (at most
     `HASHES_IN_FLIGHT` chunks later) or at `finish`, naming the chunk's tensors.
     """
 
@@ -357,7 +360,7 @@ class SnapshotDecoder:
 
     def _allocate(self) -> None:
         self._specs = [spec for spec in self.header.tensors if spec.nbytes]
-        self._hasher = futures.ThreadPoolExecutor(1, thread_name_prefix="lazarus-sha256")
+        self._hasher = futures.ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="lazarus-sha256")
         self._allocator = futures.ThreadPoolExecutor(1, thread_name_prefix="lazarus-alloc")
 
     def _take(self, chunk: pb.Chunk | RawChunk) -> None:
@@ -378,7 +381,29 @@ class SnapshotDecoder:
         self._check_hashes(wait=len(self._hashing) >= self.HASHES_IN_FLIGHT)
         self._hashing.append((chunk.index, chunk.sha256, self._hasher.submit(sha256_digest, data)))
         self._allocate_through(start + length + self.ALLOCATE_AHEAD)
-        self._scatter(start, memoryview(data))
+        data, pos = memoryview(data), 0
+        for piece in self._pieces(start, start + length):
+            piece[:] = data[pos:pos + len(piece)]
+            pos += len(piece)
+        self._next += 1
+
+    def receive_chunk(self, sha256: bytes, fill: Callable[[memoryview], None]) -> None:
+        """The next chunk, written in place: `fill` gets the writable bytes of each tensor piece the chunk
+        covers, in order, and must fill each whole (a socket's `recv_into` until full). The chunk is then
+        hashed and checked against `sha256` as a fed chunk is: one copy, from the source into the arrays."""
+        header = self.header
+        if header is None or header.unchanged:
+            raise CodecError("a snapshot chunk needs a header that announces chunks first")
+        if self._next >= header.num_chunks:
+            raise CodecError(f"chunk {self._next} is past the {header.num_chunks} chunks of the snapshot")
+        start = self._next * header.chunk_bytes
+        end = min(start + header.chunk_bytes, header.total_bytes)
+        self._check_hashes(wait=len(self._hashing) >= self.HASHES_IN_FLIGHT)
+        self._allocate_through(end + self.ALLOCATE_AHEAD)
+        pieces = self._pieces(start, end)
+        for piece in pieces:
+            fill(piece)
+        self._hashing.append((self._next, bytes(sha256), self._hasher.submit(sha256_digest, *pieces)))
         self._next += 1
 
     def _allocate_through(self, end: int) -> None:
@@ -386,19 +411,21 @@ class SnapshotDecoder:
         while len(self._buffers) < len(self._specs) and self._specs[len(self._buffers)].offset < end:
             self._buffers.append(self._allocator.submit(destination_array, self._specs[len(self._buffers)]))
 
-    def _scatter(self, start: int, data: memoryview) -> None:
-        """Copy payload bytes [start, start + len(data)) into the tensors they belong to."""
-        end = start + len(data)
+    def _pieces(self, start: int, end: int) -> list[memoryview]:
+        """The writable bytes of payload [start, end), one view per tensor it touches (they must be filled
+        in order: a tensor's array is handed out once its last byte has been asked for)."""
+        pieces = []
         while self._tensor < len(self._specs):
             spec = self._specs[self._tensor]
             if self._view is None:
                 self._tensors[spec.name], self._view = self._buffers[self._tensor].result()
             lo, hi = max(start, spec.offset), min(end, spec.offset + spec.nbytes)
             if lo < hi:
-                self._view[lo - spec.offset:hi - spec.offset] = data[lo - start:hi - start]
+                pieces.append(self._view[lo - spec.offset:hi - spec.offset])
             if spec.offset + spec.nbytes > end:
                 break
             self._tensor, self._view = self._tensor + 1, None
+        return pieces
 
     def _check_hashes(self, wait: bool) -> None:
         """Compare the sha256 of earlier chunks, in order: those done, and the oldest if `wait`."""
@@ -459,8 +486,13 @@ def destination_array(spec: pb.TensorSpec) -> tuple[mx.array, memoryview]:
     return value, memoryview(np.array(value, copy=False).reshape(-1)).cast("B")
 
 
-def sha256_digest(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
+def sha256_digest(*pieces: bytes | memoryview) -> bytes:
+    """The sha256 of `pieces` laid end to end."""
+    digest = hashlib.sha256(pieces[0]) if len(pieces) == 1 else hashlib.sha256()
+    if len(pieces) != 1:
+        for piece in pieces:
+            digest.update(piece)
+    return digest.digest()
 
 
 def parse_part(data: bytes | bytearray | memoryview) -> pb.SnapshotPart:

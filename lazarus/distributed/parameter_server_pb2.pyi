@@ -126,6 +126,22 @@ class SharedSnapshot(_message.Message):
     reason: str
     def __init__(self, available: _Optional[bool] = ..., header: _Optional[_Union[SnapshotHeader, _Mapping]] = ..., path: _Optional[str] = ..., inode: _Optional[int] = ..., device: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class TransferTicket(_message.Message):
+    __slots__ = ("available", "header", "port", "ticket", "expires_in_s", "reason")
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    available: bool
+    header: SnapshotHeader
+    port: int
+    ticket: bytes
+    expires_in_s: float
+    reason: str
+    def __init__(self, available: _Optional[bool] = ..., header: _Optional[_Union[SnapshotHeader, _Mapping]] = ..., port: _Optional[int] = ..., ticket: _Optional[bytes] = ..., expires_in_s: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class VersionEvent(_message.Message):
     __slots__ = ("version",)
     VERSION_FIELD_NUMBER: _ClassVar[int]

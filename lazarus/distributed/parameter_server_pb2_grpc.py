@@ -59,6 +59,11 @@ class ParameterServerStub:
                 request_serializer=lazarus_dot_v1_dot_parameter__server__pb2.PullRequest.SerializeToString,
                 response_deserializer=lazarus_dot_v1_dot_parameter__server__pb2.SharedSnapshot.FromString,
                 _registered_method=True)
+        self.OpenTransfer = channel.unary_unary(
+                '/lazarus.v1.ParameterServer/OpenTransfer',
+                request_serializer=lazarus_dot_v1_dot_parameter__server__pb2.PullRequest.SerializeToString,
+                response_deserializer=lazarus_dot_v1_dot_parameter__server__pb2.TransferTicket.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -96,6 +101,13 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenTransfer(self, request, context):
+        """A ticket for the current snapshot on the transfer socket (see TransferTicket).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +135,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.ShareWeights,
                     request_deserializer=lazarus_dot_v1_dot_parameter__server__pb2.PullRequest.FromString,
                     response_serializer=lazarus_dot_v1_dot_parameter__server__pb2.SharedSnapshot.SerializeToString,
+            ),
+            'OpenTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenTransfer,
+                    request_deserializer=lazarus_dot_v1_dot_parameter__server__pb2.PullRequest.FromString,
+                    response_serializer=lazarus_dot_v1_dot_parameter__server__pb2.TransferTicket.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +277,33 @@ class ParameterServer:
             '/lazarus.v1.ParameterServer/ShareWeights',
             lazarus_dot_v1_dot_parameter__server__pb2.PullRequest.SerializeToString,
             lazarus_dot_v1_dot_parameter__server__pb2.SharedSnapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lazarus.v1.ParameterServer/OpenTransfer',
+            lazarus_dot_v1_dot_parameter__server__pb2.PullRequest.SerializeToString,
+            lazarus_dot_v1_dot_parameter__server__pb2.TransferTicket.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,7 +22,8 @@ waiting for a sync step are not checkpointed: after a restart, workers push them
 
 `serve()` puts the store (and an `ExperienceHub`, see experience.py) behind a gRPC server with the health
 service, the token interceptor and the size limits of `auth`, every call under the limits of `guard`;
-clients on the same host get each version through sealed shared memory (`shared`) instead of a stream.
+clients on the same host get each version through sealed shared memory (`shared`), clients on other
+hosts through the transfer socket beside it (`transfer`), and either falls back to the gRPC stream.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from lazarus.distributed.experience import ExperienceService, RunSpec
 from lazarus.distributed.hub import ExperienceHub
 from lazarus.distributed.guard import CallGuard, MethodLimit
 from lazarus.distributed.shared import SharedSnapshots
+from lazarus.distributed.transfer import TransferListener
 from lazarus.distributed import parameter_server_pb2 as pb
 from lazarus.models.io import atomic_dir, read_json, save_safetensors, write_json
 
@@ -383,10 +385,12 @@ class ParameterService:
     peer the current snapshot in sealed shared memory (`shared`), one copy per version for the host.
     """
 
-    def __init__(self, store: ParameterStore, watch_poll_s: float = 1.0, watch_window_s: float = 60.0):
+    def __init__(self, store: ParameterStore, watch_poll_s: float = 1.0, watch_window_s: float = 60.0,
+                 transfer: TransferListener | None = None):
         self.store = store
         self.watch_poll_s, self.watch_window_s = watch_poll_s, watch_window_s
         self.shared = SharedSnapshots(store.snapshot)
+        self.transfer = transfer
 
     def GetServerInfo(self, request, context):
         store = self.store
@@ -413,6 +417,19 @@ class ParameterService:
             return pb.SharedSnapshot(available=True, header=pb.SnapshotHeader(
                 version=version, scope=request.scope, unchanged=True))
         return self.shared.share(request.scope)
+
+    def OpenTransfer(self, request, context):
+        if request.scope not in (pb.SCOPE_FULL, pb.SCOPE_TRAINABLE):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown scope {request.scope}")
+        if self.transfer is None:
+            return pb.TransferTicket(available=False, reason="this server has no transfer listener")
+        version = self.store.version
+        if request.have_version >= version:
+            return pb.TransferTicket(available=True, header=pb.SnapshotHeader(
+                version=version, scope=request.scope, unchanged=True))
+        encoded = self.store.snapshot(request.scope)
+        return pb.TransferTicket(available=True, header=encoded.header, port=self.transfer.port,
+                                 ticket=self.transfer.issue(encoded), expires_in_s=self.transfer.ttl_s)
 
     def WatchVersions(self, request, context):
         last, end = request.after_version, time.monotonic() + self.watch_window_s
@@ -464,6 +481,9 @@ class ParameterService:
             "ShareWeights": grpc.unary_unary_rpc_method_handler(
                 self.ShareWeights, request_deserializer=pb.PullRequest.FromString,
                 response_serializer=pb.SharedSnapshot.SerializeToString),
+            "OpenTransfer": grpc.unary_unary_rpc_method_handler(
+                self.OpenTransfer, request_deserializer=pb.PullRequest.FromString,
+                response_serializer=pb.TransferTicket.SerializeToString),
             "PushGradients": grpc.stream_unary_rpc_method_handler(
                 self.PushGradients, request_deserializer=None,  # raw: the codec reads chunks without copies
                 response_serializer=pb.PushResult.SerializeToString),
@@ -490,9 +510,10 @@ class RunningServer:
 
     def __init__(self, server: grpc.Server, store: ParameterStore, hub: ExperienceHub,
                  health_servicer: health.HealthServicer, host: str, port: int, guard: CallGuard | None = None,
-                 shared: SharedSnapshots | None = None):
+                 shared: SharedSnapshots | None = None, transfer: TransferListener | None = None):
         self.server, self.store, self.hub, self.health = server, store, hub, health_servicer
         self.host, self.port, self.guard, self.shared = host, port, guard, shared
+        self.transfer = transfer
 
     @property
     def address(self) -> str:
@@ -507,6 +528,8 @@ class RunningServer:
             self.guard.stop()
         if self.shared is not None:
             self.shared.close()
+        if self.transfer is not None:
+            self.transfer.close()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.server.wait_for_termination(timeout)
@@ -523,7 +546,7 @@ def serve(store: ParameterStore, host: str = "127.0.0.1", port: int = 0, token: 
           hub: ExperienceHub | None = None, run: RunSpec | None = None, max_workers: int = 48,
           max_message_bytes: int = auth.MAX_MESSAGE_BYTES, limits: Mapping[str, MethodLimit] | None = None,
           log: Callable[[str], None] | None = None,
-          services: Iterable[grpc.GenericRpcHandler] = ()) -> RunningServer:
+          services: Iterable[grpc.GenericRpcHandler] = (), transfer_port: int | None = 0) -> RunningServer:
     """Start serving `store` (and the Experience service) on host:port; port 0 lets the OS pick.
 
     Every call but health's runs under `guard.CallGuard`: per-method concurrency `limits` (merged over
@@ -531,6 +554,8 @@ def serve(store: ParameterStore, host: str = "127.0.0.1", port: int = 0, token: 
     threads kept free for health checks. The port is bound without SO_REUSEPORT, so a second server on
     the same port fails with "address already in use" instead of sharing its clients. `services`: more
     handlers on the same server, under the same guard and token (the data-parallel replicas' batches).
+    `transfer_port`: where the transfer socket for cross-host pulls listens, on `host` (0: a free port;
+    None: no transfer socket, remote clients stream over gRPC).
     """
     auth.check_bind(host, token)
     codec.keep_message_buffers()
@@ -547,7 +572,16 @@ def serve(store: ParameterStore, host: str = "127.0.0.1", port: int = 0, token: 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lazarus-ps"),
                          interceptors=interceptors, options=options, maximum_concurrent_rpcs=8 * max_workers)
     watch_window_s = min(60.0, guard.limits["WatchVersions"].deadline_s / 2)
-    parameters = ParameterService(store, watch_window_s=watch_window_s)
+    transfer = None
+    if transfer_port is not None:
+        tls = auth.server_ssl_context(tls_cert, tls_key) if tls_cert is not None else None
+        try:
+            transfer = TransferListener(host, transfer_port, tls)
+        except OSError as e:
+            guard.stop()
+            cause = _bind_failure(host, transfer_port) or e.strerror or str(e)
+            raise BindError(f"cannot listen for weight transfers on {host}:{transfer_port}: {cause}") from None
+    parameters = ParameterService(store, watch_window_s=watch_window_s, transfer=transfer)
     server.add_generic_rpc_handlers((parameters.handler(), *services))
     hub = hub or ExperienceHub(policy_version=lambda: store.version)
     experience_pb2_grpc.add_ExperienceServicer_to_server(ExperienceService(hub, run, log), server)
@@ -566,11 +600,13 @@ def serve(store: ParameterStore, host: str = "127.0.0.1", port: int = 0, token: 
             cause = _bind_failure(host, port) or "gRPC refused the address (a plain socket could bind it)"
     if cause is not None:
         guard.stop()
+        if transfer is not None:
+            transfer.close()
         raise BindError(f"cannot listen on {bind}: {cause}")
     server.start()
     for service in ("", SERVICE, "lazarus.v1.Experience"):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, store, hub, health_servicer, host, bound, guard, parameters.shared)
+    return RunningServer(server, store, hub, health_servicer, host, bound, guard, parameters.shared, transfer)
 
 
 def _bind_failure(host: str, port: int) -> str | None:

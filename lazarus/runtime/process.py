@@ -84,6 +84,8 @@ def _serve_and_learn(cfg, resume, listen, token_file, tls_cert, tls_key, on_read
         learner.close()
         raise
     echo(f"listening on {server.address}")
+    if server.server.transfer is not None:
+        echo(f"weight transfers to actors on other hosts on port {server.server.transfer.port}")
     if on_ready is not None:
         on_ready(server.address)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None

@@ -29,11 +29,12 @@ def serve_model(model_dir: str | Path, host: str = "127.0.0.1", port: int = DEFA
                 token_file: str | Path | None = None, tls_cert: str | Path | None = None,
                 tls_key: str | Path | None = None, mode: str = "sync", workers: int = 1,
                 max_staleness: int = 0, optimizer: str = "sgd", learning_rate: float = 1e-3,
-                state_dir: str | Path | None = None,
-                on_ready: Callable[[str, int], None] | None = None) -> int:
+                state_dir: str | Path | None = None, transfer_port: int = 0,
+                on_ready: Callable[[str, int, int | None], None] | None = None) -> int:
     """Serve the weights of `model_dir` until SIGINT/SIGTERM; returns the last version served.
 
-    `on_ready(address, version)` is called once the server listens (the CLI prints it).
+    `transfer_port`: the weight transfer socket for remote clients (0: a free port, -1: none).
+    `on_ready(address, version, transfer port or None)` is called once the server listens (the CLI prints it).
     """
     from lazarus.distributed.auth import check_bind, read_token
     from lazarus.distributed.server import ParameterStore, serve
@@ -47,10 +48,11 @@ def serve_model(model_dir: str | Path, host: str = "127.0.0.1", port: int = DEFA
     del model
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    running = serve(store, host=host, port=port, token=token, tls_cert=tls_cert, tls_key=tls_key)
+    running = serve(store, host=host, port=port, token=token, tls_cert=tls_cert, tls_key=tls_key,
+                    transfer_port=None if transfer_port < 0 else transfer_port)
     try:
         if on_ready is not None:
-            on_ready(running.address, store.version)
+            on_ready(running.address, store.version, running.transfer.port if running.transfer else None)
         stop.wait()
     finally:
         running.stop(grace=2.0)

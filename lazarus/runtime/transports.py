@@ -63,8 +63,9 @@ class LearnerServer:
         adapter = Path(cfg.model.adapter) if cfg.model.adapter else None
         self.run = RunSpec.from_paths(json.dumps(to_dict(cfg)).encode(), model_path, adapter, cfg.runtime.heartbeat_s)
         host, port = parse_address(listen)
+        transfer_port = cfg.runtime.transfer_port
         self.server = serve(self.store, host=host, port=port, token=token, tls_cert=tls_cert, tls_key=tls_key,
-                            hub=hub, run=self.run, log=log)
+                            hub=hub, run=self.run, log=log, transfer_port=None if transfer_port < 0 else transfer_port)
         self.hub = hub
 
     @property

@@ -4,6 +4,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from lazarus.distributed import parameter_server_pb2 as pb
 from lazarus.distributed.client import ParameterClient, ServerUnavailable
 
 LAZARUS = Path(sys.executable).with_name("lazarus")
-READY = re.compile(r"lazarus ps: serving .* on (\S+):(\d+) \(version (\d+), (\w+)\)")
+READY = re.compile(r"lazarus ps: serving .* on (\S+):(\d+) \(version (\d+), (\w+)[;)]")
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +47,7 @@ class CliServer:
             raise AssertionError(f"server did not start: {self.proc.stderr.read()}") from None
         match = READY.search(line)
         assert match, f"unexpected first line {line!r}"
+        self.line = line
         self.port, self.version = int(match.group(2)), int(match.group(3))
         self.address = f"127.0.0.1:{self.port}"
 
@@ -169,3 +171,28 @@ def test_a_second_serve_on_a_taken_port_fails_in_one_line_and_the_first_keeps_it
             assert client.info().version == 0
     finally:
         first.stop()
+
+
+def test_served_model_goes_to_remote_clients_through_the_transfer_port_it_prints(small_model_dir):
+    # given a free port, and `lazarus ps serve --transfer-port` on it
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    server = CliServer("--model", str(small_model_dir), "--port", "0", "--transfer-port", str(port))
+    try:
+        # then the ready line names it
+        assert f"weight transfers on port {port}" in server.line
+        # and a client pulling as from another host gets the weights through it, not the gRPC stream
+        with ParameterClient(server.address, timeout=30, shared_memory=False) as far, \
+                ParameterClient(server.address, timeout=30, shared_memory=False, transfer_socket=False) as streaming:
+            moved, streamed = far.pull_if_newer(-1), streaming.pull_if_newer(-1)
+            assert far.transfer_socket and moved.sha256 == streamed.sha256
+    finally:
+        server.kill()
+    # and `--transfer-port -1` serves without one
+    server = CliServer("--model", str(small_model_dir), "--port", "0", "--transfer-port", "-1")
+    try:
+        assert "weight transfers" not in server.line
+        with ParameterClient(server.address, timeout=30, shared_memory=False) as far:
+            assert far.pull_if_newer(-1).version == 0 and not far.transfer_socket
+    finally:
+        server.kill()

@@ -131,8 +131,9 @@ def test_the_weights_bench_prints_the_stream_vs_tcp_rows_and_the_broadcast_ratio
     result = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=600,
                             cwd=bench.parent.parent)
     assert result.returncode == 0, result.stderr[-4000:]
-    # then it prints a one-client steady row against raw TCP and the broadcast ratio, both positive
-    steady = re.search(r"^\s*1\s+steady\s.*\s([0-9.]+)$", result.stdout, re.MULTILINE)
+    # then it prints a one-client steady row with the transfer socket's and the stream's ratios to raw TCP,
+    # and the broadcast ratio, all positive
+    steady = re.search(r"^\s*1\s+steady\s.*\s([0-9.]+)\s+([0-9.]+)$", result.stdout, re.MULTILINE)
     ratio = re.search(r"broadcast 2 clients vs 1: time ratio ([0-9.]+)", result.stdout)
-    assert steady and float(steady.group(1)) > 0, result.stdout
+    assert steady and float(steady.group(1)) > 0 and float(steady.group(2)) > 0, result.stdout
     assert ratio and float(ratio.group(1)) > 0, result.stdout
