@@ -145,8 +145,10 @@ def preload_env() -> dict[str, str]:
 #: `exp` is a polynomial of `fma` calls: in software ~14 ns per element, 1.1 ns here); `-finline-limit`
 #: lets GCC inline that polynomial so the kernel loop vectorizes; `-ffp-contract=off` keeps every
 #: rounding as in MLX's own build (no fused multiply-adds it did not write), so results are bit-identical.
-NATIVE_JIT_FLAGS = ("-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
-                    "-finline-limit=100000")
+#: `-mprefer-vector-width=256`: GCC's tuning for some CPUs (AMD Zen 1) otherwise keeps loops at 128 bits
+#: (as fast there, 2.3-2.8 ns per element either way, and 256 bits on every AVX2 CPU elsewhere).
+NATIVE_JIT_FLAGS = ("-march=native", "-mprefer-vector-width=256", "-ffp-contract=off", "-fno-math-errno",
+                    "-fno-trapping-math", "-finline-limit=100000")
 _native_jit_dir: str | None = None
 
 
