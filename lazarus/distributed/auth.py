@@ -82,7 +82,8 @@ def server_credentials(cert_path: str | Path, key_path: str | Path) -> grpc.Serv
 
 def server_ssl_context(cert_path: str | Path, key_path: str | Path) -> ssl.SSLContext:
     """The same PEM files as a TLS server context for a plain socket (the weight transfer socket)."""
-    _read_pem(cert_path, "certificate"), _read_pem(key_path, "key")
+    _read_pem(cert_path, "certificate")  # a missing or non-PEM file is named before the TLS library's error
+    _read_pem(key_path, "key")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(str(cert_path), str(key_path))

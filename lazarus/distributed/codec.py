@@ -488,10 +488,9 @@ def destination_array(spec: pb.TensorSpec) -> tuple[mx.array, memoryview]:
 
 def sha256_digest(*pieces: bytes | memoryview) -> bytes:
     """The sha256 of `pieces` laid end to end."""
-    digest = hashlib.sha256(pieces[0]) if len(pieces) == 1 else hashlib.sha256()
-    if len(pieces) != 1:
-        for piece in pieces:
-            digest.update(piece)
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
     return digest.digest()
 
 

@@ -382,7 +382,8 @@ class ParameterService:
 
     A WatchVersions stream ends by itself after `watch_window_s` (the client reopens it), so it never
     reaches the server-side deadline at which the guard would cancel it. ShareWeights hands a loopback
-    peer the current snapshot in sealed shared memory (`shared`), one copy per version for the host.
+    peer the current snapshot in sealed shared memory (`shared`), one copy per version for the host;
+    OpenTransfer hands any caller a ticket for the snapshot on the transfer socket (`transfer`), if there is one.
     """
 
     def __init__(self, store: ParameterStore, watch_poll_s: float = 1.0, watch_window_s: float = 60.0,
