@@ -8,7 +8,8 @@ A problem is a dict:
      "kind": "arithmetic", "difficulty": 1, "wrong_solution": "12 + 7 = 18\\nAnswer: 18"}
 
 Every solution ends with the line `Answer: <answer>`; `wrong_solution` is the same working with a
-plausible slip in the final step (the rejected side of preference pairs). Canonical answers are
+plausible slip in the final step (the rejected side of preference pairs): a wrong number, or for half
+the comparisons the answer to the opposite question. Canonical answers are
 integers ("19", "-3"), fractions in lowest terms ("3/4"), terminating decimals ("12.5") or a choice
 letter ("A").
 
@@ -45,9 +46,14 @@ class _Draft:
     answer: str
     wrong_answer: str
     steps: list[str] = field(default_factory=list)
+    wrong_prefix: str | None = None  # the wrong solution's final-line prefix, when it differs
 
     def solution(self, answer: str) -> str:
         return "\n".join([*self.steps, self.final_prefix + answer, f"Answer: {answer}"])
+
+    def wrong_solution(self) -> str:
+        prefix = self.final_prefix if self.wrong_prefix is None else self.wrong_prefix
+        return "\n".join([*self.steps, prefix + self.wrong_answer, f"Answer: {self.wrong_answer}"])
 
 
 def generate_problems(n: int, *, kinds: list[str] | tuple[str, ...] | str | None = None, difficulty: int = 1,
@@ -77,7 +83,7 @@ def generate_problems(n: int, *, kinds: list[str] | tuple[str, ...] | str | None
         seen.add(draft.prompt)
         problems.append({"prompt": draft.prompt, "answer": draft.answer,
                          "solution": draft.solution(draft.answer), "kind": kind, "difficulty": difficulty,
-                         "wrong_solution": draft.solution(draft.wrong_answer)})
+                         "wrong_solution": draft.wrong_solution()})
     return problems
 
 
@@ -372,8 +378,17 @@ def _comparison(rng: random.Random, difficulty: int) -> _Draft:
     options = " or ".join(f"{letters[i]}: {texts[i]}" for i in range(n_choices))
     steps = [f"{letters[i]}: {texts[i]} = {_approx(values[i])}" for i in range(n_choices)
              if texts[i] != _approx(values[i])]
-    return _Draft(f"Which is {word}? {options}. Answer with the letter.", f"The {word} one is ",
-                  letters[best], letters[rng.choice(others)], steps)
+    prompt = f"Which is {word}? {options}. Answer with the letter."
+    draft = _Draft(prompt, f"The {word} one is ", letters[best], letters[rng.choice(others)], steps)
+    # Half the slips answer the opposite question ("The larger one is B" to "Which is smaller?"): a reward
+    # model that saw only wrong letters learns to check the letter against the word in the completion, not
+    # the question, and GRPO optimizing it found that hole (configs/grpo_rm_math.yaml). Drawn from the
+    # prompt, not `rng`, so every problem of every seed stays what it was.
+    if random.Random(prompt).random() < 0.5:
+        opposite = min if larger else max
+        draft.wrong_prefix = f"The {'smaller' if larger else 'larger'} one is "
+        draft.wrong_answer = letters[opposite(range(n_choices), key=lambda i: values[i])]
+    return draft
 
 
 _GENERATORS = {"arithmetic": _arithmetic, "fractions": _fractions, "percentages": _percentages,

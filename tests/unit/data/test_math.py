@@ -1,6 +1,9 @@
 """The math task generator and answer checking."""
 
+import collections
 import json
+import re
+from fractions import Fraction
 
 import pytest
 
@@ -27,6 +30,29 @@ def test_every_solution_ends_with_its_answer_and_every_wrong_solution_does_not(k
         assert answers_match(extract_answer(problem["solution"]), problem["answer"]), problem
         # and the rejected solution's does not
         assert not answers_match(extract_answer(problem["wrong_solution"]), problem["answer"]), problem
+
+
+@pytest.mark.parametrize("difficulty", [1, 3])
+def test_a_comparisons_slip_is_a_wrong_letter_or_the_answer_to_the_opposite_question(difficulty):
+    # given comparison problems (two choices at difficulty 1, three at 3)
+    problems = generate_problems(200, kinds=["comparison"], difficulty=difficulty, seed=0)
+    slips = collections.Counter()
+    for problem in problems:
+        word = "larger" if problem["prompt"].startswith("Which is larger?") else "smaller"
+        opposite = "smaller" if word == "larger" else "larger"
+        final = problem["wrong_solution"].splitlines()[-2]
+        letter = extract_answer(problem["wrong_solution"])
+        # then the rejected solution keeps the chosen one's working and changes only its last two lines
+        assert problem["wrong_solution"].splitlines()[:-2] == problem["solution"].splitlines()[:-2]
+        assert final == f"The {word} one is {letter}" or final == f"The {opposite} one is {letter}", problem
+        slips[final.split()[1] == word] += 1
+        if final.split()[1] == opposite:  # and names the right answer to the question it wrongly answers
+            values = dict(re.findall(r"([ABC]): (\S+?)(?= or|\. Answer)", problem["prompt"]))
+            numbers = {k: float(Fraction(v.rstrip("%")) / (100 if v.endswith("%") else 1)) for k, v in values.items()}
+            pick = max if opposite == "larger" else min
+            assert letter == pick(numbers, key=numbers.get), problem
+    # and both slips are common (about half each)
+    assert 0.3 < slips[False] / len(problems) < 0.7
 
 
 def test_difficulty_one_arithmetic_is_short_with_one_and_two_digit_operands():
