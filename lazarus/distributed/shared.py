@@ -3,13 +3,14 @@
 Over gRPC the server serializes every byte once per client, so N actors on its host cost it N streams
 (bench/weights.py). Instead, once per version, `SharedSnapshots` writes the snapshot's payload (the
 chunks' data end to end, as `codec` lays them out) into a memfd, seals it against writes and resizing,
-checks the sealed bytes against the chunk digests (on `codec.HASH_THREADS` threads), and hands out its `/proc/<pid>/fd/<n>` path with the
-header over the authenticated `ShareWeights` call, to loopback peers only. `read_shared` opens that
-path, checks it is the same sealed file (inode, device, size, seals), maps it read-only and copies each
-tensor once into a new array: no per-client hashing, no framing, no server thread per byte. (Reading
-into `mx.zeros` instead wrote every page twice: with 8 actors on 2 cores a version took 1.58x the time it
-took 1 actor; with one copy and the server's check on two threads, 1.32-1.46x: bench/weights.py.) The seals keep the mapping's
-size, so a reader cannot fault past its end.
+checks the sealed bytes against the chunk digests (on `codec.HASH_THREADS` threads), and hands out its
+`/proc/<pid>/fd/<n>` path with the header over the authenticated `ShareWeights` call, to loopback peers
+only. `read_shared` opens that path, checks it is the same sealed file (inode, device, size, seals),
+maps it read-only and copies each tensor once into a new array: no per-client hashing, no framing, no
+server thread per byte. (Reading into `mx.zeros` instead wrote every page twice: with 8 actors on 2
+cores a version took 1.58x the time it took 1 actor; with one copy and the server's check on two
+threads, 1.32-1.53x: bench/weights.py.) The seals keep the mapping's size, so a reader cannot fault
+past its end.
 
 The kernel lets only processes of the server's user open the path. Nothing needs cleaning up: the
 memory is freed when the server has moved on to a newer version and the last reader has closed it,
