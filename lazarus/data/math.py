@@ -48,12 +48,9 @@ class _Draft:
     steps: list[str] = field(default_factory=list)
     wrong_prefix: str | None = None  # the wrong solution's final-line prefix, when it differs
 
-    def solution(self, answer: str) -> str:
-        return "\n".join([*self.steps, self.final_prefix + answer, f"Answer: {answer}"])
-
-    def wrong_solution(self) -> str:
-        prefix = self.final_prefix if self.wrong_prefix is None else self.wrong_prefix
-        return "\n".join([*self.steps, prefix + self.wrong_answer, f"Answer: {self.wrong_answer}"])
+    def solution(self, answer: str, final_prefix: str | None = None) -> str:
+        final_prefix = self.final_prefix if final_prefix is None else final_prefix
+        return "\n".join([*self.steps, final_prefix + answer, f"Answer: {answer}"])
 
 
 def generate_problems(n: int, *, kinds: list[str] | tuple[str, ...] | str | None = None, difficulty: int = 1,
@@ -83,7 +80,7 @@ def generate_problems(n: int, *, kinds: list[str] | tuple[str, ...] | str | None
         seen.add(draft.prompt)
         problems.append({"prompt": draft.prompt, "answer": draft.answer,
                          "solution": draft.solution(draft.answer), "kind": kind, "difficulty": difficulty,
-                         "wrong_solution": draft.wrong_solution()})
+                         "wrong_solution": draft.solution(draft.wrong_answer, draft.wrong_prefix)})
     return problems
 
 

@@ -208,6 +208,8 @@ class ExperienceHub:
         """Up to `max_groups` whole groups, oldest first; waits at most `timeout` s for the first one."""
         with self._cv:
             self._cv.wait_for(lambda: self._groups or self.stopped, timeout)
+            if not self._groups:
+                self._expire_locked()  # the learner is short of work: hand a dead actor's tasks to the living
             taken = []
             while self._groups and len(taken) < max_groups:
                 group = self._groups.popleft()
@@ -270,7 +272,8 @@ class ExperienceHub:
                 "actors": {a.actor_id: {"last_heartbeat_s_ago": round(now - a.last_seen, 3),
                                         "policy_version": a.policy_version, "tasks_completed": a.tasks_completed,
                                         "tasks_leased": holding.get(a.actor_id, 0),
-                                        "trajectories": a.trajectories, **a.stats}
+                                        "trajectories": a.trajectories, **a.stats,
+                                        "alive": now - a.last_seen <= self.lease_s}  # heard from within a lease
                            for a in self.actors.values()},
                 **self.extra_status(),
             }

@@ -263,7 +263,6 @@ class Coordinator:
             if not taken:
                 if self.pump is not None and self.pump():
                     continue
-                self.hub.expire_leases()
                 self.watchdog()
                 if time.monotonic() - waited_since > WAIT_LOG_S:
                     self.echo(f"learner: waiting for trajectories at version {self.learner.policy_version} "
@@ -295,8 +294,7 @@ class Coordinator:
 
     # --- metrics ------------------------------------------------------------------------------
     def live_actors(self) -> dict[str, dict]:
-        lease = self.cfg.runtime.lease_s
-        return {k: v for k, v in self.hub.status()["actors"].items() if v["last_heartbeat_s_ago"] <= lease}
+        return {k: v for k, v in self.hub.status()["actors"].items() if v["alive"]}
 
     def runtime_metrics(self, batch: list[Trajectory], *, wait_s: float, update_s: float, publish_s: float,
                         step_s: float) -> dict:
@@ -319,7 +317,7 @@ class Coordinator:
             if d_gen > 0:
                 generation_s.append(d_gen)
                 self._actor_rates[actor_id] = d_tokens / d_gen
-            if actor_id in self._actor_rates and stats["last_heartbeat_s_ago"] <= self.cfg.runtime.lease_s:
+            if actor_id in self._actor_rates and stats["alive"]:
                 # its rate over what it generated since the last step, or, when it generated nothing since
                 # (an async actor that is a batch ahead), over its latest generation
                 rates.append(self._actor_rates[actor_id])
@@ -329,7 +327,7 @@ class Coordinator:
                 sync_bytes.append(stats.get("weight_sync_bytes", 0.0))
                 waits.append(stats.get("wait_for_weights_s", 0.0) - before.get("wait_for_weights_s", 0.0))
             self._actor_stats[actor_id] = dict(stats)
-        metrics["actors"] = sum(1 for s in actors.values() if s["last_heartbeat_s_ago"] <= self.cfg.runtime.lease_s)
+        metrics["actors"] = sum(1 for s in actors.values() if s["alive"])
         if generation_s:
             metrics["generation_s"] = max(generation_s)
         if rates:

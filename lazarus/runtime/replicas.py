@@ -175,7 +175,7 @@ class ReplicaGroup:
         if _exit_code(self.handles.get(replica_id)) is not None:
             return False
         seen = self.hub.status()["actors"].get(replica_id)
-        return seen is not None and seen["last_heartbeat_s_ago"] <= self.lease_s
+        return seen is not None and seen["alive"]
 
     def _lost(self, replica_id: str, when: str) -> None:
         code = _exit_code(self.handles.get(replica_id))

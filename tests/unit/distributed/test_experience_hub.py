@@ -34,6 +34,26 @@ class Clock:
         return self.now
 
 
+def test_a_learner_short_of_groups_requeues_a_silent_actors_task_and_sees_that_actor_as_not_alive():
+    clock = Clock()
+    hub = ExperienceHub(lease_s=10.0, clock=clock)
+    hub.put_task(task("t0"))
+    # given a0 leased t0, and a1 joined later; then a0 went silent past its lease while a1 kept beating
+    assert hub.next_task("a0").task.task_id == "t0"
+    clock.now = 6.0
+    hub.heartbeat("a1", 0)
+    assert {k: v["alive"] for k, v in hub.status()["actors"].items()} == {"a0": True, "a1": True}
+    clock.now = 11.0
+    hub.heartbeat("a1", 0)
+    # when the learner asks for groups and none is waiting
+    assert hub.take_groups(1, timeout=0) == []
+    # then the hub has put t0 back in the queue, for the next actor that asks
+    assert hub.counts.tasks_requeued == 1
+    assert hub.next_task("a1").task.task_id == "t0"
+    # and reports a0 as not alive, a1 as alive (heard from within a lease)
+    assert {k: v["alive"] for k, v in hub.status()["actors"].items()} == {"a0": False, "a1": True}
+
+
 def test_a_task_whose_lease_runs_out_is_requeued_first_and_its_late_push_is_a_duplicate():
     clock = Clock()
     hub = ExperienceHub(lease_s=10.0, clock=clock)
