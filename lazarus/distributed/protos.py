@@ -1,13 +1,16 @@
 """Generate the Python gRPC modules from `protos/lazarus/v1/*.proto` into `lazarus/distributed/`.
 
 `python -m lazarus.distributed.protos` (what `make protos` runs) regenerates them; `stale_modules()`
-says which committed modules differ from what the .proto files generate now (a test fails on any).
+says which committed modules differ from what the .proto files generate now (a test fails on any), apart
+from the stamps of the generating tools' versions: a fresh install may bring a newer grpcio-tools patch
+release, whose modules differ from the committed ones only in `GRPC_GENERATED_VERSION` and the like.
 protoc writes `lazarus/v1/x_pb2.py` importing `from lazarus.v1 import ...`; we move the modules here
 and point those imports at `lazarus.distributed`, so the .proto package name stays `lazarus.v1`.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +19,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PROTO_ROOT = PACKAGE_DIR.parent.parent / "protos"
 PROTO_PACKAGE = "lazarus/v1"
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+#: What protoc and grpcio-tools stamp with their own versions (the minimum runtime each module accepts).
+TOOL_VERSION_STAMPS = re.compile(r"^GRPC_GENERATED_VERSION = .*$|^# Protobuf Python Version: .*$"
+                                 r"|ValidateProtobufRuntimeVersion\([^)]*\)", re.MULTILINE)
 
 
 class ProtocError(RuntimeError):
@@ -56,12 +62,17 @@ def generate(target: Path = PACKAGE_DIR) -> list[Path]:
     return written
 
 
+def _without_tool_versions(text: str) -> str:
+    return TOOL_VERSION_STAMPS.sub("<tool version>", text)
+
+
 def stale_modules(target: Path = PACKAGE_DIR) -> list[str]:
-    """Generated module names in `target` that are missing or differ from a fresh generation."""
+    """Generated module names in `target` that are missing or differ from a fresh generation (tool version
+    stamps aside)."""
     with tempfile.TemporaryDirectory() as tmp:
         rendered = _render(Path(tmp))
-    return [name for name, text in rendered.items()
-            if not (target / name).exists() or (target / name).read_text() != text]
+    return [name for name, text in rendered.items() if not (target / name).exists()
+            or _without_tool_versions((target / name).read_text()) != _without_tool_versions(text)]
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The committed gRPC modules are what the .proto files generate now."""
 
+import re
+
 from lazarus.distributed.protos import proto_files, stale_modules
 
 
@@ -22,3 +24,22 @@ def test_stale_check_notices_a_changed_module(tmp_path):
     (tmp_path / "experience_pb2_grpc.py").unlink()
     # when checked, then both the edited and the missing module are reported
     assert sorted(stale_modules(tmp_path)) == ["experience_pb2_grpc.py", "parameter_server_pb2.py"]
+
+
+
+def test_a_module_stamped_by_another_grpcio_tools_release_is_not_stale(tmp_path):
+    # given a copy of the generated modules whose version stamps name other tool releases
+    from lazarus.distributed import protos
+
+    for path in protos.PACKAGE_DIR.iterdir():
+        if path.name.endswith(protos.SUFFIXES):
+            text = path.read_text()
+            text = re.sub(r"GRPC_GENERATED_VERSION = '[^']*'", "GRPC_GENERATED_VERSION = '9.99.9'", text)
+            text = re.sub(r"# Protobuf Python Version: .*", "# Protobuf Python Version: 9.99.9", text)
+            text = re.sub(r"(ValidateProtobufRuntimeVersion\(\s*_runtime_version.Domain.PUBLIC,\s*)\d+",
+                          r"\g<1>99", text)
+            (tmp_path / path.name).write_text(text)
+    assert "9.99.9" in (tmp_path / "replicas_pb2_grpc.py").read_text()
+    assert "PUBLIC,\n    99," in (tmp_path / "replicas_pb2.py").read_text()
+    # when checked, then none is stale: only the .proto contents count
+    assert stale_modules(tmp_path) == []
