@@ -35,9 +35,13 @@ pytest.importorskip("ray")
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
 STEPS = 16 if REDUCED else 30
-RAY_PORT = 6379
+# `make test`'s xdist workers: each worker that runs a test here starts its own head in its own namespace, and
+# `ray start` refuses an address that a running GCS process has on the command line, whatever its namespace
+# (it found the other worker's at 6379), so each worker takes its own port.
+RAY_PORT = 6379 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+# One xdist group, so that these tests share one worker and its one Ray head where the scheduler allows.
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 def env() -> dict[str, str]:

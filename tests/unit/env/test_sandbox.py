@@ -7,6 +7,10 @@ import pytest
 from lazarus.env.tools.registry import ToolError
 from lazarus.env.tools.sandbox import SandboxLimits, python_tool, run_python
 
+# One xdist group: every sandboxed child runs as `nobody`, whose process count RLIMIT_NPROC bounds, so a fork
+# bomb under test on one worker made another worker's sandboxed exec fail with EAGAIN.
+pytestmark = pytest.mark.xdist_group("sandbox")
+
 LIMITS = SandboxLimits(cpu_seconds=2, memory_bytes=256 << 20, file_bytes=1 << 20, processes=16, wall_seconds=6)
 
 
