@@ -161,16 +161,21 @@ def run_size(size: str, steps: int, baseline_repeats: int, sampling: tuple[str, 
     return summary
 
 
-def overlap(size: str, steps: int, sampling: tuple[str, ...], prepared: tuple[Path, Path, Path]) -> dict:
+def overlap(size: str, steps: int, sampling: tuple[str, ...], prepared: tuple[Path, Path, Path],
+            quick: bool = False) -> dict:
     """The same step through the CLI: the local launcher (generate, then update) and the process launcher in
     async mode with max staleness 1 (one actor generates the next batch while the learner updates).
 
     Seconds per step from each run's metrics.jsonl after its warm-up steps. EOS stays on here (a random-init
-    model ends ~3% of its 32-token completions early, alike in both runs)."""
+    model ends ~3% of its 32-token completions early, alike in both runs).
+
+    The rate is the mean over the steps after two warm-up steps (a pipeline's steps alternate between
+    waiting for a batch and not, so a median would flatter it): OVERLAP_STEPS of them, since with 8 one
+    hiccup of the host (a 1.5 s step among 0.24-0.63 s ones, 7 Dec 2026) moved the tiny async rate by 50%."""
     from runtime import train_cli
 
     work, data, model_dir = prepared
-    steps = max(steps, 8)  # two warm-up steps are left out of the rate
+    steps = max(steps, 8 if quick else OVERLAP_STEPS)  # two warm-up steps are left out of the rate
     base = [f"model.path={model_dir}", f"data.train={data}", "training.progress=false", "training.eval_every=0",
             "training.save_every=0", f"training.batch_size={PROMPTS}", f"training.max_steps={steps}",
             f"generation.num_generations={GROUP}", f"generation.max_new_tokens={NEW_TOKENS}",
@@ -228,6 +233,8 @@ def forward_breakdown(model, rows: int, width: int) -> dict:
             "rows": rows, "width": width}
 
 
+#: Steps of each run through the CLI in `overlap` (two of them warm-up).
+OVERLAP_STEPS = 16
 SAMPLINGS = {"T=1": (), "top-k 20, top-p 0.95": ("generation.top_k=20", "generation.top_p=0.95")}
 PEERS_PYTHON = Path(__file__).resolve().parent.parent / ".venv-peers" / "bin" / "python"
 
@@ -316,7 +323,7 @@ def main() -> None:
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:  # a fresh process: its own peak RSS
             summaries.append(pool.submit(run_size, size, steps, baseline_repeats, (), prepared).result())
         print(f"\n{size}: the same step through the CLI, local launcher vs async overlap", flush=True)
-        summaries[-1].update(overlap(size, 2 if args.quick else steps, (), prepared))
+        summaries[-1].update(overlap(size, 2 if args.quick else steps, (), prepared, quick=args.quick))
 
     print("\nsummary (median over timed steps)")
     print(f"{'size':>6} {'step_s':>7} {'gen_s':>7} {'update_s':>8} {'peak RSS GB':>11} "
