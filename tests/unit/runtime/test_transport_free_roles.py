@@ -21,6 +21,17 @@ def test_the_coordinator_roles_and_local_launcher_load_neither_grpc_nor_ray():
     assert done.stdout.strip() == ""
 
 
+def test_the_coordinator_loads_no_module_of_the_distributed_package():
+    # given a fresh interpreter
+    # when it imports the coordinator alone
+    code = ("import sys, lazarus.runtime.coordinator; "
+            "print(' '.join(m for m in sys.modules if m.startswith('lazarus.distributed')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # then nothing of the transport package came with it: it reads the experience queue through a protocol
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == ""
+
+
 def test_the_grpc_transport_does_load_grpc():
     # given a fresh interpreter (the check above could pass by never detecting anything)
     # when it imports the gRPC Experience service
