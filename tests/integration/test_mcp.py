@@ -19,7 +19,7 @@ LAZARUS = str(Path(sys.executable).parent / "lazarus")
 DYING = f"{sys.executable} {Path(__file__).parent / 'dying_mcp_server.py'}"
 
 
-@pytest.mark.xdist_group("sandbox")  # its python call runs as `nobody`, beside test_sandbox.py's fork bomb
+@pytest.mark.xdist_group("sandbox")  # its python call is a `main.py` that test_sandbox.py's fork-bomb test counts
 def test_client_lists_and_calls_the_shipped_server_tools():
     # given the shipped server as a real subprocess
     with MCPServerTools(SHIPPED, timeout_s=30) as server:

@@ -9,8 +9,11 @@ child before it runs anything:
 - a wall-clock timeout, after which the whole process group (the child and anything it forked) is killed;
 - its own network namespace with only a down loopback (no network) when the actor runs as root on Linux.
 
-RLIMIT_NPROC counts every process of the user, and root ignores it, so as root the child also drops to the
-`nobody` user: then the process limit binds and the code cannot read root's files. Not as root, the network
+RLIMIT_NPROC counts every process of the user, and root ignores it, so as root the child also drops to a
+user of its own: a uid drawn at random per call from a range no account uses (`SANDBOX_UIDS`), with no
+groups. The process limit then binds, the code cannot read root's files, and two calls running at once (or a
+fork bomb's orphans still dying) never share one process count: with one shared user such as `nobody`, a
+fork bomb in one rollout made every other rollout's sandboxed exec fail with EAGAIN. Not as root, the network
 stays reachable (unprivileged processes cannot make a namespace without user namespaces) and the process
 limit counts the user's other processes too; `SandboxLimits.isolation()` says what applied.
 """
@@ -20,17 +23,21 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
+import secrets
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lazarus.env.tools.registry import Tool, ToolError, tool
 
 CLONE_NEWNET = 0x40000000
-NOBODY = 65534
+# 2^24 uids above systemd's container range (524288-1879048191) and below 2^31 (uids past it upset some
+# tools): no account owns them, so a sandboxed child shares its process count with nothing.
+SANDBOX_UIDS = range(0x7A000000, 0x7B000000)
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class SandboxLimits:
     def isolation() -> dict[str, bool]:
         """Which protections this process can give its children."""
         root = os.geteuid() == 0 and sys.platform.startswith("linux")
-        return {"rlimits": True, "no_network": root, "drop_to_nobody": root}
+        return {"rlimits": True, "no_network": root, "own_user": root}
 
 
 @dataclass
@@ -69,9 +76,9 @@ class SandboxResult:
         return "\n".join(p for p in parts if p) or "(no output)"
 
 
-def _limit_child(limits: SandboxLimits, isolate: bool):
+def _limit_child(limits: SandboxLimits, uid: int | None):
     def preexec() -> None:  # runs in the child between fork and exec: no Python objects shared after this
-        if isolate:
+        if uid is not None:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.unshare(CLONE_NEWNET)  # failure leaves the network as is (documented in isolation())
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
@@ -79,16 +86,16 @@ def _limit_child(limits: SandboxLimits, isolate: bool):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
         resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if isolate:
+        if uid is not None:
             os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
+            os.setgid(uid)
+            os.setuid(uid)
 
     return preexec
 
 
 def _others_can_run(path: str) -> bool:
-    """Whether a user with no rights of its own (nobody) can execute `path` (every directory searchable)."""
+    """Whether a user with no rights of its own can execute `path` (every directory searchable by others)."""
     real = Path(os.path.realpath(path))
     try:
         return all(p.stat().st_mode & 0o001 for p in [real, *real.parents])
@@ -97,7 +104,7 @@ def _others_can_run(path: str) -> bool:
 
 
 def interpreter(isolate: bool) -> str | None:
-    """The Python the sandbox runs: this one, or as `nobody` the first one `nobody` may execute."""
+    """The Python the sandbox runs: this one, or under a user of its own the first one any user may execute."""
     if not isolate:
         return sys.executable
     for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
@@ -108,51 +115,52 @@ def interpreter(isolate: bool) -> str | None:
 
 def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
     """Run `code` under `limits` in an empty temporary directory; never raises for what the code does."""
-    isolate = SandboxLimits.isolation()["drop_to_nobody"]
+    isolate = SandboxLimits.isolation()["own_user"]
+    uid = SANDBOX_UIDS[secrets.randbelow(len(SANDBOX_UIDS))] if isolate else None
     python = interpreter(isolate)
     if python is None:
-        raise ToolError("python: no Python interpreter that the sandbox user (nobody) may run "
-                        f"({sys.executable} is in a directory it cannot enter)", "tool_error")
+        raise ToolError("python: no Python interpreter that the sandbox user may run "
+                        f"({sys.executable} is in a directory other users cannot enter)", "tool_error")
     with tempfile.TemporaryDirectory(prefix="lazarus-sandbox-") as workdir:
         work = Path(workdir)
-        if isolate:
-            os.chown(work, NOBODY, NOBODY)
+        if uid is not None:
+            os.chown(work, uid, uid)
         (work / "main.py").write_text(code, encoding="utf-8")
         stdout_path, stderr_path = work / ".stdout", work / ".stderr"
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-            if isolate:
-                os.chown(stdout_path, NOBODY, NOBODY)
-                os.chown(stderr_path, NOBODY, NOBODY)
+            if uid is not None:
+                os.chown(stdout_path, uid, uid)
+                os.chown(stderr_path, uid, uid)
             process = subprocess.Popen(
                 [python, "-I", "-S", "main.py"], cwd=work, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=err, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir},
-                preexec_fn=_limit_child(limits, isolate), start_new_session=True, close_fds=True)
+                preexec_fn=_limit_child(limits, uid), start_new_session=True, close_fds=True)
             timed_out = False
             try:
                 process.wait(timeout=limits.wall_seconds)
             except subprocess.TimeoutExpired:
                 timed_out = True
             finally:
-                _kill_group(process.pid)
-                process.wait()
+                _kill_group(process)
         return SandboxResult(process.returncode, _head(stdout_path, limits.output_chars),
                              _head(stderr_path, limits.output_chars), timed_out)
 
 
-def _kill_group(pgid: int, wait_s: float = 5.0) -> None:
-    """Kill the sandbox's whole process group and wait (bounded) until it is gone: a fork bomb's orphans,
-    until init reaps them, would still count against the next run's process limit."""
-    import time
-
+def _kill_group(process: subprocess.Popen, wait_s: float = 5.0) -> None:
+    """Kill the sandbox's whole process group (the child leads it) and wait, bounded, until it is gone: its
+    members hold their uid's process slots and the machine's memory until init reaps them. The leader is ours
+    to reap first: unreaped, it alone would keep the group alive for the whole `wait_s`."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            os.killpg(pgid, signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
-            return
+            break
+        process.poll()
         if time.monotonic() > deadline:
-            return
-        time.sleep(0.02)
+            break
+        time.sleep(0.01)
+    process.wait()
 
 
 def _head(path: Path, chars: int) -> str:
