@@ -40,7 +40,7 @@ MB = 1024 * 1024
 #: a rollout actor drops the version it replaces. A process's first pull also pays for mapping fresh
 #: memory (its receive buffers and destination arrays, and under a VM the host backing them); the
 #: median of the later pulls is its steady state, reported as "steady" for both transports.
-PULLS = 4
+PULLS = 6  # the median of 5 steady rounds: on a 2-core host one slow round in 3 moved the median by 20-40%
 
 
 def snapshot_weights(total_bytes: int, tensor_bytes: int = 32 * MB) -> dict[str, mx.array]:

@@ -137,7 +137,8 @@ def tensor_specs(tensors: Mapping[str, mx.array], trainable: Iterable[str] = ())
     return specs
 
 
-def _tensor_bytes(value: mx.array) -> memoryview:
+def tensor_bytes(value: mx.array) -> memoryview:
+    """The bytes of an evaluated tensor, as laid out in a payload (a view where MLX's layout allows)."""
     if value.dtype == mx.bfloat16:
         value = value.view(mx.uint16)
     return memoryview(np.ascontiguousarray(np.array(value, copy=False)).reshape(-1)).cast("B")
@@ -151,19 +152,19 @@ def encode(tensors: Mapping[str, mx.array], version: int, scope: int = pb.SCOPE_
         raise ValueError(f"chunk_bytes must be in 1..{CHUNK_BYTES}, got {chunk_bytes}")
     specs = tensor_specs(tensors, trainable)
     total = sum(s.nbytes for s in specs)
-    digests = hashlib.sha256()  # over the chunks' digests
+    chunk_digests: list[bytes] = []  # the header's sha256 is over these
     parts: list[bytes] = [b""]  # the header goes first once the digest is known
     buffer, filled = bytearray(min(chunk_bytes, total)), 0
 
     def add_chunk(data: memoryview) -> None:
         chunk_digest = hashlib.sha256(data).digest()
-        digests.update(chunk_digest)
+        chunk_digests.append(chunk_digest)
         index = len(parts) - 1
         parts.append(chunk_message(index, index * chunk_bytes, data, chunk_digest))
 
     mx.eval(list(tensors.values()))
     for value in tensors.values():
-        raw = _tensor_bytes(value)
+        raw = tensor_bytes(value)
         pos = 0
         while pos < len(raw):
             n = min(len(raw) - pos, chunk_bytes - filled)
@@ -178,11 +179,19 @@ def encode(tensors: Mapping[str, mx.array], version: int, scope: int = pb.SCOPE_
             pos += n
     if filled:
         add_chunk(memoryview(buffer)[:filled])
-    header = pb.SnapshotHeader(version=version, scope=scope, tensors=specs, total_bytes=total,
-                               chunk_bytes=chunk_bytes, num_chunks=len(parts) - 1, sha256=digests.digest(),
-                               worker_id=worker_id, push_id=push_id)
+    header = snapshot_header(specs, version, scope, chunk_bytes, chunk_digests, worker_id, push_id)
     parts[0] = pb.SnapshotPart(header=header).SerializeToString()
     return EncodedSnapshot(header, parts)
+
+
+def snapshot_header(specs: list[pb.TensorSpec], version: int, scope: int, chunk_bytes: int,
+                    chunk_digests: Iterable[bytes], worker_id: str = "", push_id: str = "") -> pb.SnapshotHeader:
+    """The header of a payload laid out as `specs` say, in chunks of `chunk_bytes` with these sha256s."""
+    chunk_digests = list(chunk_digests)
+    return pb.SnapshotHeader(version=version, scope=scope, tensors=specs,
+                             total_bytes=sum(s.nbytes for s in specs), chunk_bytes=chunk_bytes,
+                             num_chunks=len(chunk_digests), sha256=sha256_digest(*chunk_digests),
+                             worker_id=worker_id, push_id=push_id)
 
 
 # -- chunk messages without protobuf copies -------------------------------------------------------------

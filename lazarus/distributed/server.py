@@ -147,13 +147,21 @@ class ParameterStore:
                 cached = self._snapshots.get(scope)
             if cached is not None and cached.version == version:
                 return cached
-            names = self.trainable if scope == pb.SCOPE_TRAINABLE else list(weights)
-            encoded = codec.encode({n: weights[n] for n in names}, version, scope, trainable=self.trainable)
+            encoded = codec.encode(self._scoped(weights, scope), version, scope, trainable=self.trainable)
             with self._changed:
                 self.encode_count += 1
                 if self.version == version:
                     self._snapshots[scope] = encoded
             return encoded
+
+    def current(self, scope: int = pb.SCOPE_FULL) -> tuple[int, dict[str, mx.array], list[str]]:
+        """The current version, its tensors in `scope` (evaluated, never changed later) and the trainable names."""
+        with self._changed:
+            return self.version, self._scoped(self.weights, scope), list(self.trainable)
+
+    def _scoped(self, weights: dict[str, mx.array], scope: int) -> dict[str, mx.array]:
+        names = self.trainable if scope == pb.SCOPE_TRAINABLE else list(weights)
+        return {n: weights[n] for n in names}
 
     def tensor_specs(self) -> list[pb.TensorSpec]:
         with self._changed:
@@ -390,7 +398,7 @@ class ParameterService:
                  transfer: TransferListener | None = None):
         self.store = store
         self.watch_poll_s, self.watch_window_s = watch_poll_s, watch_window_s
-        self.shared = SharedSnapshots(store.snapshot)
+        self.shared = SharedSnapshots(store.current)
         self.transfer = transfer
 
     def GetServerInfo(self, request, context):

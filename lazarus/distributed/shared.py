@@ -1,16 +1,20 @@
 """Same-host weight broadcast through sealed shared memory: one copy per host, read straight into arrays.
 
 Over gRPC the server serializes every byte once per client, so N actors on its host cost it N streams
-(bench/weights.py). Instead, once per version, `SharedSnapshots` writes the snapshot's payload (the
-chunks' data end to end, as `codec` lays them out) into a memfd, seals it against writes and resizing,
-checks the sealed bytes against the chunk digests (on `codec.HASH_THREADS` threads), and hands out its
+(bench/weights.py). Instead, once per version, `SharedSnapshots` writes the version's tensors into a
+memfd straight from their arrays, laid out as `codec` lays out a payload, seals it against writes and
+resizing, and hashes the sealed bytes chunk by chunk (on `codec.HASH_THREADS` threads) for the header:
+the digests are of what every reader maps, and equal to those a stream of the version carries (the same
+bytes in the same chunks), so no chunk messages are built for it. It hands out the memfd's
 `/proc/<pid>/fd/<n>` path with the header over the authenticated `ShareWeights` call, to loopback peers
 only. `read_shared` opens that path, checks it is the same sealed file (inode, device, size, seals),
 maps it read-only and copies each tensor once into a new array: no per-client hashing, no framing, no
-server thread per byte. (Reading into `mx.zeros` instead wrote every page twice: with 8 actors on 2
-cores a version took 1.58x the time it took 1 actor; with one copy and the server's check on two
-threads, 1.32-1.53x: bench/weights.py.) The seals keep the mapping's size, so a reader cannot fault
-past its end.
+server thread per byte. The seals keep the mapping's size, so a reader cannot fault past its end.
+(Reading into `mx.zeros` instead wrote every page twice: with 8 actors on 2 cores a version took 1.58x
+the time it took 1 actor. Building the segment from the stream's encoded chunks, then checking it
+against their digests, cost the server ~190 ms per 100 MB version against ~100 ms now, and copying
+the chunks into fresh memory took 10-260 ms depending on what the kernel had at hand: bench/weights.py,
+docs/parameter-server.md.)
 
 The kernel lets only processes of the server's user open the path. Nothing needs cleaning up: the
 memory is freed when the server has moved on to a newer version and the last reader has closed it,
@@ -48,21 +52,22 @@ def _seals() -> int:
 
 
 class _Segment:
-    """One sealed memfd holding one snapshot's payload."""
+    """One sealed memfd holding one version's payload, and the header whose digests are of its sealed bytes."""
 
-    def __init__(self, encoded: codec.EncodedSnapshot):
-        header = encoded.header
-        fd = os.memfd_create(f"lazarus-v{header.version}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    def __init__(self, version: int, scope: int, tensors: dict[str, mx.array], trainable: list[str]):
+        specs = codec.tensor_specs(tensors, trainable)
+        total = sum(spec.nbytes for spec in specs)
+        fd = os.memfd_create(f"lazarus-v{version}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            os.ftruncate(fd, header.total_bytes)
-            offset = 0
-            for part in encoded.parts[1:]:
-                data = codec.read_chunk(part).data
+            os.ftruncate(fd, total)
+            for spec, value in zip(specs, tensors.values()):
+                data, offset = codec.tensor_bytes(value), spec.offset
                 while data:
                     written = os.pwrite(fd, data, offset)
                     data, offset = data[written:], offset + written
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _seals())
-            _check_digests(fd, encoded)  # what is sealed is what the digests say, for every reader
+            header = codec.snapshot_header(specs, version, scope, codec.CHUNK_BYTES,
+                                           _chunk_digests(fd, total, codec.CHUNK_BYTES))
         except BaseException:
             os.close(fd)
             raise
@@ -75,30 +80,26 @@ class _Segment:
         os.close(self.fd)  # readers that opened it keep their own reference
 
 
-def _check_digests(fd: int, encoded: codec.EncodedSnapshot) -> None:
-    """Hash the sealed bytes chunk by chunk (on `codec.HASH_THREADS` threads) against the chunks' sha256s."""
-    header = encoded.header
-    if not header.total_bytes:
-        return
-    mapped = mmap.mmap(fd, header.total_bytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+def _chunk_digests(fd: int, total: int, chunk_bytes: int) -> list[bytes]:
+    """The sha256 of each chunk of the sealed bytes, hashed on `codec.HASH_THREADS` threads."""
+    if not total:
+        return []
+    mapped = mmap.mmap(fd, total, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     try:
         with memoryview(mapped) as whole, futures.ThreadPoolExecutor(codec.HASH_THREADS) as pool:
-            starts = range(0, header.total_bytes, header.chunk_bytes)
-            digests = pool.map(lambda start: codec.sha256_digest(whole[start:start + header.chunk_bytes]), starts)
-            for index, (digest, part) in enumerate(zip(digests, encoded.parts[1:])):
-                if digest != codec.read_chunk(part).sha256:
-                    raise SharedSnapshotError(f"shared memory for version {header.version}: chunk {index} does "
-                                              f"not match its sha256")
+            return list(pool.map(lambda start: codec.sha256_digest(whole[start:start + chunk_bytes]),
+                                 range(0, total, chunk_bytes)))
     finally:
         mapped.close()
 
 
 class SharedSnapshots:
-    """The server's side: the sealed memfd of the current snapshot of each scope, built on first request."""
+    """The server's side: the sealed memfd of the current version of each scope, built on first request."""
 
-    def __init__(self, snapshot: Callable[[int], codec.EncodedSnapshot]):
-        """`snapshot(scope)` returns the current encoded snapshot (`ParameterStore.snapshot`)."""
-        self._snapshot = snapshot
+    def __init__(self, current: Callable[[int], tuple[int, dict[str, mx.array], list[str]]]):
+        """`current(scope)` returns the version, its tensors in that scope and the trainable names
+        (`ParameterStore.current`)."""
+        self._current = current
         self._segments: dict[int, _Segment] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -106,16 +107,15 @@ class SharedSnapshots:
     def share(self, scope: int) -> pb.SharedSnapshot:
         if not SUPPORTED:
             return pb.SharedSnapshot(available=False, reason="no sealed shared memory on this platform")
-        encoded = self._snapshot(scope)
         with self._lock:  # one build per version and scope; later callers get the same segment
             if self._closed:
                 return pb.SharedSnapshot(available=False, reason="server is stopping")
+            version, tensors, trainable = self._current(scope)
             segment = self._segments.get(scope)
-            key = (encoded.header.version, encoded.header.sha256)  # a new version, even of equal bytes, is new
-            if segment is None or (segment.header.version, segment.header.sha256) != key:
+            if segment is None or segment.header.version != version:  # versions only ever go up
                 if segment is not None:
                     segment.close()
-                self._segments[scope] = segment = _Segment(encoded)
+                self._segments[scope] = segment = _Segment(version, scope, tensors, trainable)
             return segment.answer
 
     def close(self) -> None:
@@ -155,8 +155,9 @@ def _copy_out(fd: int, header: pb.SnapshotHeader) -> dict[str, mx.array]:
     """Each tensor copied once from a read-only mapping of the memfd into a new array."""
     if not header.total_bytes:
         return {spec.name: codec.destination_array(spec)[0] for spec in header.tensors}
-    mapped = mmap.mmap(fd, header.total_bytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                       prot=mmap.PROT_READ)
+    # no MAP_POPULATE: the kernel's fault-around maps 16 pages per fault as the copy reads, which costs less
+    # than populating every page table entry first (24-26 ms against 28-29 per 100 MB here)
+    mapped = mmap.mmap(fd, header.total_bytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     try:
         tensors = {}
         for spec in header.tensors:

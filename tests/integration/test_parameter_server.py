@@ -51,11 +51,11 @@ def test_several_clients_pull_the_same_version_and_get_identical_bytes():
     weights = random_weights()
     store = ParameterStore(weights)
     with serve(store) as server:
-        # when four clients pull at the same time
+        # when four clients stream it at the same time
         snapshots = [None] * 4
 
         def pull(i):
-            with ParameterClient(server.address, timeout=10) as client:
+            with ParameterClient(server.address, timeout=10, shared_memory=False) as client:
                 snapshots[i] = client.pull_if_newer(-1)
 
         threads = [threading.Thread(target=pull, args=(i,)) for i in range(4)]

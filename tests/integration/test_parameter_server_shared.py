@@ -50,12 +50,15 @@ def lazarus_memfds() -> int:
 def test_a_same_host_client_gets_the_same_snapshot_through_shared_memory_as_over_the_stream():
     # given a server on loopback with float32, bfloat16, empty and uint32 tensors (3 chunks of 1.5 MB)
     weights = model_weights()
-    with serve(ParameterStore(weights)) as server:
+    store = ParameterStore(weights)
+    with serve(store) as server:
         # when one client pulls through shared memory and another streams
         with ParameterClient(server.address, timeout=10) as near, \
                 ParameterClient(server.address, timeout=10, shared_memory=False) as far:
             assert near.shared_memory and not far.shared_memory
-            through_memory, streamed = near.pull_if_newer(-1), far.pull_if_newer(-1)
+            through_memory = near.pull_if_newer(-1)
+            assert store.encode_count == 0  # the segment is written from the arrays, not from a stream's chunks
+            streamed = far.pull_if_newer(-1)
             # then both have version 0, the same sha256 and bit-identical tensors of the served dtypes
             assert (through_memory.version, through_memory.sha256) == (streamed.version, streamed.sha256)
             for name, value in weights.items():
@@ -66,6 +69,7 @@ def test_a_same_host_client_gets_the_same_snapshot_through_shared_memory_as_over
         # and the memory came from one sealed segment that no one can write
         with grpc.insecure_channel(server.address) as channel:
             answer = share(channel)
+        assert answer.header == store.snapshot().header  # same chunks, digests and layout as the stream's
         fd = os.open(answer.path, os.O_RDWR)
         try:
             with pytest.raises(OSError) as e:
