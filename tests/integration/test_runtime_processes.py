@@ -35,10 +35,16 @@ def run_config(tmp_path, micro_model_dir):
     return config_writer(tmp_path, micro_model_dir, STEPS, training={"save_every": 2})
 
 
+def _terminal_sigint() -> None:
+    """SIGINT as a terminal's foreground job has it. A suite started as a background job of a script inherits
+    it ignored, and Python then never raises KeyboardInterrupt: the Ctrl-C test would wait out a 1000-step run."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_learner(config: Path, *args: str) -> tuple[subprocess.Popen, str]:
     """A `lazarus-learner` process and the address it printed."""
     proc = subprocess.Popen([str(BIN / "lazarus-learner"), "--config", str(config), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env())
+                            stderr=subprocess.STDOUT, text=True, env=env(), preexec_fn=_terminal_sigint)
     deadline = time.monotonic() + 120
     lines = []
     while time.monotonic() < deadline:
