@@ -19,12 +19,15 @@ def test_in_sync_mode_actors_split_the_cores_and_the_learner_keeps_them_all(core
     assert not shares.overlap  # the processes take turns: idle BLAS threads may spin
 
 
-@pytest.mark.parametrize("cores,actors,actor_threads", [(2, 1, 1), (8, 1, 4), (8, 3, 2), (2, 2, 1)])
-def test_in_async_mode_the_learner_keeps_every_core_and_actors_yield_to_it(cores, actors, actor_threads):
+@pytest.mark.parametrize("cores,actors,learner_threads,actor_threads",
+                         [(2, 1, 1, 1), (8, 1, 4, 4), (8, 3, 2, 2), (2, 2, 1, 1), (7, 2, 3, 2)])
+def test_in_async_mode_the_learner_and_actors_split_the_cores_and_actors_yield_to_it(cores, actors, learner_threads,
+                                                                                       actor_threads):
     # given an async run: the learner's update (the bottleneck) runs while the actors generate
     cfg = make_config(f"runtime.actors={actors}", "runtime.mode=async", "runtime.max_staleness=1")
     shares = share_cores(cfg, cores)
-    assert shares.learner_threads == cores and shares.actor_threads == actor_threads
+    # then the learner counts as one more actor (and keeps any remainder)
+    assert (shares.learner_threads, shares.actor_threads) == (learner_threads, actor_threads)
     assert shares.actor_niceness == ACTOR_NICENESS_ASYNC > 0
     assert shares.overlap  # so idle BLAS threads sleep and leave their cycles to the actors
 
