@@ -35,16 +35,18 @@ def run_config(tmp_path, micro_model_dir):
     return config_writer(tmp_path, micro_model_dir, STEPS, training={"save_every": 2})
 
 
-def _terminal_sigint() -> None:
-    """SIGINT as a terminal's foreground job has it. A suite started as a background job of a script inherits
-    it ignored, and Python then never raises KeyboardInterrupt: the Ctrl-C test would wait out a 1000-step run."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+#: Runs argv[1:] with SIGINT at its default, as a terminal's foreground job has it. A suite started as a
+#: background job of a script inherits SIGINT ignored, and Python then never raises KeyboardInterrupt: the
+#: Ctrl-C test would wait out a 1000-step run. Not `preexec_fn`: that forks the pytest worker, whose gRPC
+#: threads from earlier tests then broke the child's event engine ("epoll_wait error: Bad file descriptor").
+TERMINAL_SIGINT = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "os.execv(sys.argv[1], sys.argv[1:])"]
 
 
 def start_learner(config: Path, *args: str) -> tuple[subprocess.Popen, str]:
     """A `lazarus-learner` process and the address it printed."""
-    proc = subprocess.Popen([str(BIN / "lazarus-learner"), "--config", str(config), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env(), preexec_fn=_terminal_sigint)
+    proc = subprocess.Popen([*TERMINAL_SIGINT, str(BIN / "lazarus-learner"), "--config", str(config), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
     deadline = time.monotonic() + 120
     lines = []
     while time.monotonic() < deadline:
