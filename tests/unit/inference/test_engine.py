@@ -90,6 +90,24 @@ def test_stop_strings_cut_the_text(tiny_model):
     assert greedy.text.startswith(out.text)
 
 
+def test_a_stop_string_ends_the_completion_at_the_first_token_whose_text_holds_it(tiny_model):
+    # given a seeded sampled continuation, and each two-character piece of its text as a stop string
+    model, tokenizer = tiny_model
+    engine = Engine(model, tokenizer)
+    params = SamplingParams(temperature=1.0, max_tokens=16, seed=3)
+    full = engine.generate([[5, 6, 7]], 1, params)[0]
+    eos = set(engine.eos_token_ids)
+    pieces = {full.text[k : k + 2] for k in range(len(full.text) - 1)}
+    assert len(pieces) >= 8
+    for piece in sorted(pieces):
+        # when generating with the same seed and that stop string
+        out = engine.generate([[5, 6, 7]], 1, SamplingParams(**{**params.__dict__, "stop": [piece]}))[0]
+        # then it ends with the first token after which the decoded text contains it, and says "stop"
+        first = next(k for k in range(1, len(full.token_ids) + 1)
+                     if piece in tokenizer.decode([t for t in full.token_ids[:k] if t not in eos]))
+        assert (out.token_ids, out.finish_reason) == (full.token_ids[:first], "stop"), piece
+
+
 def test_stream_yields_the_same_tokens_as_generate(tiny_model):
     model, tokenizer = tiny_model
     engine = Engine(model, tokenizer)
