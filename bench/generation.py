@@ -16,6 +16,11 @@ Runs are interleaved (mlx-lm, ours, forward, then the reverse order). The tok/s 
 the code's own cost. The two ratio columns compare runs made back to back, and print the median over
 repeats: the best of each side can come from different moments of a run. At batch 1, where a step is
 ~16 ms of CPU, the best-of ratios moved by +-10% between runs of the same code.
+
+Short rows take more pairs (`pairs`: 4x `--repeats` at batch 1, 2x at batch 8). A batch-1 run is ~0.5 s, and
+on the 2-core VM the ratio of two such runs made back to back spread from 0.71 to 1.44 over 30 pairs (median
+1.04; twice more 1.05 and 1.06), so the median of 7 pairs moved by ~+-7% from one run of the bench to the
+next; batch-8 rows (~1 s a run) moved by ~+-5%.
 """
 
 from __future__ import annotations
@@ -110,6 +115,11 @@ def run_forward_only(model, prompts, n: int, max_tokens: int) -> int:
     return len(expanded) * max_tokens
 
 
+def pairs(repeats: int, sequences: int) -> int:
+    """Back-to-back repeats of a row of `sequences` sequences: `repeats` x 16 / sequences, from 1x to 4x."""
+    return repeats * min(4, max(1, 16 // max(sequences, 1)))
+
+
 def measure(model, tokenizer, prompts, n: int, params: SamplingParams, repeats: int) -> dict[str, float]:
     """Interleaved runs of mlx-lm, ours and the forward alone: the best tok/s of each, per wall and CPU second."""
     engine = Engine(model, tokenizer, completion_batch_size=len(prompts) * n, prefill_batch_size=16)
@@ -122,7 +132,7 @@ def measure(model, tokenizer, prompts, n: int, params: SamplingParams, repeats: 
     for run in runs.values():
         run(warm)
     best, ratios, overheads = {}, [], []
-    for repeat in range(repeats):
+    for repeat in range(pairs(repeats, len(prompts) * n)):
         cpu_rate = {}
         for name in (list(runs) if repeat % 2 == 0 else list(runs)[::-1]):  # alternate the order: drift cancels
             wall, cpu, tokens = timed(lambda: runs[name](params))
@@ -147,7 +157,8 @@ def main() -> None:
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"Comma-separated, of: {', '.join(SETTINGS)}.")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--no-group", dest="group", action="store_false", help="Skip the 4x8 group row.")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="Back-to-back repeats per row (4x this at batch 1, 2x at batch 8: `pairs`).")
     parser.add_argument("--quick", action="store_true",
                         help="Micro model, batch 1 and 4, 8 tokens, 1 repeat, every setting (a smoke run).")
     args = parser.parse_args()
@@ -170,17 +181,20 @@ def main() -> None:
             params = SamplingParams(temperature=1.0, max_tokens=args.max_tokens, seed=0, **SETTINGS[name])
             m = measure(model, tokenizer, make_prompts(batch, vocab), n, params, args.repeats)
             ratio = m["ratio"]
-            if ratio is not None:
-                ratios.append(ratio)
-            overheads.append(m["overhead"])
             shape = f"{batch}" if n == 1 else f"group {batch}x{n}"
+            where = f"{name} at batch {shape}"
+            if ratio is not None:
+                ratios.append((ratio, where))
+            overheads.append((m["overhead"], where))
             cell = lambda v, width, fmt: f"{v:>{width}{fmt}}" if v is not None else f"{'-':>{width}}"  # noqa: E731
             print(f"{name:<20} {shape:>9} {cell(m.get('wall mlx-lm'), 19, '.1f')} {m['wall ours']:>7.1f} "
                   f"{cell(m.get('cpu mlx-lm'), 18, '.1f')} {m['cpu ours']:>7.1f} {cell(ratio, 12, '.2f')} "
-                  f"{overheads[-1]:>9.1%}", flush=True)
-    print(f"largest engine overhead beyond the model forward {max(overheads):.1%} of CPU time (target <= 15%)")
+                  f"{m['overhead']:>9.1%}", flush=True)
+    overhead, where = max(overheads)
+    print(f"largest engine overhead beyond the model forward {overhead:.1%} of CPU time ({where}; target <= 15%)")
     if ratios:
-        print(f"min ratio ours/mlx-lm = {min(ratios):.2f} in CPU time per token (target >= 1.0; "
+        ratio, where = min(ratios)
+        print(f"min ratio ours/mlx-lm = {ratio:.2f} in CPU time per token ({where}; target >= 1.0; "
               "ours also returns logprobs)")
 
 
