@@ -53,7 +53,10 @@ def serve_model(model_dir: str | Path, host: str = "127.0.0.1", port: int = DEFA
     try:
         if on_ready is not None:
             on_ready(running.address, store.version, running.transfer.port if running.transfer else None)
-        stop.wait()
+        # in slices: a signal the kernel hands to one of gRPC's threads only sets a flag, which this thread
+        # acts on when it next runs Python; an untimed wait could sleep through SIGTERM for good
+        while not stop.wait(0.5):
+            pass
     finally:
         running.stop(grace=2.0)
         store.checkpoint()
