@@ -6,13 +6,18 @@ step: forward, backward, clip, AdamW) is timed on that batch after a warm-up cal
 Two rows per size: LoRA rank 8 and full fine-tuning, both GRPO with beta 0 (no reference forward).
 
 FLOPs per update are estimated from N (all parameters; embeddings are tied, so the table is also the
-output-head matmul) and T (prompt + completion tokens in the batch):
+output-head matmul) and T (the tokens the update runs: each group's prompt once, as the learner shares it
+with the group's completions, plus every completion; tok/s counts every trajectory's prompt + completion):
     full fine-tuning  6 * N * T   (forward 2NT + input-gradient 2NT + weight-gradient 2NT)
     LoRA              4 * N * T   (forward + input-gradient; frozen weights get no weight-gradient)
 Attention score FLOPs and padding are left out, so the GFLOP/s is a lower bound on the work done.
 The ratio printed is achieved GFLOP/s / MLX float32 1024x1024 matmul GFLOP/s (bench/blas.py), the matmul
 probed right after every timed update so that load from other processes hits both alike; the ratio is
 the median of the per-update ratios. Higher is better; 1.0 would be the matmul's speed.
+
+Prompt sharing: on the last size, the LoRA update as the learner runs it (each group's prompt once, its
+completions against the prompt's keys and values) against the same update on whole rows, alternated in one
+process; it prints their time ratio (lower is better).
 
 Memory: the peak MLX memory of the timed updates (`mx.get_peak_memory`, reset before each) above what was
 allocated before it (weights, optimizer state), divided by T: peak KB per token. The update's share that
@@ -61,21 +66,52 @@ def on_policy(trajectories, learner) -> None:
         t.policy_version = t.policy_version_end = learner.policy_version
 
 
-def measure_learner(model_dir: Path, data_dir: Path, run_dir: Path, lora: bool, repeats: int,
-                    matmul_repeats: int) -> dict:
-    """Seconds per `learn()` on one rolled-out batch and its GFLOP/s over the matmul's, each timed
-    update followed by a matmul probe (medians of `repeats`, after one compiling warm-up)."""
+def rolled_out(model_dir: Path, data_dir: Path, run_dir: Path, lora: bool):
+    """A fresh learner and one batch of full-length trajectories from its local actor, rewards varying in groups."""
     trainer, actor, tasks = local_roles(grpo_config(model_dir, data_dir, run_dir, lora))
     trainer.seed_step()
     with eos_disabled(trainer.tokenizer):
         trajectories = actor.run_task(tasks.next_task(PROMPTS, trainer.policy_version))
-    tokens = sum(len(t.prompt_ids) + len(t.completion_ids) for t in trajectories)
     for i, t in enumerate(trajectories):  # a random-init model scores all alike, and `learn` would skip the update
         t.reward = float(i % 2)
+    return trainer, trajectories
+
+
+def shared_prompts_vs_whole_rows(model_dir: Path, data_dir: Path, run_dir: Path, repeats: int) -> dict:
+    """Seconds per LoRA `learn()` on one batch, running each group's prompt once and running whole rows,
+    alternated so that load from other processes hits both alike (medians, after a compiling warm-up each)."""
+    trainer, trajectories = rolled_out(model_dir, data_dir, run_dir, lora=True)
+    seconds = {True: [], False: []}
+    for repeat in range(repeats + 1):
+        for shared in (True, False):
+            trainer.share_prefix = shared
+            on_policy(trajectories, trainer)
+            start = time.perf_counter()
+            trainer.learn(trajectories)
+            if repeat:
+                seconds[shared].append(time.perf_counter() - start)
+    return {"shared_s": statistics.median(seconds[True]), "whole_s": statistics.median(seconds[False])}
+
+
+def tokens_run(trajectories, shared_prompts: bool) -> int:
+    """Tokens the update's forward pass runs: every row whole, or each group's prompt once when shared."""
+    if not shared_prompts:
+        return sum(len(t.prompt_ids) + len(t.completion_ids) - 1 for t in trajectories)
+    prompts = {t.group_id: len(t.prompt_ids) - 1 for t in trajectories}
+    return sum(prompts.values()) + sum(len(t.completion_ids) for t in trajectories)
+
+
+def measure_learner(model_dir: Path, data_dir: Path, run_dir: Path, lora: bool, repeats: int,
+                    matmul_repeats: int) -> dict:
+    """Seconds per `learn()` on one rolled-out batch and its GFLOP/s over the matmul's, each timed
+    update followed by a matmul probe (medians of `repeats`, after one compiling warm-up)."""
+    trainer, trajectories = rolled_out(model_dir, data_dir, run_dir, lora)
+    tokens = sum(len(t.prompt_ids) + len(t.completion_ids) for t in trajectories)
+    run = tokens_run(trajectories, trainer.share_prefix)
     on_policy(trajectories, trainer)
     trainer.learn(trajectories)  # warm-up: compiles the step
     params = num_parameters(trainer.model)
-    per_update = (4 if lora else 6) * params * tokens
+    per_update = (4 if lora else 6) * params * run
     seconds, matmul, ratios, peaks = [], [], [], []
     for _ in range(repeats):  # a matmul probe after every update, so load from other processes hits both alike
         mx.clear_cache()
@@ -90,7 +126,7 @@ def measure_learner(model_dir: Path, data_dir: Path, run_dir: Path, lora: bool, 
         ratios.append(per_update / seconds[-1] / 1e9 / matmul[-1])
     trainable = sum(v.size for _, v in tree_flatten(trainer.model.trainable_parameters()))
     s = statistics.median(seconds)
-    return {"params": params, "trainable": trainable, "tokens": tokens, "seconds": s,
+    return {"params": params, "trainable": trainable, "tokens": tokens, "tokens_run": run, "seconds": s,
             "tokens_per_s": tokens / s, "flops": per_update, "gflops": per_update / s / 1e9,
             "matmul_gflops": statistics.median(matmul), "ratio": statistics.median(ratios),
             "peak_mb": max(peaks) / 1e6, "peak_kb_per_token": max(peaks) / tokens / 1e3}
@@ -136,9 +172,10 @@ def main() -> None:
     matmul_repeats = 3 if args.quick else 10
     print(f"GRPO learner update, {PROMPTS} prompts x {GROUP} completions x {NEW_TOKENS} new tokens, beta 0, "
           f"float32, {mx.default_device()}, median of {repeats}")
-    print("FLOPs per update: full FT 6*N*T, LoRA 4*N*T (N = all params, T = prompt+completion tokens)")
+    print("FLOPs per update: full FT 6*N*T, LoRA 4*N*T (N = all params, T = tokens run: each group's prompt "
+          "once, plus the completions)")
     print("matmul = MLX float32 1024x1024 GFLOP/s (bench/blas.py), probed after each timed update in this run")
-    print(f"{'size':>6} {'mode':>8} {'params':>8} {'trainable':>9} {'tokens':>6} {'s/update':>9} "
+    print(f"{'size':>6} {'mode':>8} {'params':>8} {'trainable':>9} {'tokens':>6} {'T':>5} {'s/update':>9} "
           f"{'tok/s':>8} {'GFLOP/upd':>9} {'GFLOP/s':>8} {'matmul':>7} {'ratio':>6} {'peak MB':>8} {'KB/tok':>7}")
     ratios = []
     for size in sizes:
@@ -148,10 +185,15 @@ def main() -> None:
             r = measure_learner(model_dir, work / "data", work / f"run-{size}-{mode}", lora, repeats, matmul_repeats)
             ratios.append(r["ratio"])
             print(f"{size:>6} {mode:>8} {r['params'] / 1e6:>7.2f}M {r['trainable'] / 1e6:>8.3f}M {r['tokens']:>6} "
-                  f"{r['seconds']:>9.3f} {r['tokens_per_s']:>8.0f} {r['flops'] / 1e9:>9.2f} {r['gflops']:>8.2f} "
-                  f"{r['matmul_gflops']:>7.1f} {r['ratio']:>6.3f} {r['peak_mb']:>8.1f} {r['peak_kb_per_token']:>7.1f}")
+                  f"{r['tokens_run']:>5} {r['seconds']:>9.3f} {r['tokens_per_s']:>8.0f} {r['flops'] / 1e9:>9.2f} "
+                  f"{r['gflops']:>8.2f} {r['matmul_gflops']:>7.1f} {r['ratio']:>6.3f} {r['peak_mb']:>8.1f} "
+                  f"{r['peak_kb_per_token']:>7.1f}")
     print(f"ratio learner GFLOP/s / matmul GFLOP/s: min {min(ratios):.3f}, max {max(ratios):.3f} "
           "(estimated FLOPs; higher is better)")
+    size = sizes[-1]
+    r = shared_prompts_vs_whole_rows(work / f"llama-{size}", work / "data", work / f"run-{size}-shared", repeats)
+    print(f"LoRA update running each group's prompt once vs whole rows, {size}: {r['shared_s']:.3f} vs "
+          f"{r['whole_s']:.3f} s/update, time ratio {r['shared_s'] / r['whole_s']:.2f} (lower is better)")
     rows, length = PROMPTS * GROUP, 128
     peaks = logprob_memory(work / f"llama-{sizes[-1]}", rows, length)
     print(f"policy log-probs value-and-grad, {sizes[-1]}, {rows} x {length} tokens: peak {peaks['full']:.1f} MB "

@@ -36,7 +36,7 @@ from lazarus.data.records import PromptRecord
 from lazarus.data.trajectory import SamplingSettings, Trajectory
 from lazarus.env.rewards import RewardFunction, resolve_reward_function, reward_name
 from lazarus.errors import LazarusError
-from lazarus.models.forward import policy_token_logprobs
+from lazarus.models.forward import SharedPrefix, policy_token_logprobs, shares_prefix
 from lazarus.models.lora import adapters_disabled, has_lora
 from lazarus.training.base import Trainer, pad_length
 from lazarus.training.data_parallel import shard_rows
@@ -50,13 +50,15 @@ class TrajectoryBatchError(LazarusError, ValueError):
 class RolloutBatch:
     """Trajectories collated into right-padded arrays for the learner (targets are inputs shifted by one)."""
 
-    def __init__(self, inputs, targets, mask, behavior_logprobs, rewards, num_tokens):
+    def __init__(self, inputs, targets, mask, behavior_logprobs, rewards, num_tokens, starts, lengths):
         self.inputs: mx.array = inputs  # [N, L] token ids
         self.targets: mx.array = targets  # [N, L]
         self.mask: mx.array = mask  # [N, L] 1 at model tokens the loss trains on
         self.behavior_logprobs: mx.array = behavior_logprobs  # [N, L]
         self.rewards: mx.array = rewards  # [N]
         self.num_tokens: int = num_tokens
+        self.starts: np.ndarray = starts  # [N] each row's first completion column (its prompt length - 1)
+        self.lengths: np.ndarray = lengths  # [N] each row's completion length
 
 
 def collate(trajectories: list[Trajectory], pad_id: int, multiple: int = 16) -> RolloutBatch:
@@ -67,6 +69,7 @@ def collate(trajectories: list[Trajectory], pad_id: int, multiple: int = 16) -> 
     targets = np.full((n, width), pad_id, np.int32)
     mask = np.zeros((n, width), np.float32)
     behavior = np.zeros((n, width), np.float32)
+    starts = np.array([len(t.prompt_ids) - 1 for t in trajectories])
     for i, t in enumerate(trajectories):
         sequence = np.concatenate([t.prompt_ids, t.completion_ids])
         inputs[i, : len(sequence) - 1] = sequence[:-1]
@@ -77,7 +80,46 @@ def collate(trajectories: list[Trajectory], pad_id: int, multiple: int = 16) -> 
         behavior[i, start:end] = t.behavior_logprobs
     rewards = np.array([t.reward for t in trajectories], np.float32)
     return RolloutBatch(mx.array(inputs), mx.array(targets), mx.array(mask), mx.array(behavior),
-                        mx.array(rewards), int(mask.sum()))
+                        mx.array(rewards), int(mask.sum()), starts,
+                        np.array([len(t.completion_ids) for t in trajectories]))
+
+
+class SuffixColumns:
+    """Rows of a group-contiguous `RolloutBatch` as a `SharedPrefix` plus each row's own tokens.
+
+    A row's suffix is its last prompt token and then its completion: collate's columns `starts[r]` onward,
+    `width` of them (its completion length rounded up to 16, as collate rounds). `take` gathers any [n, L]
+    per-token array of those rows into that [n, width] layout, where `valid` says which entries exist.
+    """
+
+    def __init__(self, batch: RolloutBatch, rows: np.ndarray, group_size: int, pad_id: int):
+        groups, group_of_row = np.unique(rows // group_size, return_inverse=True)
+        prompt_rows = rows[np.unique(group_of_row, return_index=True)[1]]  # one row of each group
+        prompt_lengths = batch.starts[prompt_rows]  # the shared tokens: the prompt but its last
+        length = pad_length(int(prompt_lengths.max()), 16)
+        tokens = np.full((len(groups), length), pad_id, np.int32)
+        inputs = np.array(batch.inputs)
+        for g, (row, n) in enumerate(zip(prompt_rows, prompt_lengths)):
+            tokens[g, length - n:] = inputs[row, :n]
+        self.prefix = SharedPrefix(mx.array(tokens), mx.array(length - prompt_lengths), mx.array(group_of_row))
+        self.width = pad_length(int(batch.lengths[rows].max()), 16)
+        columns = batch.starts[rows, None] + np.arange(self.width)[None, :]
+        self.valid = mx.array(columns < batch.inputs.shape[1])
+        self.columns = mx.array(np.minimum(columns, batch.inputs.shape[1] - 1))
+        self.rows = rows
+
+    def take(self, values: mx.array) -> mx.array:
+        """[n, width] of `values` [N, L] (a whole batch's; entries that do not exist are 0)."""
+        taken = mx.take_along_axis(values[mx.array(self.rows)], self.columns, axis=1)
+        return mx.where(self.valid, taken, mx.zeros_like(taken))
+
+    def put(self, values: mx.array, shape: tuple[int, int]) -> mx.array:
+        """[N, L] holding `values` [n, width] at their rows' columns (the inverse of `take`), zeros elsewhere."""
+        out = np.zeros(shape, np.float32)
+        columns, valid = np.array(self.columns), np.array(self.valid)
+        row_index = np.broadcast_to(self.rows[:, None], columns.shape)
+        out[row_index[valid], columns[valid]] = np.array(values)[valid]
+        return mx.array(out)
 
 
 def group_trajectories(trajectories: list[Trajectory], group_size: int) -> list[Trajectory]:
@@ -174,6 +216,8 @@ class RLLearner(Trainer):
         self.reference_forward_passes = 0
         self.proximal_forward_passes = 0
         self.proximal_from_forward = proximal_is_the_forward(cfg)
+        # a group's completions share their prompt: the update runs it once per group (models/forward.py)
+        self.share_prefix = self.group_size > 1 and shares_prefix(model)
         self._engine = None
         self.stepper = self.make_stepper(self.loss)
         # training.learners > 1 (training/data_parallel.py): this replica computes the gradient of part `shard` of
@@ -257,15 +301,7 @@ class RLLearner(Trainer):
                     mini_batch = micro_batches(shard_rows(rows_in_step, *self.shard), rl.micro_batch_size,
                                                self.cfg.training.grad_accum_steps)
                 for idx in mini_batch:
-                    rows = mx.array(idx)
-                    # the loss reads completion columns only: the LM head skips the prompt's (a multiple of
-                    # 16, so a compiled step sees few shapes)
-                    start = int(first_target[idx].min()) // 16 * 16
-                    args = [batch.inputs[rows], batch.targets[rows, start:], batch.mask[rows, start:],
-                            batch.behavior_logprobs[rows, start:],
-                            advantages[rows] if advantages.ndim == 1 else advantages[rows, start:],
-                            reference[rows, start:] if reference is not None else None,
-                            proximal[rows, start:] if proximal is not None else None]
+                    args = self.micro_batch_args(batch, idx, first_target, advantages, reference, proximal)
                     weight = self.micro_batch_weight(tokens_per_row, idx, rows_in_step)
                     loss, metrics = self.stepper.accumulate(*args, weight=weight)
                     history.append({"loss": loss.item(), **{k: v.item() for k, v in metrics.items()}})
@@ -280,6 +316,26 @@ class RLLearner(Trainer):
                        advantage_abs_max=mx.abs(advantages).max().item(), skipped_update=0.0, **base)
         return summary
 
+    def micro_batch_args(self, batch: RolloutBatch, idx: np.ndarray, first_target: np.ndarray, advantages: mx.array,
+                         reference: mx.array | None, proximal: mx.array | None) -> list:
+        """The loss's arrays for rows `idx`. With a shared prefix: each group's prompt once, and each row's
+        suffix (see `SuffixColumns`). Otherwise whole rows, with the loss's columns from the first completion
+        column (rounded down to 16, so a compiled step sees few shapes): the LM head skips the prompt's."""
+        if self.share_prefix and batch.starts[idx].max() > 0:
+            suffix = SuffixColumns(batch, idx, self.group_size, self.pad_id)
+            per_token = [batch.targets, batch.mask, batch.behavior_logprobs]
+            return [suffix.take(batch.inputs), *map(suffix.take, per_token),
+                    advantages[mx.array(idx)] if advantages.ndim == 1 else suffix.take(advantages),
+                    suffix.take(reference) if reference is not None else None,
+                    suffix.take(proximal) if proximal is not None else None, suffix.prefix]
+        rows = mx.array(idx)
+        start = int(first_target[idx].min()) // 16 * 16
+        return [batch.inputs[rows], batch.targets[rows, start:], batch.mask[rows, start:],
+                batch.behavior_logprobs[rows, start:],
+                advantages[rows] if advantages.ndim == 1 else advantages[rows, start:],
+                reference[rows, start:] if reference is not None else None,
+                proximal[rows, start:] if proximal is not None else None]
+
     def micro_batch_weight(self, tokens_per_row: np.ndarray, rows: np.ndarray, rows_in_step: np.ndarray) -> float:
         """A micro-batch's share of its optimizer step, so that accumulation equals one big batch."""
         if self.loss_agg_mode == "token-mean":
@@ -288,14 +344,15 @@ class RLLearner(Trainer):
             return 1.0  # a sum over tokens / a constant: micro-batch sums add up
         return len(rows) / len(rows_in_step)
 
-    def policy_logprobs(self, model, inputs, targets, with_entropy: bool = False):
+    def policy_logprobs(self, model, inputs, targets, with_entropy: bool = False, prefix: SharedPrefix | None = None):
         """Selected-token logprobs (and entropy) in chunks over the sequence: never a full [B, L, V] tensor."""
-        return policy_token_logprobs(model, inputs, targets, self.temperature, with_entropy=with_entropy)
+        return policy_token_logprobs(model, inputs, targets, self.temperature, with_entropy=with_entropy,
+                                     prefix=prefix)
 
     def loss(self, model, inputs, targets, mask, behavior_logprobs, advantages, ref_logprobs=None,
-             proximal_logprobs=None):
+             proximal_logprobs=None, prefix: SharedPrefix | None = None):
         rl = self.cfg.rl
-        logprobs, entropy = self.policy_logprobs(model, inputs, targets, with_entropy=True)
+        logprobs, entropy = self.policy_logprobs(model, inputs, targets, with_entropy=True, prefix=prefix)
         if proximal_logprobs is None and self.proximal_from_forward:
             proximal_logprobs = logprobs  # the weights before this update are these ones (detached in the loss)
         if self.trl_rloo:
@@ -313,6 +370,13 @@ class RLLearner(Trainer):
         return loss, metrics
 
     def _frozen_logprobs(self, model, batch: RolloutBatch) -> mx.array:
+        """[N, L] per-token logprobs of the whole batch, in collate's layout (through a shared prefix if any)."""
+        rows = np.arange(batch.inputs.shape[0])
+        if self.share_prefix and batch.starts.max() > 0:
+            suffix = SuffixColumns(batch, rows, self.group_size, self.pad_id)
+            logprobs, _ = self.policy_logprobs(model, suffix.take(batch.inputs), suffix.take(batch.targets),
+                                               prefix=suffix.prefix)
+            return suffix.put(mx.stop_gradient(logprobs), batch.targets.shape)
         logprobs, _ = self.policy_logprobs(model, batch.inputs, batch.targets)
         logprobs = mx.stop_gradient(logprobs)
         mx.eval(logprobs)

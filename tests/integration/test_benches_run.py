@@ -19,7 +19,7 @@ def run_bench(script: str, timeout: float = 120) -> str:
 
 
 @pytest.mark.slow
-def test_learner_bench_prints_gflops_ratio_for_lora_and_full_rows():
+def test_learner_bench_prints_gflops_ratio_for_lora_and_full_rows_and_the_shared_prompt_ratio():
     # given the learner benchmark in quick mode (micro model, one timed update per row)
     # when it runs as its own process
     out = run_bench("learner.py")
@@ -28,6 +28,11 @@ def test_learner_bench_prints_gflops_ratio_for_lora_and_full_rows():
     match = re.search(r"ratio learner GFLOP/s / matmul GFLOP/s: min ([0-9.]+), max ([0-9.]+)", out)
     assert match, out
     assert 0 < float(match.group(1)) <= float(match.group(2))
+    # and the update through shared prompts against the same update on whole rows
+    shared = re.search(r"LoRA update running each group's prompt once vs whole rows, micro: ([0-9.]+) vs ([0-9.]+) "
+                       r"s/update, time ratio ([0-9.]+)", out)
+    assert shared, out
+    assert float(shared.group(1)) > 0 and float(shared.group(2)) > 0
 
 
 @pytest.mark.slow

@@ -12,10 +12,10 @@ from lazarus.algorithms.logprobs import (
     token_entropy,
     token_logprobs,
 )
-from lazarus.models.forward import policy_token_logprobs
+from lazarus.models.forward import SharedPrefix, policy_token_logprobs, shares_prefix
 from lazarus.models.load import load
 from lazarus.models.lora import apply_lora
-from lazarus.models.tiny import init_model
+from lazarus.models.tiny import ARCHITECTURES, init_model
 
 
 @pytest.fixture(scope="module", params=["llama", "lazyfox"])
@@ -182,3 +182,58 @@ def test_targets_longer_than_the_inputs_are_refused(policy):
     inputs, targets = _batch(policy.args.vocab_size)
     with pytest.raises(ValueError, match="last positions of inputs"):
         policy_token_logprobs(policy, inputs[:, :5], targets)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_a_shared_prompt_gives_the_logprobs_entropies_and_gradients_of_whole_rows(arch, tmp_path):
+    # given: a policy with LoRA adapters (B nonzero, so they shape the gradient), three groups of two rows whose
+    # prompts differ in length (so the shared prompts are left-padded), and a loss on the completion tokens
+    model, _ = load(init_model(arch, "micro", tmp_path / arch, seed=0))
+    if not shares_prefix(model):
+        pytest.skip(f"{arch} does not attend through plain KV caches")
+    apply_lora(model, rank=4)
+    for _, module in model.named_modules():
+        if "lora_b" in module:
+            module.lora_b = mx.array(np.random.default_rng(3).normal(size=module.lora_b.shape) * 0.05, mx.float32)
+    rng = np.random.default_rng(4)
+    vocab, completion = model.args.vocab_size, 9
+    prompts = [rng.integers(0, vocab, n).tolist() for n in (4, 11, 7)]
+    completions = [rng.integers(0, vocab, completion).tolist() for _ in range(6)]
+    rows = [0, 0, 1, 1, 2, 2]
+    weights = mx.array(rng.normal(size=(6, completion)).astype(np.float32))
+    width = max(map(len, prompts)) - 1
+    prefix = SharedPrefix(mx.array([[0] * (width - len(p) + 1) + p[:-1] for p in prompts]),
+                          mx.array([width - len(p) + 1 for p in prompts]), mx.array(rows))
+    suffix = mx.array([[prompts[g][-1]] + c[:-1] for g, c in zip(rows, completions)])
+    targets = mx.array(completions)
+
+    def whole_rows():  # each row alone, unpadded: the completion's positions of prompt + completion
+        out = [policy_token_logprobs(model, mx.array([prompts[g] + c[:-1]]), mx.array([c]), 0.7, with_entropy=True)
+               for g, c in zip(rows, completions)]
+        return mx.concatenate([o[0] for o in out]), mx.concatenate([o[1] for o in out])
+
+    def shared():
+        return policy_token_logprobs(model, suffix, targets, 0.7, with_entropy=True, prefix=prefix)
+
+    # when: logprobs, entropies and the gradient of a loss on them, both ways (the shared way compiled)
+    (logprobs, entropy), (expected_logprobs, expected_entropy) = shared(), whole_rows()
+    _, grads = mx.compile(nn.value_and_grad(model, lambda: (shared()[0] * weights).sum()),
+                          inputs=[model.state], outputs=[model.state])()
+    _, expected_grads = nn.value_and_grad(model, lambda: (whole_rows()[0] * weights).sum())()
+
+    # then: the same numbers to float rounding
+    np.testing.assert_allclose(np.array(logprobs), np.array(expected_logprobs), atol=2e-5)
+    np.testing.assert_allclose(np.array(entropy), np.array(expected_entropy), atol=2e-5)
+    assert len(tree_flatten(grads)) == len(tree_flatten(expected_grads)) > 0
+    for (name, grad), (_, expected) in zip(tree_flatten(grads), tree_flatten(expected_grads)):
+        np.testing.assert_allclose(np.array(grad), np.array(expected), atol=1e-5, rtol=1e-3, err_msg=name)
+
+
+def test_a_model_with_a_sliding_window_layer_does_not_share_prompts(tmp_path):
+    # given: the same llama, once with full attention in every layer and once with a sliding-window layer
+    # (whose rotating cache keeps only the window, so no prompt can be kept whole for the rows)
+    full, _ = load(init_model("llama", "micro", tmp_path / "full", seed=0))
+    windowed, _ = load(init_model("llama", "micro", tmp_path / "windowed", seed=0, sliding_window=8,
+                                  layer_types=["sliding_attention", "full_attention"]))
+    # then: only the first shares prompts (the learner runs the other on whole rows)
+    assert shares_prefix(full) and not shares_prefix(windowed)

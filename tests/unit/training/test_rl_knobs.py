@@ -110,6 +110,29 @@ def test_the_loss_on_completion_columns_only_equals_the_loss_on_whole_rows(make_
         np.testing.assert_allclose(np.array(grad), np.array(expected), atol=1e-6, rtol=1e-4, err_msg=name)
 
 
+def test_the_update_through_shared_prompts_equals_the_update_on_whole_rows(make_config):
+    # given: two identical LoRA learners with a KL term (so the reference pass runs too) and micro-batches of 3
+    # completions (so groups are cut across micro-batches); one runs each group's prompt once, the other whole
+    # rows; and real trajectories whose prompts differ in length (so the shared prompts are left-padded)
+    common = ["lora.enabled=true", "rl.beta=0.05", "rl.micro_batch_size=3", "optim.optimizer=sgd",
+              "optim.learning_rate=0.5", "optim.max_grad_norm=null"]
+    shared_cfg = make_config("grpo", *common)
+    shared, whole = build_learner(shared_cfg), build_learner(make_config("grpo", *common))
+    whole.share_prefix = False
+    trajectories = sampled_batch(shared_cfg, shared)
+    assert shared.share_prefix and len({len(t.prompt_ids) for t in trajectories}) > 1
+
+    # when both learn from them
+    shared_metrics, whole_metrics = shared.learn(trajectories), whole.learn(trajectories)
+
+    # then: the same loss, KL and weights, to float rounding
+    for key in ("loss", "kl", "entropy"):
+        assert shared_metrics[key] == pytest.approx(whole_metrics[key], rel=1e-4, abs=1e-6), key
+    after_whole = dict(tree_flatten(whole.model.trainable_parameters()))
+    for name, value in tree_flatten(shared.model.trainable_parameters()):
+        np.testing.assert_allclose(np.array(value), np.array(after_whole[name]), atol=2e-5, rtol=1e-4, err_msg=name)
+
+
 def test_micro_batch_size_with_grad_accum_steps_is_refused(make_config):
     cfg = make_config("grpo", "rl.micro_batch_size=4", "training.grad_accum_steps=2")
 
