@@ -186,8 +186,9 @@ def test_targets_longer_than_the_inputs_are_refused(policy):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_a_shared_prompt_gives_the_logprobs_entropies_and_gradients_of_whole_rows(arch, tmp_path):
-    # given: a policy with LoRA adapters (B nonzero, so they shape the gradient), three groups of two rows whose
-    # prompts differ in length (so the shared prompts are left-padded), and a loss on the completion tokens
+    # given: a policy with LoRA adapters (B nonzero, so they shape the gradient), four groups of two rows whose
+    # prompts differ in length (so the shared prompts are left-padded; a one-token prompt shares nothing but
+    # padding), and a loss on the completion tokens
     model, _ = load(init_model(arch, "micro", tmp_path / arch, seed=0))
     if not shares_prefix(model):
         pytest.skip(f"{arch} does not attend through plain KV caches")
@@ -197,10 +198,10 @@ def test_a_shared_prompt_gives_the_logprobs_entropies_and_gradients_of_whole_row
             module.lora_b = mx.array(np.random.default_rng(3).normal(size=module.lora_b.shape) * 0.05, mx.float32)
     rng = np.random.default_rng(4)
     vocab, completion = model.args.vocab_size, 9
-    prompts = [rng.integers(0, vocab, n).tolist() for n in (4, 11, 7)]
-    completions = [rng.integers(0, vocab, completion).tolist() for _ in range(6)]
-    rows = [0, 0, 1, 1, 2, 2]
-    weights = mx.array(rng.normal(size=(6, completion)).astype(np.float32))
+    prompts = [rng.integers(0, vocab, n).tolist() for n in (4, 11, 7, 1)]
+    completions = [rng.integers(0, vocab, completion).tolist() for _ in range(8)]
+    rows = [0, 0, 1, 1, 2, 2, 3, 3]
+    weights = mx.array(rng.normal(size=(8, completion)).astype(np.float32))
     width = max(map(len, prompts)) - 1
     prefix = SharedPrefix(mx.array([[0] * (width - len(p) + 1) + p[:-1] for p in prompts]),
                           mx.array([width - len(p) + 1 for p in prompts]), mx.array(rows))
