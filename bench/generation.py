@@ -41,6 +41,7 @@ from mlx_lm.sample_utils import make_sampler as mlx_lm_sampler
 from lazarus.inference.engine import Engine
 from lazarus.inference.sampling import SamplingParams
 from lazarus.models.load import load, num_parameters
+from lazarus.models.lora import adapters_merged, apply_lora, lora_modules
 from lazarus.models.tiny import init_model
 
 SETTINGS = {  # name -> SamplingParams fields (temperature 1 throughout)
@@ -149,6 +150,36 @@ def measure(model, tokenizer, prompts, n: int, params: SamplingParams, repeats: 
     return best
 
 
+def merged_adapters_speed(path: str, prompts, n: int, params: SamplingParams, repeats: int) -> dict[str, float]:
+    """A LoRA r8 policy sampled as an actor does with `lora.merge_for_sampling` (each adapted layer merged into
+    one weight per batch, the merge counted) and through the adapter path: tokens per CPU second of each,
+    interleaved, and the median over back-to-back pairs of merged / adapter path."""
+    model, tokenizer = load(path)
+    apply_lora(model, rank=8, alpha=16)
+    for i, (_, m) in enumerate(lora_modules(model)):  # a trained adapter's B, not the zeros it starts from
+        m.lora_b = 0.02 * mx.random.normal(m.lora_b.shape, key=mx.random.key(i))
+    model.eval()
+    engine = Engine(model, tokenizer, completion_batch_size=len(prompts) * n)
+
+    def merged(p: SamplingParams) -> int:
+        with adapters_merged(model):
+            return run_ours(engine, prompts, n, p)
+
+    runs = {"adapter path": lambda p: run_ours(engine, prompts, n, p), "merged": merged}
+    with eos_disabled(tokenizer):
+        for run in runs.values():
+            run(SamplingParams(**{**params.__dict__, "max_tokens": 4}))
+        best, speedups = {}, []
+        for repeat in range(pairs(repeats, len(prompts) * n)):
+            rate = {}
+            for name in (list(runs) if repeat % 2 == 0 else list(runs)[::-1]):
+                _, cpu, tokens = timed(lambda: runs[name](params))
+                rate[name] = tokens / cpu
+                best[name] = max(best.get(name, 0.0), rate[name])
+            speedups.append(rate["merged"] / rate["adapter path"])
+    return {**best, "speedup": statistics.median(speedups)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", help="Model directory (default: a random-init model of --size).")
@@ -157,6 +188,8 @@ def main() -> None:
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"Comma-separated, of: {', '.join(SETTINGS)}.")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--no-group", dest="group", action="store_false", help="Skip the 4x8 group row.")
+    parser.add_argument("--no-lora", dest="lora", action="store_false",
+                        help="Skip the LoRA rows (merged adapters vs the adapter path, in the group shape).")
     parser.add_argument("--repeats", type=int, default=7,
                         help="Back-to-back repeats per row (4x this at batch 1, 2x at batch 8: `pairs`).")
     parser.add_argument("--quick", action="store_true",
@@ -196,6 +229,14 @@ def main() -> None:
         ratio, where = min(ratios)
         print(f"min ratio ours/mlx-lm = {ratio:.2f} in CPU time per token ({where}; target >= 1.0; "
               "ours also returns logprobs)")
+    if args.lora:  # worded without "ratio": the lines above hold the engine-vs-mlx-lm ratios alone
+        prompts, n = (make_prompts(4, vocab), 8) if args.group else (make_prompts(4, vocab), 1)
+        for name in ("temperature", "top-k 20 top-p 0.95"):
+            params = SamplingParams(temperature=1.0, max_tokens=args.max_tokens, seed=0, **SETTINGS[name])
+            m = merged_adapters_speed(path, prompts, n, params, args.repeats)
+            print(f"LoRA r8 sampling, {name}, {len(prompts)}x{n}: adapters merged per batch vs the adapter path, "
+                  f"{m['merged']:.1f} vs {m['adapter path']:.1f} tok per CPU second: {m['speedup']:.2f}x as fast",
+                  flush=True)
 
 
 if __name__ == "__main__":

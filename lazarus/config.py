@@ -60,6 +60,11 @@ class LoraConfig(Section):
         None, description="Module paths inside a block (e.g. self_attn.q_proj); null = every linear layer."
     )
     num_layers: Optional[int] = Field(None, gt=0, description="Adapt only the last N blocks; null = all.")
+    merge_for_sampling: bool = Field(
+        True, description="Actors sample with each float32 adapted linear layer merged into one weight (W + "
+        "scale * AB), recomputed per batch of prompts: one matmul instead of three per layer (bench/generation.py "
+        "prints the LoRA rows), at the cost of one copy of those weights while sampling. Quantized and bfloat16 "
+        "layers keep the adapter path.")
 
 
 class GenerateMathConfig(Section):

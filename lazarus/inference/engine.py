@@ -31,10 +31,11 @@ from typing import Iterator, Optional, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
+from mlx_lm.models.cache import BatchKVCache, KVCache
 
 from lazarus.errors import LazarusError
 from lazarus.inference.sampling import SamplingParams, Uniforms, fresh_seed, sample_tokens
+from lazarus.models.forward import cache_kinds
 
 
 class UnsupportedModelError(LazarusError, ValueError):
@@ -123,7 +124,7 @@ class Engine:
         self.completion_batch_size = completion_batch_size
         self.prefill_batch_size = prefill_batch_size
         self.prefill_step_size = prefill_step_size
-        kinds = {type(c).__name__ for c in make_prompt_cache(model)}
+        kinds = cache_kinds(model)
         if kinds != {"KVCache"}:
             raise UnsupportedModelError(f"model {type(model).__name__} uses {', '.join(sorted(kinds))} caches; "
                                         "the engine batches models whose layers all use a plain KVCache")

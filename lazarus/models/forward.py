@@ -23,11 +23,10 @@ completions in groups of 8 runs 29% fewer tokens; a 150-token prompt with 100-to
 
 from __future__ import annotations
 
-import mlx.core as mx
-from mlx import nn
-
 from typing import NamedTuple
 
+import mlx.core as mx
+from mlx import nn
 from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import make_prompt_cache
 
@@ -46,10 +45,15 @@ class SharedPrefix(NamedTuple):
     rows: mx.array  # [N] the group of each batch row
 
 
+def cache_kinds(model: nn.Module) -> set[str]:
+    """The class names of the KV caches `model`'s layers use ("KVCache", "RotatingKVCache", "MambaCache"...)."""
+    return {type(c).__name__ for c in make_prompt_cache(model)}
+
+
 def shares_prefix(model: nn.Module) -> bool:
     """Whether `model` can run a `SharedPrefix`: every layer attends through a plain KV cache (as the engine
     needs; sliding-window, recurrent and quantized caches cannot be shared this way)."""
-    return {type(c).__name__ for c in make_prompt_cache(model)} == {"KVCache"}
+    return cache_kinds(model) == {"KVCache"}
 
 
 class _PrefixCache:

@@ -227,6 +227,36 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
             m.scale = scale
 
 
+@contextlib.contextmanager
+def adapters_merged(model: nn.Module) -> Iterator[int]:
+    """Run each float32 `LoRALinear` as one linear layer of weight W + scale * (A B)^T inside the block;
+    yields how many layers were merged. Put back on the way out: the adapters stay what trains.
+
+    For sampling: a decode step on a small model is one matmul per layer instead of three, and the numbers
+    are the adapter path's to float rounding. Only float32 weights merge: a bfloat16 weight cannot hold a
+    young adapter's delta (below its rounding step, it would sample the base); quantized linear layers, MoE
+    and embedding adapters keep the adapter path. Costs one copy of each merged weight while inside. Not
+    for training, and not while another thread runs the model.
+    """
+    merged, originals = [], []
+    for name, m in lora_modules(model):
+        if type(m) is not LoRALinear or type(m.linear) is not nn.Linear or m.linear.weight.dtype != mx.float32:
+            continue
+        layer = nn.Linear(1, 1, bias="bias" in m.linear)
+        layer.weight = m.linear.weight + m.scale * (m.lora_a @ m.lora_b).T
+        if "bias" in m.linear:
+            layer.bias = m.linear.bias
+        merged.append((name, layer))
+        originals.append((name, m))
+    if merged:
+        model.update_modules(tree_unflatten(merged))
+    try:
+        yield len(merged)
+    finally:
+        if originals:
+            model.update_modules(tree_unflatten(originals))
+
+
 def lora_settings(model: nn.Module) -> dict | None:
     settings = getattr(model, "_lazarus_lora", None)
     return asdict(settings) if settings else None

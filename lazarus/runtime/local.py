@@ -153,6 +153,7 @@ def local_roles(cfg: Config, incarnation: str = "local"):
     actor = RolloutActor("local", learner.model, learner.tokenizer, learner.reward_functions,
                          SharedWeights(lambda: learner.policy_version), stop=list(cfg.generation.stop),
                          completion_batch_size=cfg.training.batch_size * cfg.generation.num_generations,
+                         merge_adapters=cfg.lora.merge_for_sampling,
                          scorer=env_worker_scorer(cfg.runtime.env_workers))
     actor.sync_weights()
     return learner, actor, TaskSource(cfg, records, prompt_ids, incarnation)

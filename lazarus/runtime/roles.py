@@ -8,6 +8,7 @@ behaviour logprobs are exactly what the learner recomputes on-policy.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from lazarus.data.trajectory import RolloutTask, Trajectory
 from lazarus.env.rewards import RewardFunction, score
 from lazarus.env.rollout import rollout
 from lazarus.inference.engine import Engine
+from lazarus.models.lora import adapters_merged
 
 
 class WeightSource(Protocol):
@@ -69,9 +71,10 @@ class RolloutActor:
 
     def __init__(self, actor_id: str, model: nn.Module, tokenizer, reward_functions: list[RewardFunction],
                  weights: WeightSource, *, stop: list[str] | None = None, completion_batch_size: int = 64,
-                 version: int = -1, scorer: Callable = score):
+                 version: int = -1, scorer: Callable = score, merge_adapters: bool = True):
         """`scorer` has `env.rewards.score`'s signature: a `PooledScorer` runs the reward functions in a pool
-        of env workers (`runtime.env_workers`) instead of this process."""
+        of env workers (`runtime.env_workers`) instead of this process. `merge_adapters` (`lora.
+        merge_for_sampling`): sample with LoRA layers merged into their weights (`models.lora.adapters_merged`)."""
         self.actor_id = actor_id
         self.model = model
         self.tokenizer = tokenizer
@@ -81,6 +84,7 @@ class RolloutActor:
         self.engine = Engine(model, tokenizer, completion_batch_size=completion_batch_size)
         self.version = version
         self.scorer = scorer
+        self.merge_adapters = merge_adapters
         self.stats = ActorStats()
 
     def sync_weights(self, at_least: int = -1) -> None:
@@ -102,9 +106,10 @@ class RolloutActor:
         self.model.eval()
         t0 = time.perf_counter()
         try:
-            trajectories = rollout(self.engine, task, self.reward_functions, policy_version=self.version,
-                                   actor_id=self.actor_id, stop=self.stop,
-                                   current_version=self.weights.latest_version, scorer=self.scorer)
+            with adapters_merged(self.model) if self.merge_adapters else contextlib.nullcontext():
+                trajectories = rollout(self.engine, task, self.reward_functions, policy_version=self.version,
+                                       actor_id=self.actor_id, stop=self.stop,
+                                       current_version=self.weights.latest_version, scorer=self.scorer)
         finally:
             self.model.train(training)
         elapsed = time.perf_counter() - t0

@@ -167,6 +167,7 @@ def build_remote_actor(client: ExperienceClient, spec, actor_id: str, token: str
     weights = GrpcWeights(params, lambda: -1)
     actor = RolloutActor(actor_id, model, tokenizer, resolve_rewards(cfg), weights, stop=list(cfg.generation.stop),
                          completion_batch_size=cfg.training.batch_size * cfg.generation.num_generations,
+                         merge_adapters=cfg.lora.merge_for_sampling,
                          scorer=env_worker_scorer(cfg.runtime.env_workers, scorer_pool))
     size = sum(v.size for _, v in tree_flatten(model.parameters()))
     echo(f"actor {actor_id}: built {cfg.model.path} ({size / 1e6:.2f}M parameters) for learner {client.address}")

@@ -98,19 +98,20 @@ class SuffixColumns:
         prompt_lengths = batch.starts[prompt_rows]  # the shared tokens: the prompt but its last
         length = pad_length(int(prompt_lengths.max()), 16)
         tokens = np.full((len(groups), length), pad_id, np.int32)
-        inputs = np.array(batch.inputs)
-        for g, (row, n) in enumerate(zip(prompt_rows, prompt_lengths)):
-            tokens[g, length - n:] = inputs[row, :n]
+        inputs = np.array(batch.inputs[mx.array(prompt_rows), :length])  # only what the prefix needs
+        for g, n in enumerate(prompt_lengths):
+            tokens[g, length - n:] = inputs[g, :n]
         self.prefix = SharedPrefix(mx.array(tokens), mx.array(length - prompt_lengths), mx.array(group_of_row))
         self.width = pad_length(int(batch.lengths[rows].max()), 16)
         columns = batch.starts[rows, None] + np.arange(self.width)[None, :]
         self.valid = mx.array(columns < batch.inputs.shape[1])
         self.columns = mx.array(np.minimum(columns, batch.inputs.shape[1] - 1))
         self.rows = rows
+        self._row_index = mx.array(rows)
 
     def take(self, values: mx.array) -> mx.array:
         """[n, width] of `values` [N, L] (a whole batch's; entries that do not exist are 0)."""
-        taken = mx.take_along_axis(values[mx.array(self.rows)], self.columns, axis=1)
+        taken = mx.take_along_axis(values[self._row_index], self.columns, axis=1)
         return mx.where(self.valid, taken, mx.zeros_like(taken))
 
     def put(self, values: mx.array, shape: tuple[int, int]) -> mx.array:
@@ -316,13 +317,20 @@ class RLLearner(Trainer):
                        advantage_abs_max=mx.abs(advantages).max().item(), skipped_update=0.0, **base)
         return summary
 
+    def suffix_columns(self, batch: RolloutBatch, rows: np.ndarray) -> SuffixColumns | None:
+        """Rows `rows` laid out to share their groups' prompts, or None where they run whole (no groups, a
+        model whose caches cannot be shared, or prompts of one token, which leave nothing to share)."""
+        if self.share_prefix and batch.starts[rows].max() > 0:
+            return SuffixColumns(batch, rows, self.group_size, self.pad_id)
+        return None
+
     def micro_batch_args(self, batch: RolloutBatch, idx: np.ndarray, first_target: np.ndarray, advantages: mx.array,
                          reference: mx.array | None, proximal: mx.array | None) -> list:
         """The loss's arrays for rows `idx`. With a shared prefix: each group's prompt once, and each row's
         suffix (see `SuffixColumns`). Otherwise whole rows, with the loss's columns from the first completion
         column (rounded down to 16, so a compiled step sees few shapes): the LM head skips the prompt's."""
-        if self.share_prefix and batch.starts[idx].max() > 0:
-            suffix = SuffixColumns(batch, idx, self.group_size, self.pad_id)
+        suffix = self.suffix_columns(batch, idx)
+        if suffix is not None:
             per_token = [batch.targets, batch.mask, batch.behavior_logprobs]
             return [suffix.take(batch.inputs), *map(suffix.take, per_token),
                     advantages[mx.array(idx)] if advantages.ndim == 1 else suffix.take(advantages),
@@ -371,9 +379,8 @@ class RLLearner(Trainer):
 
     def _frozen_logprobs(self, model, batch: RolloutBatch) -> mx.array:
         """[N, L] per-token logprobs of the whole batch, in collate's layout (through a shared prefix if any)."""
-        rows = np.arange(batch.inputs.shape[0])
-        if self.share_prefix and batch.starts.max() > 0:
-            suffix = SuffixColumns(batch, rows, self.group_size, self.pad_id)
+        suffix = self.suffix_columns(batch, np.arange(batch.inputs.shape[0]))
+        if suffix is not None:
             logprobs, _ = self.policy_logprobs(model, suffix.take(batch.inputs), suffix.take(batch.targets),
                                                prefix=suffix.prefix)
             return suffix.put(mx.stop_gradient(logprobs), batch.targets.shape)

@@ -71,6 +71,11 @@ def test_generation_bench_prints_a_ratio_and_an_overhead_for_every_sampling_sett
     assert re.search(r"largest engine overhead beyond the model forward -?[0-9.]+% ", out), out
     match = re.search(r"min ratio ours/mlx-lm = ([0-9.]+) ", out)
     assert match and float(match.group(1)) > 0, out
+    # and a LoRA policy sampled with its adapters merged, against the adapter path, in both sampling settings
+    for setting in ("temperature", "top-k 20 top-p 0.95"):
+        lora = re.search(rf"LoRA r8 sampling, {setting}, 4x1: adapters merged per batch vs the adapter path, "
+                         r"([0-9.]+) vs ([0-9.]+) tok per CPU second: ([0-9.]+)x as fast", out)
+        assert lora and all(float(x) > 0 for x in lora.groups()), out
 
 
 @pytest.mark.slow

@@ -3,13 +3,14 @@
 import mlx.core as mx
 import mlx.nn as nn
 import mlx_lm
+import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from lazarus.models.load import load
-from lazarus.models.lora import (AdapterError, adapter_parameters, adapters_disabled, apply_lora, fuse_lora,
-                                 load_adapter, lora_modules, save_adapter)
+from lazarus.models.lora import (AdapterError, adapter_parameters, adapters_disabled, adapters_merged, apply_lora,
+                                 fuse_lora, load_adapter, lora_modules, save_adapter)
 
 IDS = mx.array([[5, 17, 42, 99, 7, 3]])
 
@@ -81,6 +82,58 @@ def test_fuse_merges_adapters_into_plain_linears(micro_model_dir):
     assert not lora_modules(model)
     assert all(isinstance(m, nn.Linear) for n, m in model.named_modules() if n.endswith("q_proj"))
     assert mx.allclose(model(IDS), expected, atol=1e-4)
+
+
+def test_merged_adapters_sample_the_adapter_paths_tokens_and_logprobs_and_are_put_back(micro_model_dir):
+    from lazarus.inference.engine import Engine
+    from lazarus.inference.sampling import SamplingParams
+
+    # given a LoRA model whose adapters change its output
+    model, tokenizer = load(micro_model_dir)
+    apply_lora(model, rank=4, alpha=8)
+    _perturb(model)
+    model.eval()
+    adapters = {name: m for name, m in lora_modules(model)}
+    engine, params = Engine(model, tokenizer), SamplingParams(temperature=1.0, max_tokens=12, seed=7)
+    prompts = [[5, 17, 42, 99], [8, 9]]
+    expected = engine.generate(prompts, 3, params)
+
+    # when it samples the same seeded batch with its adapters merged into their weights
+    with adapters_merged(model) as merged:
+        inside = [type(m).__name__ for n, m in model.named_modules() if n.endswith("q_proj")]
+        sampled = engine.generate(prompts, 3, params)
+
+    # then every adapted layer ran as one linear layer, and the tokens and logprobs are the adapter path's
+    assert merged == len(adapters) and set(inside) == {"Linear"}
+    assert [c.token_ids for c in sampled] == [c.token_ids for c in expected]
+    for got, want in zip(sampled, expected):
+        assert np.allclose(got.logprobs, want.logprobs, atol=1e-4)
+    # and afterwards the very same adapter layers are back, training what they trained
+    assert {name: m for name, m in lora_modules(model)} == adapters
+    assert all(m is adapters[name] for name, m in lora_modules(model))
+
+
+@pytest.mark.parametrize("base", ["quantized", "bfloat16"])
+def test_quantized_and_bfloat16_layers_keep_the_adapter_path_when_merging(micro_model_dir, base):
+    from lazarus.models.quantize import quantize
+
+    # given adapters over quantized linear layers, or over bfloat16 ones (too coarse for a young adapter's delta)
+    model, _ = load(micro_model_dir)
+    if base == "quantized":
+        quantize(model, bits=8, group_size=32)
+    else:
+        model.set_dtype(mx.bfloat16)
+    apply_lora(model, rank=4)
+    _perturb(model)
+    expected = model(IDS)
+
+    # when asked to merge them
+    with adapters_merged(model) as merged:
+        inside = model(IDS)
+
+    # then none merges, and the output is the adapter path's
+    assert merged == 0
+    assert mx.array_equal(inside, expected)
 
 
 def test_adapter_with_wrong_shapes_is_rejected_naming_the_tensor(micro_model_dir, tmp_path):

@@ -178,3 +178,45 @@ def test_ppo_value_lr_gives_the_value_head_its_own_optimizer_and_resumes_exactly
         return next(m["loss"] for m in metrics(tmp_path / run) if m.get("step") == 2 and "loss" in m)
 
     assert loss_at_2("part") == pytest.approx(loss_at_2("full"), abs=1e-5)
+
+
+def test_the_actor_samples_through_merged_adapters_only_with_lora_merge_for_sampling(make_config):
+    from lazarus.env.rewards import RewardFunction
+    from lazarus.runtime.local import local_roles
+
+    # given in-process roles of a LoRA run whose adapters change the policy, with a reward that notes what
+    # kind of layer the policy's first query projection is while the batch is sampled and scored
+    learner, actor, tasks = local_roles(make_config("grpo", "lora.enabled=true"))
+    for name, m in learner.model.named_modules():
+        if hasattr(m, "lora_b"):
+            m.lora_b = 0.05 * mx.random.normal(m.lora_b.shape, key=mx.random.key(len(name)))
+    seen = []
+
+    def layer_kind(prompts, completions, **_):
+        seen.append(type(learner.model.layers[0].self_attn.q_proj).__name__)
+        return [float(i % 2) for i in range(len(completions))]
+
+    actor.reward_functions = [RewardFunction("layer_kind", layer_kind)]
+    task = tasks.next_task(4, learner.policy_version)
+
+    # when it samples one seeded task with lora.merge_for_sampling on (the default), then the same task off
+    assert actor.merge_adapters
+    merged = actor.run_task(task)
+    actor.merge_adapters = False
+    unmerged = actor.run_task(task)
+
+    # then the first ran through merged linear layers and the second through the adapters, which are back
+    assert seen == ["Linear", "LoRALinear"]
+    assert type(learner.model.layers[0].self_attn.q_proj).__name__ == "LoRALinear"
+    # and both sampled the same tokens with the same behaviour logprobs, to float rounding
+    assert [list(t.completion_ids) for t in merged] == [list(t.completion_ids) for t in unmerged]
+    for a, b in zip(merged, unmerged):
+        assert np.allclose(a.behavior_logprobs, b.behavior_logprobs, atol=1e-4)
+
+
+def test_lora_merge_for_sampling_off_reaches_the_actor(make_config):
+    from lazarus.runtime.local import local_roles
+
+    _, actor, _ = local_roles(make_config("grpo", "lora.enabled=true", "lora.merge_for_sampling=false"))
+
+    assert actor.merge_adapters is False
