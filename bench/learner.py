@@ -17,7 +17,8 @@ the median of the per-update ratios. Higher is better; 1.0 would be the matmul's
 
 Prompt sharing: on the last size, the LoRA update as the learner runs it (each group's prompt once, its
 completions against the prompt's keys and values) against the same update on whole rows, alternated in one
-process; it prints their time ratio (lower is better).
+process; it prints their time ratio (lower is better). The same for a DPO step: a pair's chosen and rejected
+completions run their prompt once between them.
 
 Memory: the peak MLX memory of the timed updates (`mx.get_peak_memory`, reset before each) above what was
 allocated before it (weights, optimizer state), divided by T: peak KB per token. The update's share that
@@ -91,6 +92,33 @@ def shared_prompts_vs_whole_rows(model_dir: Path, data_dir: Path, run_dir: Path,
             if repeat:
                 seconds[shared].append(time.perf_counter() - start)
     return {"shared_s": statistics.median(seconds[True]), "whole_s": statistics.median(seconds[False])}
+
+
+def dpo_shared_prompts_vs_whole_rows(model_dir: Path, data_dir: Path, run_dir: Path, repeats: int) -> dict:
+    """Seconds per DPO LoRA step (reference pass, forward and backward, AdamW) on 8 preference pairs, running
+    each pair's prompt once for its chosen and rejected completions and running whole rows, alternated
+    (medians, after a compiling warm-up each)."""
+    from lazarus.runtime.build import build_trainer
+
+    cfg = load_config(None, ["algorithm=dpo", f"model.path={model_dir}",
+                             f"data.train={data_dir}/preference_train.jsonl", "data.eval=null",
+                             f"training.run_dir={run_dir}", "training.progress=false", "training.batch_size=8",
+                             "lora.enabled=true", f"lora.rank={LORA_RANK}"])
+    trainer = build_trainer(cfg)
+    pairs, running = trainer.pairs[:8], mx.array([0.0, 0.0])
+    seconds = {True: [], False: []}
+    for repeat in range(repeats + 1):
+        for shared in (True, False):
+            trainer.share_prompts = shared
+            start = time.perf_counter()
+            batch = trainer.collate(pairs)
+            trainer.stepper.accumulate(*batch[:3], trainer.reference_logprobs(batch), running, batch.prefix)
+            trainer.stepper.apply()
+            if repeat:
+                seconds[shared].append(time.perf_counter() - start)
+    return {"shared_s": statistics.median(seconds[True]), "whole_s": statistics.median(seconds[False]),
+            "prompt_tokens": statistics.mean(len(p.prompt_ids) for p in pairs),
+            "completion_tokens": statistics.mean(len(c) for p in pairs for c in (p.chosen_ids, p.rejected_ids))}
 
 
 def tokens_run(trajectories, shared_prompts: bool) -> int:
@@ -194,6 +222,11 @@ def main() -> None:
     r = shared_prompts_vs_whole_rows(work / f"llama-{size}", work / "data", work / f"run-{size}-shared", repeats)
     print(f"LoRA update running each group's prompt once vs whole rows, {size}: {r['shared_s']:.3f} vs "
           f"{r['whole_s']:.3f} s/update, time ratio {r['shared_s'] / r['whole_s']:.2f} (lower is better)")
+    r = dpo_shared_prompts_vs_whole_rows(work / f"llama-{size}", work / "data", work / f"run-{size}-dpo", repeats)
+    print(f"DPO LoRA step running each pair's prompt once vs whole rows, {size}, 8 pairs "
+          f"({r['prompt_tokens']:.0f}-token prompts, {r['completion_tokens']:.0f}-token completions): "
+          f"{r['shared_s']:.3f} vs {r['whole_s']:.3f} s/step, time ratio {r['shared_s'] / r['whole_s']:.2f} "
+          "(lower is better)")
     rows, length = PROMPTS * GROUP, 128
     peaks = logprob_memory(work / f"llama-{sizes[-1]}", rows, length)
     print(f"policy log-probs value-and-grad, {sizes[-1]}, {rows} x {length} tokens: peak {peaks['full']:.1f} MB "

@@ -60,10 +60,12 @@ class LoraConfig(Section):
         None, description="Module paths inside a block (e.g. self_attn.q_proj); null = every linear layer."
     )
     num_layers: Optional[int] = Field(None, gt=0, description="Adapt only the last N blocks; null = all.")
-    merge_for_sampling: bool = Field(
-        True, description="Actors sample with each float32 adapted linear layer merged into one weight (W + "
-        "scale * AB), recomputed per batch of prompts: one matmul instead of three per layer (bench/generation.py "
-        "prints the LoRA rows), at the cost of one copy of those weights while sampling. Quantized and bfloat16 "
+    merge_for_sampling: Union[bool, Literal["auto"]] = Field(
+        "auto", description="Actors sample with each float32 adapted linear layer merged into one weight (W + "
+        "scale * AB), recomputed per batch of prompts: one matmul instead of three per layer, at the cost of one "
+        "copy of those weights while sampling. auto = only when that copy is at most 64 MB (a model of up to "
+        "~16M adapted parameters, where a decode step is mostly the cost of launching its ops: 1M 1.13-1.18x, "
+        "10M 1.00-1.04x in bench/generation.py's LoRA rows); true = whatever its size. Quantized and bfloat16 "
         "layers keep the adapter path.")
 
 

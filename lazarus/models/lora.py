@@ -227,21 +227,30 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
             m.scale = scale
 
 
+#: `lora.merge_for_sampling: auto` merges only when the merged weights take at most this many bytes: small
+#: models, whose decode step is mostly the cost of launching its ops (SmolLM2-135M's would be ~420 MB more
+#: memory while sampling, for a step that the adapters' two small matmuls barely lengthen).
+AUTO_MERGE_MAX_BYTES = 64 * 2**20
+
+
 @contextlib.contextmanager
-def adapters_merged(model: nn.Module) -> Iterator[int]:
+def adapters_merged(model: nn.Module, max_bytes: int | None = None) -> Iterator[int]:
     """Run each float32 `LoRALinear` as one linear layer of weight W + scale * (A B)^T inside the block;
     yields how many layers were merged. Put back on the way out: the adapters stay what trains.
 
     For sampling: a decode step on a small model is one matmul per layer instead of three, and the numbers
     are the adapter path's to float rounding. Only float32 weights merge: a bfloat16 weight cannot hold a
     young adapter's delta (below its rounding step, it would sample the base); quantized linear layers, MoE
-    and embedding adapters keep the adapter path. Costs one copy of each merged weight while inside. Not
-    for training, and not while another thread runs the model.
+    and embedding adapters keep the adapter path. Costs one copy of each merged weight while inside; with
+    `max_bytes`, nothing merges (0 is yielded) when those copies would take more. Not for training, and not
+    while another thread runs the model.
     """
+    mergeable = [(name, m) for name, m in lora_modules(model)
+                 if type(m) is LoRALinear and type(m.linear) is nn.Linear and m.linear.weight.dtype == mx.float32]
+    if max_bytes is not None and sum(m.linear.weight.nbytes for _, m in mergeable) > max_bytes:
+        mergeable = []
     merged, originals = [], []
-    for name, m in lora_modules(model):
-        if type(m) is not LoRALinear or type(m.linear) is not nn.Linear or m.linear.weight.dtype != mx.float32:
-            continue
+    for name, m in mergeable:
         layer = nn.Linear(1, 1, bias="bias" in m.linear)
         layer.weight = m.linear.weight + m.scale * (m.lora_a @ m.lora_b).T
         if "bias" in m.linear:

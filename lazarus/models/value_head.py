@@ -77,9 +77,18 @@ def hidden_states(model: nn.Module, inputs: mx.array, cache=None) -> mx.array:
     return model.norm(h)
 
 
+def head_is_known(model: nn.Module) -> bool:
+    """Whether `logits_from_hidden` knows `model`'s LM head (its family is in `PLAIN_HEAD_FAMILIES`)."""
+    return _model_type(model) in PLAIN_HEAD_FAMILIES
+
+
+def _model_type(model: nn.Module) -> str | None:
+    return getattr(model, "model_type", None) or getattr(getattr(model, "args", None), "model_type", None)
+
+
 def logits_from_hidden(model: nn.Module, hidden: mx.array) -> mx.array:
     """Apply `model`'s LM head to `hidden_states(model, ...)`: equal to `model(inputs)`."""
-    model_type = getattr(model, "model_type", None) or getattr(getattr(model, "args", None), "model_type", None)
+    model_type = _model_type(model)
     if model_type not in PLAIN_HEAD_FAMILIES:
         raise ValueError(f"model_type {model_type!r}: its LM head is not known to be plain "
                          f"(supported: {', '.join(PLAIN_HEAD_FAMILIES)})")

@@ -20,7 +20,7 @@ from lazarus.data.trajectory import RolloutTask, Trajectory
 from lazarus.env.rewards import RewardFunction, score
 from lazarus.env.rollout import rollout
 from lazarus.inference.engine import Engine
-from lazarus.models.lora import adapters_merged
+from lazarus.models.lora import AUTO_MERGE_MAX_BYTES, adapters_merged
 
 
 class WeightSource(Protocol):
@@ -71,10 +71,11 @@ class RolloutActor:
 
     def __init__(self, actor_id: str, model: nn.Module, tokenizer, reward_functions: list[RewardFunction],
                  weights: WeightSource, *, stop: list[str] | None = None, completion_batch_size: int = 64,
-                 version: int = -1, scorer: Callable = score, merge_adapters: bool = True):
+                 version: int = -1, scorer: Callable = score, merge_adapters: bool | str = "auto"):
         """`scorer` has `env.rewards.score`'s signature: a `PooledScorer` runs the reward functions in a pool
         of env workers (`runtime.env_workers`) instead of this process. `merge_adapters` (`lora.
-        merge_for_sampling`): sample with LoRA layers merged into their weights (`models.lora.adapters_merged`)."""
+        merge_for_sampling`): sample with LoRA layers merged into their weights (`models.lora.adapters_merged`);
+        "auto" only when the merged weights take at most `AUTO_MERGE_MAX_BYTES`."""
         self.actor_id = actor_id
         self.model = model
         self.tokenizer = tokenizer
@@ -100,13 +101,19 @@ class RolloutActor:
         if self.version < at_least:
             raise RuntimeError(f"actor {self.actor_id}: weights at version {self.version}, task needs {at_least}")
 
+    def _sampling_weights(self):
+        """The block sampling runs in: adapters merged into their weights (`merge_adapters`), or as they are."""
+        if not self.merge_adapters:
+            return contextlib.nullcontext()
+        return adapters_merged(self.model, None if self.merge_adapters is True else AUTO_MERGE_MAX_BYTES)
+
     def run_task(self, task: RolloutTask) -> list[Trajectory]:
         """Sample and score one task with the weights held now; eval mode (dropout off) throughout."""
         training = self.model.training
         self.model.eval()
         t0 = time.perf_counter()
         try:
-            with adapters_merged(self.model) if self.merge_adapters else contextlib.nullcontext():
+            with self._sampling_weights():
                 trajectories = rollout(self.engine, task, self.reward_functions, policy_version=self.version,
                                        actor_id=self.actor_id, stop=self.stop,
                                        current_version=self.weights.latest_version, scorer=self.scorer)

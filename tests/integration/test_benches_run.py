@@ -33,6 +33,10 @@ def test_learner_bench_prints_gflops_ratio_for_lora_and_full_rows_and_the_shared
                        r"s/update, time ratio ([0-9.]+)", out)
     assert shared, out
     assert float(shared.group(1)) > 0 and float(shared.group(2)) > 0
+    # and a DPO step through shared prompts against the same step on whole rows
+    dpo = re.search(r"DPO LoRA step running each pair's prompt once vs whole rows, micro, 8 pairs \(\d+-token prompts, "
+                    r"\d+-token completions\): ([0-9.]+) vs ([0-9.]+) s/step, time ratio ([0-9.]+)", out)
+    assert dpo and all(float(x) > 0 for x in dpo.groups()), out
 
 
 @pytest.mark.slow
@@ -74,7 +78,8 @@ def test_generation_bench_prints_a_ratio_and_an_overhead_for_every_sampling_sett
     # and a LoRA policy sampled with its adapters merged, against the adapter path, in both sampling settings
     for setting in ("temperature", "top-k 20 top-p 0.95"):
         lora = re.search(rf"LoRA r8 sampling, {setting}, 4x1: adapters merged per batch vs the adapter path, "
-                         r"([0-9.]+) vs ([0-9.]+) tok per CPU second: ([0-9.]+)x as fast", out)
+                         r"([0-9.]+) vs ([0-9.]+) tok per wall second: ([0-9.]+)x as fast in wall time, "
+                         r"([0-9.]+)x in CPU time", out)
         assert lora and all(float(x) > 0 for x in lora.groups()), out
 
 

@@ -113,6 +113,23 @@ def test_merged_adapters_sample_the_adapter_paths_tokens_and_logprobs_and_are_pu
     assert all(m is adapters[name] for name, m in lora_modules(model))
 
 
+def test_merging_under_a_byte_limit_merges_all_or_nothing(micro_model_dir):
+    # given a LoRA model whose adapted float32 weights take `total` bytes
+    model, _ = load(micro_model_dir)
+    apply_lora(model, rank=4)
+    total = sum(m.linear.weight.nbytes for _, m in lora_modules(model))
+
+    # when asked to merge within a limit just below that, and within exactly that
+    with adapters_merged(model, max_bytes=total - 1) as below:
+        pass
+    with adapters_merged(model, max_bytes=total) as within:
+        pass
+
+    # then nothing merges in the first, and every adapted layer in the second
+    assert below == 0
+    assert within == len(lora_modules(model))
+
+
 @pytest.mark.parametrize("base", ["quantized", "bfloat16"])
 def test_quantized_and_bfloat16_layers_keep_the_adapter_path_when_merging(micro_model_dir, base):
     from lazarus.models.quantize import quantize

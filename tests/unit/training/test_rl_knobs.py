@@ -199,8 +199,9 @@ def test_the_actor_samples_through_merged_adapters_only_with_lora_merge_for_samp
     actor.reward_functions = [RewardFunction("layer_kind", layer_kind)]
     task = tasks.next_task(4, learner.policy_version)
 
-    # when it samples one seeded task with lora.merge_for_sampling on (the default), then the same task off
-    assert actor.merge_adapters
+    # when it samples one seeded task with lora.merge_for_sampling auto (the default; a micro model's merged
+    # weights are far below its limit), then the same task off
+    assert actor.merge_adapters == "auto"
     merged = actor.run_task(task)
     actor.merge_adapters = False
     unmerged = actor.run_task(task)
@@ -214,9 +215,25 @@ def test_the_actor_samples_through_merged_adapters_only_with_lora_merge_for_samp
         assert np.allclose(a.behavior_logprobs, b.behavior_logprobs, atol=1e-4)
 
 
-def test_lora_merge_for_sampling_off_reaches_the_actor(make_config):
+@pytest.mark.parametrize("setting,limit,expected", [("false", None, "LoRALinear"), ("auto", 0, "LoRALinear"),
+                                                     ("true", 0, "Linear")])
+def test_lora_merge_for_sampling_off_or_auto_above_its_limit_samples_through_the_adapters(
+        make_config, monkeypatch, setting, limit, expected):
+    from lazarus.env.rewards import RewardFunction
+    from lazarus.runtime import roles
     from lazarus.runtime.local import local_roles
 
-    _, actor, _ = local_roles(make_config("grpo", "lora.enabled=true", "lora.merge_for_sampling=false"))
+    # given lora.merge_for_sampling off, or auto with merged weights above its limit, or on whatever their size
+    if limit is not None:
+        monkeypatch.setattr(roles, "AUTO_MERGE_MAX_BYTES", limit)
+    learner, actor, tasks = local_roles(make_config("grpo", "lora.enabled=true",
+                                                    f"lora.merge_for_sampling={setting}"))
+    seen = []
+    actor.reward_functions = [RewardFunction("layer_kind", lambda prompts, completions, **_: seen.append(
+        type(learner.model.layers[0].self_attn.q_proj).__name__) or [0.0] * len(completions))]
 
-    assert actor.merge_adapters is False
+    # when the actor samples a task
+    actor.run_task(tasks.next_task(4, learner.policy_version))
+
+    # then it sampled through the adapters, or through merged layers when told to merge whatever their size
+    assert seen == [expected]

@@ -182,3 +182,77 @@ def test_grpo_learns_a_simple_verifiable_reward(make_config, tmp_path):
     # then the reward rises to nearly always
     rewards = [m["reward_mean"] for m in metrics(tmp_path / "run") if "reward_mean" in m]
     assert sum(rewards[:5]) / 5 < 0.6 and sum(rewards[-5:]) / 5 > 0.9
+
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "orpo"])
+def test_dpo_through_shared_prompts_gives_the_logprobs_loss_and_gradients_of_whole_rows(make_config, loss_type):
+    import mlx.nn as nn
+
+    from lazarus.algorithms.logprobs import sequence_logprobs, token_logprobs
+    from lazarus.data.tokenize import TokenizedPreference
+    from lazarus.runtime.build import build_trainer
+    from lazarus.training.dpo import collate_preferences, completion_logprobs
+
+    # given a DPO trainer on a LoRA micro model whose adapters change the policy, and pairs whose prompts are
+    # 1, 5, 13 and 20 tokens long, with chosen and rejected completions of other lengths
+    trainer = build_trainer(make_config("dpo", "lora.enabled=true", f"dpo.loss_type={loss_type}"))
+    for i, (_, m) in enumerate(trainer.model.named_modules()):
+        if hasattr(m, "lora_b"):
+            m.lora_b = 0.05 * mx.random.normal(m.lora_b.shape, key=mx.random.key(i))
+    pairs = [TokenizedPreference(list(range(7, 7 + n)), list(range(40, 40 + c)), list(range(90, 90 + r)))
+             for n, c, r in ((1, 3, 9), (5, 12, 2), (13, 6, 6), (20, 1, 17))]
+    shared, whole = collate_preferences(pairs, trainer.pad_id, True), collate_preferences(pairs, trainer.pad_id)
+    assert trainer.share_prompts and shared.prefix is not None and whole.prefix is None
+    assert shared.inputs.shape[1] < whole.inputs.shape[1]  # each row runs its completion, not its prompt
+
+    # when each completion's logprob is taken through the shared prompts, and as defined: the sum of its
+    # tokens' log-softmax from the full logits of whole rows
+    through_shared = sequence_logprobs(completion_logprobs(trainer.model, shared), shared.mask)
+    logits = trainer.model(whole.inputs)[:, -whole.targets.shape[1]:]
+    defined = sequence_logprobs(token_logprobs(logits, whole.targets), whole.mask)
+    # and the loss and its gradients through the shared prompts and on whole rows
+    running = mx.array([0.0, 0.0])
+
+    def value_and_grad(batch):
+        ref = trainer.reference_logprobs(batch)
+        loss = lambda model: trainer.loss(model, *batch[:3], ref, running, batch.prefix)[0]  # noqa: E731
+        return nn.value_and_grad(trainer.model, loss)(trainer.model)
+
+    (shared_loss, shared_grads), (whole_loss, whole_grads) = value_and_grad(shared), value_and_grad(whole)
+
+    # then they agree to float rounding
+    assert mx.allclose(through_shared, defined, atol=1e-4, rtol=1e-5)
+    assert shared_loss.item() == pytest.approx(whole_loss.item(), rel=1e-5, abs=1e-6)
+    for (name, a), (_, b) in zip(tree_flatten(shared_grads), tree_flatten(whole_grads)):
+        assert mx.allclose(a, b, atol=1e-5, rtol=1e-4), name
+    assert any(mx.abs(g).max().item() > 0 for _, g in tree_flatten(shared_grads))
+
+
+def test_dpo_on_a_family_whose_head_it_does_not_know_runs_whole_rows_through_the_models_own_forward(
+        make_config, micro_model_dir):
+    from mlx_lm.models import qwen3
+
+    from lazarus.algorithms.logprobs import sequence_logprobs, token_logprobs
+    from lazarus.data.tokenize import TokenizedPreference
+    from lazarus.training.dpo import DPOTrainer, completion_logprobs
+
+    # given a random-init Qwen3 (a family outside PLAIN_HEAD_FAMILIES) with LoRA adapters, and two pairs
+    _, tokenizer = load(micro_model_dir)
+    model = qwen3.Model(qwen3.ModelArgs(
+        model_type="qwen3", hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
+        rms_norm_eps=1e-5, vocab_size=len(tokenizer.vocab), num_key_value_heads=2, max_position_embeddings=256,
+        head_dim=8, tie_word_embeddings=True, rope_theta=10000.0))
+    apply_lora(model, rank=4)
+    pairs = [TokenizedPreference([5, 6, 7], [40, 41], [90, 91, 92]), TokenizedPreference([8, 9], [42], [93, 94])]
+
+    # when a DPO trainer is built on it and takes the completions' logprobs
+    trainer = DPOTrainer(make_config("dpo", "lora.enabled=true"), model, tokenizer, pairs)
+    batch = trainer.collate(pairs)
+    logprobs = sequence_logprobs(completion_logprobs(model, batch), batch.mask)
+
+    # then the prompts are not shared, and the logprobs are those of the model's own full logits
+    assert not trainer.share_prompts and batch.prefix is None
+    defined = sequence_logprobs(token_logprobs(model(batch.inputs)[:, -batch.targets.shape[1]:], batch.targets),
+                                batch.mask)
+    assert mx.allclose(logprobs, defined, atol=1e-5)
