@@ -152,8 +152,8 @@ def measure(model, tokenizer, prompts, n: int, params: SamplingParams, repeats: 
 
 def merged_adapters_speed(path: str, prompts, n: int, params: SamplingParams, repeats: int) -> dict[str, float]:
     """A LoRA r8 policy sampled as an actor does with `lora.merge_for_sampling` (each adapted layer merged into
-    one weight per batch, the merge counted) and through the adapter path: tokens per CPU second of each,
-    interleaved, and the median over back-to-back pairs of merged / adapter path."""
+    one weight per batch, the merge counted) and through the adapter path, interleaved: the best wall tokens/s of
+    each, and the median over back-to-back pairs of merged / adapter path on the wall and on the CPU clock."""
     model, tokenizer = load(path)
     apply_lora(model, rank=8, alpha=16)
     for i, (_, m) in enumerate(lora_modules(model)):  # a trained adapter's B, not the zeros it starts from
@@ -236,7 +236,7 @@ def main() -> None:
         print(f"min ratio ours/mlx-lm = {ratio:.2f} in CPU time per token ({where}; target >= 1.0; "
               "ours also returns logprobs)")
     if args.lora:  # worded without "ratio": the lines above hold the engine-vs-mlx-lm ratios alone
-        prompts, n = (make_prompts(4, vocab), 8) if args.group else (make_prompts(4, vocab), 1)
+        prompts, n = make_prompts(4, vocab), (8 if args.group else 1)
         for name in ("temperature", "top-k 20 top-p 0.95"):
             params = SamplingParams(temperature=1.0, max_tokens=args.max_tokens, seed=0, **SETTINGS[name])
             m = merged_adapters_speed(path, prompts, n, params, args.repeats)

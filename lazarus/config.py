@@ -65,7 +65,7 @@ class LoraConfig(Section):
         "scale * AB), recomputed per batch of prompts: one matmul instead of three per layer, at the cost of one "
         "copy of those weights while sampling. auto = only when that copy is at most 64 MB (a model of up to "
         "~16M adapted parameters, where a decode step is mostly the cost of launching its ops: 1M 1.13-1.18x, "
-        "10M 1.00-1.04x in bench/generation.py's LoRA rows); true = whatever its size. Quantized and bfloat16 "
+        "10M 1.00-1.05x in bench/generation.py's LoRA rows); true = whatever its size. Quantized and bfloat16 "
         "layers keep the adapter path.")
 
 

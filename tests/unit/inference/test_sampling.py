@@ -83,3 +83,25 @@ def test_same_key_same_tokens():
     b = draw(SamplingParams(top_k=4), seed=5)[1][0]
     c = draw(SamplingParams(top_k=4), seed=6)[1][0]
     assert mx.array_equal(a, b) and not mx.array_equal(a, c)
+
+
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(temperature=0.7, top_k=20, top_p=0.9),
+                                    SamplingParams(top_p=0.95), SamplingParams(min_p=0.05),
+                                    SamplingParams(temperature=0)])
+def test_the_compiled_sampler_draws_what_the_op_by_op_one_does_at_every_batch_size_and_stream(params):
+    # given random logits over a 1k vocabulary, and batches that shrink as a decode loop's rows finish
+    logits = mx.random.normal((32, 1024), key=mx.random.key(1)) * 3
+    uniforms = Uniforms(2, 32)
+    for rows, stream in [(32, None), (7, None), (1, None), (7, mx.new_stream(mx.default_device()))]:
+        u = uniforms.next(rows)
+        with mx.stream(stream or mx.default_stream(mx.default_device())):
+            # when the same draw runs compiled (a new shape, then another stream) and op by op
+            tokens, logprobs = sample_tokens(logits[:rows], params, u)
+            mx.disable_compile()
+            try:
+                eager_tokens, eager_logprobs = sample_tokens(logits[:rows], params, u)
+            finally:
+                mx.enable_compile()
+        # then the tokens are the same and the logprobs agree to float rounding
+        assert tokens.tolist() == eager_tokens.tolist()
+        assert mx.abs(logprobs - eager_logprobs).max().item() < 1e-5
