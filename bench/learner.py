@@ -17,7 +17,8 @@ the median of the per-update ratios. Higher is better; 1.0 would be the matmul's
 
 Prompt sharing: on the last size, the LoRA update as the learner runs it (each group's prompt once, its
 completions against the prompt's keys and values) against the same update on whole rows, alternated in one
-process; it prints their time ratio (lower is better). The same for a DPO step: a pair's chosen and rejected
+process; it prints their time ratio (lower is better). The same for PPO's update (policy and value head on one
+trunk pass, rl.beta 0), and for a DPO step: a pair's chosen and rejected
 completions run their prompt once between them.
 
 Memory: the peak MLX memory of the timed updates (`mx.get_peak_memory`, reset before each) above what was
@@ -53,9 +54,9 @@ from lazarus.runtime.local import local_roles
 PROMPTS, GROUP, NEW_TOKENS, LORA_RANK = 4, 8, 32, 8
 
 
-def grpo_config(model_dir: Path, data_dir: Path, run_dir: Path, lora: bool):
+def grpo_config(model_dir: Path, data_dir: Path, run_dir: Path, lora: bool, algorithm: str = "grpo"):
     return load_config(None, [
-        "algorithm=grpo", f"model.path={model_dir}", f"data.train={data_dir}/rl_train.jsonl",
+        f"algorithm={algorithm}", f"model.path={model_dir}", f"data.train={data_dir}/rl_train.jsonl",
         f"training.run_dir={run_dir}", "training.progress=false", f"training.batch_size={PROMPTS}",
         f"generation.num_generations={GROUP}", f"generation.max_new_tokens={NEW_TOKENS}",
         "generation.temperature=1.0", "rl.beta=0", f"lora.enabled={str(lora).lower()}", f"lora.rank={LORA_RANK}"])
@@ -67,9 +68,9 @@ def on_policy(trajectories, learner) -> None:
         t.policy_version = t.policy_version_end = learner.policy_version
 
 
-def rolled_out(model_dir: Path, data_dir: Path, run_dir: Path, lora: bool):
+def rolled_out(model_dir: Path, data_dir: Path, run_dir: Path, lora: bool, algorithm: str = "grpo"):
     """A fresh learner and one batch of full-length trajectories from its local actor, rewards varying in groups."""
-    trainer, actor, tasks = local_roles(grpo_config(model_dir, data_dir, run_dir, lora))
+    trainer, actor, tasks = local_roles(grpo_config(model_dir, data_dir, run_dir, lora, algorithm))
     trainer.seed_step()
     with eos_disabled(trainer.tokenizer):
         trajectories = actor.run_task(tasks.next_task(PROMPTS, trainer.policy_version))
@@ -78,10 +79,12 @@ def rolled_out(model_dir: Path, data_dir: Path, run_dir: Path, lora: bool):
     return trainer, trajectories
 
 
-def shared_prompts_vs_whole_rows(model_dir: Path, data_dir: Path, run_dir: Path, repeats: int) -> dict:
+def shared_prompts_vs_whole_rows(model_dir: Path, data_dir: Path, run_dir: Path, repeats: int,
+                                 algorithm: str = "grpo") -> dict:
     """Seconds per LoRA `learn()` on one batch, running each group's prompt once and running whole rows,
-    alternated so that load from other processes hits both alike (medians, after a compiling warm-up each)."""
-    trainer, trajectories = rolled_out(model_dir, data_dir, run_dir, lora=True)
+    alternated so that load from other processes hits both alike (medians, after a compiling warm-up each).
+    PPO's `learn` also runs the value head, on the same hidden states, and its values before the update."""
+    trainer, trajectories = rolled_out(model_dir, data_dir, run_dir, lora=True, algorithm=algorithm)
     seconds = {True: [], False: []}
     for repeat in range(repeats + 1):
         for shared in (True, False):
@@ -222,6 +225,10 @@ def main() -> None:
     r = shared_prompts_vs_whole_rows(work / f"llama-{size}", work / "data", work / f"run-{size}-shared", repeats)
     print(f"LoRA update running each group's prompt once vs whole rows, {size}: {r['shared_s']:.3f} vs "
           f"{r['whole_s']:.3f} s/update, time ratio {r['shared_s'] / r['whole_s']:.2f} (lower is better)")
+    r = shared_prompts_vs_whole_rows(work / f"llama-{size}", work / "data", work / f"run-{size}-ppo", repeats, "ppo")
+    print(f"PPO LoRA update (with its value head) running each group's prompt once vs whole rows, {size}: "
+          f"{r['shared_s']:.3f} vs {r['whole_s']:.3f} s/update, time ratio {r['shared_s'] / r['whole_s']:.2f} "
+          "(lower is better)")
     r = dpo_shared_prompts_vs_whole_rows(work / f"llama-{size}", work / "data", work / f"run-{size}-dpo", repeats)
     print(f"DPO LoRA step running each pair's prompt once vs whole rows, {size}, 8 pairs "
           f"({r['prompt_tokens']:.0f}-token prompts, {r['completion_tokens']:.0f}-token completions): "

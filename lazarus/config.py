@@ -272,7 +272,8 @@ class RLConfig(Section):
     loss_agg_mode: Optional[Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
                                     "seq-mean-token-sum-norm"]] = Field(
         None, description="verl's loss aggregation, for the policy loss and (PPO) the value loss; null = from "
-        "loss_type (grpo = seq-mean-token-mean, dapo/bnpo = token-mean, dr_grpo = token sum / max length).")
+        "loss_type (grpo = seq-mean-token-mean, dapo/bnpo = token-mean, dr_grpo = token sum / max length). "
+        "seq-mean-token-sum-norm divides by generation.max_new_tokens.")
     dynamic_sampling: bool = Field(
         False, description="DAPO dynamic sampling: drop groups whose rewards are all equal (no advantage) and "
         "generate more until the batch holds training.batch_size groups with signal.")

@@ -32,15 +32,18 @@ def ppo_policy_loss(
     ref_logprobs: mx.array | None = None,
     beta: float = 0.0,
     kl_estimator: str = "k3",
+    max_completion_length: int | None = None,
 ) -> tuple[mx.array, dict[str, mx.array]]:
     """Clipped surrogate; `clip_range_high` (default = clip_range) clips the upper side; with `beta` the
-    KL to `ref_logprobs` is added in the loss (rl.kl_placement "loss")."""
+    KL to `ref_logprobs` is added in the loss (rl.kl_placement "loss"). `max_completion_length` is the
+    divisor of seq-mean-token-sum-norm (default: the columns given)."""
     return policy_gradient_loss(
         logprobs, old_logprobs, advantages, mask,
         epsilon_low=clip_range,
         epsilon_high=clip_range if clip_range_high is None else clip_range_high,
         loss_agg_mode=loss_agg_mode, clip_ratio_c=clip_ratio_c,
         ref_logprobs=ref_logprobs, beta=beta, kl_estimator=kl_estimator,
+        max_completion_length=max_completion_length,
     )
 
 
@@ -52,9 +55,11 @@ def value_loss(
     clip_range_value: float | None = 0.2,
     *,
     loss_agg_mode: str = "token-mean",
+    max_completion_length: int | None = None,
 ) -> tuple[mx.array, dict[str, mx.array]]:
     """0.5 * masked mean of the squared error to `returns`, pessimistic over the clipped value
-    (the critic may move at most `clip_range_value` from `old_values` per update; None: no clipping)."""
+    (the critic may move at most `clip_range_value` from `old_values` per update; None: no clipping).
+    `max_completion_length` as in `ppo_policy_loss`."""
     squared_error = mx.square(values - returns)
     if clip_range_value is None:
         loss_per_token, clipped = squared_error, mx.zeros_like(squared_error)
@@ -67,7 +72,7 @@ def value_loss(
         "value_clip_fraction": masked_mean(clipped, mask),
         "value_error": masked_mean(mx.stop_gradient(squared_error), mask),
     }
-    return 0.5 * aggregate_loss(loss_per_token, mask, loss_agg_mode), metrics
+    return 0.5 * aggregate_loss(loss_per_token, mask, loss_agg_mode, normalizer=max_completion_length), metrics
 
 
 def entropy_bonus(entropy: mx.array, mask: mx.array) -> mx.array:

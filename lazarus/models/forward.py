@@ -105,9 +105,23 @@ def policy_token_logprobs(model: nn.Module, inputs: mx.array, targets: mx.array,
     if targets.shape[0] != inputs.shape[0] or targets.shape[1] > inputs.shape[1]:
         raise ValueError(f"targets {tuple(targets.shape)} must cover the last positions of inputs "
                          f"{tuple(inputs.shape)}")
+    hidden = last_hidden_states(model, inputs, targets.shape[1], prefix)
+    return hidden_token_logprobs(model, hidden, targets, temperature, chunk_size, with_entropy)
+
+
+def last_hidden_states(model: nn.Module, inputs: mx.array, positions: int,
+                       prefix: SharedPrefix | None = None) -> mx.array:
+    """The last hidden states [B, positions, hidden] of `inputs` [B, T] (each row after its group's prompt,
+    with `prefix`): what `hidden_token_logprobs` and a value head read."""
     hidden = hidden_states(model, inputs) if prefix is None else prefix_hidden_states(model, prefix, inputs)
-    if targets.shape[1] < inputs.shape[1]:
-        hidden = hidden[:, inputs.shape[1] - targets.shape[1]:]
+    return hidden[:, inputs.shape[1] - positions:] if positions < inputs.shape[1] else hidden
+
+
+def hidden_token_logprobs(model: nn.Module, hidden: mx.array, targets: mx.array, temperature: float = 1.0,
+                          chunk_size: int = DEFAULT_CHUNK_SIZE,
+                          with_entropy: bool = False) -> tuple[mx.array, mx.array | None]:
+    """(logprobs, entropy or None) [B, S] of `targets` [B, S] from the hidden states [B, S, hidden] that
+    predict them: `model`'s LM head and the selective log-softmax, chunk by chunk (see the module's note)."""
     head = _plain_head(model)
     if head is not None:
         weight, trainable = head

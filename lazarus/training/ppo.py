@@ -13,8 +13,10 @@ One update, on trajectories sampled and scored by rollout actors (as for GRPO):
                 both aggregated by rl.loss_agg_mode (token-mean when null); stop early when an epoch's
                 approx KL exceeds `target_kl`
 
-The value head shares the policy's trunk (one forward pass gives logits and values) and is saved with
-every checkpoint (`value_head.safetensors`). With `rl.value_lr` it has its own optimizer (the same kind
+The value head shares the policy's trunk: one trunk pass gives the hidden states of the completion columns,
+which the LM head (chunk by chunk, `models/forward.py: hidden_token_logprobs`) and the value head both read;
+as in GRPO, each group's prompt runs once for its completions (`RLLearner.micro_batch_columns`). The head is
+saved with every checkpoint (`value_head.safetensors`). With `rl.value_lr` it has its own optimizer (the same kind
 and schedule as the policy's, at that learning rate), as TRL's and verl's separate critic optimizers.
 """
 
@@ -23,32 +25,19 @@ from __future__ import annotations
 import math
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 
 from lazarus.algorithms.advantages import gae, whiten
 from lazarus.algorithms.kl import kl_shaped_token_rewards
-from lazarus.algorithms.logprobs import masked_mean, token_entropy, token_logprobs
+from lazarus.algorithms.logprobs import masked_mean
 from lazarus.algorithms.ppo import approx_kl, entropy_bonus, ppo_policy_loss, value_loss
 from lazarus.data.trajectory import Trajectory
-from lazarus.models.value_head import ValueHead, hidden_size, hidden_states, logits_from_hidden
+from lazarus.models.forward import SharedPrefix, hidden_token_logprobs, last_hidden_states
+from lazarus.models.value_head import PolicyWithValue, ValueHead, hidden_size, hidden_states
 from lazarus.training.optim import build_optimizer
 from lazarus.training.rl import (RLLearner, TrajectoryBatchError, collate, optimizer_steps_per_update,
                                  update_plan)
-
-
-class PolicyAndValue(nn.Module):
-    """The trainable pair the optimizer sees: policy (or its adapters) and value head."""
-
-    def __init__(self, policy: nn.Module, value_head: ValueHead):
-        super().__init__()
-        self.policy = policy
-        self.value_head = value_head
-
-    def __call__(self, inputs: mx.array) -> tuple[mx.array, mx.array]:
-        hidden = hidden_states(self.policy, inputs)
-        return logits_from_hidden(self.policy, hidden), self.value_head(hidden)
 
 
 def is_policy_parameter(path: str, _weight) -> bool:
@@ -58,7 +47,7 @@ def is_policy_parameter(path: str, _weight) -> bool:
 class PPOLearner(RLLearner):
     def __init__(self, cfg, model, tokenizer, reference=None, eval_prompts=None, reward_functions=None):
         self.value_head = ValueHead(hidden_size(model))
-        self.both = PolicyAndValue(model, self.value_head)
+        self.both = PolicyWithValue(model, self.value_head)
         super().__init__(cfg, model, tokenizer, reference, eval_prompts, reward_functions)
         self.name = "ppo"
         self.loss_agg_mode = cfg.rl.loss_agg_mode or "token-mean"
@@ -74,25 +63,25 @@ class PPOLearner(RLLearner):
     def _learn(self, trajectories: list[Trajectory]) -> dict:
         rl = self.cfg.rl
         batch = collate(trajectories, self.pad_id)
-        _, old_values = self.both(batch.inputs)
-        old_values = mx.stop_gradient(old_values)
+        old_values = self.old_values(batch)
         reference = self.reference_logprobs(batch) if rl.beta > 0 else None
         advantages, returns = self.advantages_and_returns(trajectories, batch, old_values, reference)
         mx.eval(old_values, advantages, returns)
         plan = update_plan(batch.inputs.shape[0], self.group_size, rl.mini_batch_size, rl.micro_batch_size,
                            self.cfg.training.grad_accum_steps)
         tokens_per_row = np.array(batch.mask.sum(axis=-1))
+        first_target = np.argmax(np.array(batch.mask) > 0, axis=-1)  # a row's first completion column
         history, epochs, optimizer_steps = [], 0, 0
         for _ in range(rl.num_iterations):
             epoch = []
             for mini_batch in plan:
                 rows_in_step = np.concatenate(mini_batch)
                 for idx in mini_batch:
-                    rows = mx.array(idx)
-                    ref = reference[rows] if reference is not None and self.loss_beta else None
+                    inputs, columns, prefix = self.micro_batch_columns(batch, idx, first_target)
+                    ref = columns(reference) if reference is not None and self.loss_beta else None
                     loss, metrics = self.stepper.accumulate(
-                        batch.inputs[rows], batch.targets[rows], batch.mask[rows], batch.behavior_logprobs[rows],
-                        advantages[rows], returns[rows], old_values[rows], ref,
+                        inputs, *map(columns, (batch.targets, batch.mask, batch.behavior_logprobs, advantages,
+                                               returns, old_values)), ref, prefix,
                         weight=self.micro_batch_weight(tokens_per_row, idx, rows_in_step))
                     epoch.append({"loss": loss.item(), **{k: v.item() for k, v in metrics.items()}})
                 grad_norm = self.stepper.apply()
@@ -111,6 +100,15 @@ class PPOLearner(RLLearner):
                        return_mean=masked_mean(returns, batch.mask).item(),
                        reference_forward_passes=self.reference_forward_passes)
         return summary
+
+    def old_values(self, batch) -> mx.array:
+        """[N, L] the value head's values before the update, in collate's layout: the trunk and the head on the
+        hidden states, no LM head (through each group's prompt once where the loss shares it)."""
+        suffix = self.suffix_columns(batch, np.arange(batch.inputs.shape[0]))
+        if suffix is not None:
+            hidden = last_hidden_states(self.model, suffix.take(batch.inputs), suffix.width, suffix.prefix)
+            return suffix.put(mx.stop_gradient(self.value_head(hidden)), batch.targets.shape)
+        return mx.stop_gradient(self.value_head(hidden_states(self.model, batch.inputs)))
 
     def advantages_and_returns(self, trajectories: list[Trajectory], batch, old_values: mx.array,
                                reference: mx.array | None) -> tuple[mx.array, mx.array]:
@@ -137,18 +135,23 @@ class PPOLearner(RLLearner):
         return token_rewards if step_rewards is None else token_rewards + step_rewards
 
     def ppo_loss(self, both, inputs, targets, mask, behavior_logprobs, advantages, returns, old_values,
-                 ref_logprobs=None):
+                 ref_logprobs=None, prefix: SharedPrefix | None = None):
+        """The clipped surrogate, value and entropy terms on the loss's columns (`micro_batch_columns`): one trunk
+        pass, then the LM head chunk by chunk and the value head, both on the hidden states of those columns."""
         rl = self.cfg.rl
-        logits, values = both(inputs)
-        logprobs = token_logprobs(logits, targets, self.temperature)
+        hidden = last_hidden_states(both.policy, inputs, targets.shape[1], prefix)
+        logprobs, entropy = hidden_token_logprobs(both.policy, hidden, targets, self.temperature, with_entropy=True)
+        values = both.value_head(hidden)
+        max_length = self.cfg.generation.max_new_tokens  # seq-mean-token-sum-norm's divisor, whatever the columns
         policy_loss, metrics = ppo_policy_loss(logprobs, behavior_logprobs, advantages, mask,
                                                clip_range=rl.epsilon_low, clip_range_high=rl.epsilon_high,
                                                loss_agg_mode=self.loss_agg_mode, clip_ratio_c=rl.clip_ratio_c,
                                                ref_logprobs=ref_logprobs, beta=self.loss_beta if ref_logprobs
-                                               is not None else 0.0, kl_estimator=self.kl_estimator)
+                                               is not None else 0.0, kl_estimator=self.kl_estimator,
+                                               max_completion_length=max_length)
         v_loss, v_metrics = value_loss(values, old_values, returns, mask, clip_range_value=rl.value_clip,
-                                       loss_agg_mode=self.loss_agg_mode)
-        entropy = entropy_bonus(token_entropy(logits, self.temperature), mask)
+                                       loss_agg_mode=self.loss_agg_mode, max_completion_length=max_length)
+        entropy = entropy_bonus(entropy, mask)
         loss = policy_loss + rl.vf_coef * v_loss - rl.entropy_coef * entropy
         return loss, {**metrics, **v_metrics, "policy_loss": policy_loss, "value_loss": v_loss,
                       "entropy": mx.stop_gradient(entropy),

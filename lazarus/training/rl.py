@@ -20,6 +20,7 @@ in this process or elsewhere, and publishes the weights it returns.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -326,23 +327,26 @@ class RLLearner(Trainer):
 
     def micro_batch_args(self, batch: RolloutBatch, idx: np.ndarray, first_target: np.ndarray, advantages: mx.array,
                          reference: mx.array | None, proximal: mx.array | None) -> list:
-        """The loss's arrays for rows `idx`. With a shared prefix: each group's prompt once, and each row's
-        suffix (see `SuffixColumns`). Otherwise whole rows, with the loss's columns from the first completion
-        column (rounded down to 16, so a compiled step sees few shapes): the LM head skips the prompt's."""
+        """The loss's arrays for rows `idx`, laid out by `micro_batch_columns`."""
+        inputs, columns, prefix = self.micro_batch_columns(batch, idx, first_target)
+        return [inputs, columns(batch.targets), columns(batch.mask), columns(batch.behavior_logprobs),
+                advantages[mx.array(idx)] if advantages.ndim == 1 else columns(advantages),
+                columns(reference) if reference is not None else None,
+                columns(proximal) if proximal is not None else None, prefix]
+
+    def micro_batch_columns(self, batch: RolloutBatch, idx: np.ndarray, first_target: np.ndarray
+                            ) -> tuple[mx.array, Callable[[mx.array], mx.array], SharedPrefix | None]:
+        """Rows `idx` as a loss runs them: (inputs, a function cutting any [N, L] per-token array of the batch to
+        the loss's columns of those rows, the shared prefix or None). With a shared prefix: each group's prompt
+        once, and each row's suffix (see `SuffixColumns`). Otherwise whole rows, with the loss's columns from
+        the first completion column (rounded down to 16, so a compiled step sees few shapes): the LM head
+        skips the prompt's."""
         suffix = self.suffix_columns(batch, idx)
         if suffix is not None:
-            per_token = [batch.targets, batch.mask, batch.behavior_logprobs]
-            return [suffix.take(batch.inputs), *map(suffix.take, per_token),
-                    advantages[mx.array(idx)] if advantages.ndim == 1 else suffix.take(advantages),
-                    suffix.take(reference) if reference is not None else None,
-                    suffix.take(proximal) if proximal is not None else None, suffix.prefix]
+            return suffix.take(batch.inputs), suffix.take, suffix.prefix
         rows = mx.array(idx)
         start = int(first_target[idx].min()) // 16 * 16
-        return [batch.inputs[rows], batch.targets[rows, start:], batch.mask[rows, start:],
-                batch.behavior_logprobs[rows, start:],
-                advantages[rows] if advantages.ndim == 1 else advantages[rows, start:],
-                reference[rows, start:] if reference is not None else None,
-                proximal[rows, start:] if proximal is not None else None]
+        return batch.inputs[rows], lambda values: values[rows, start:], None
 
     def micro_batch_weight(self, tokens_per_row: np.ndarray, rows: np.ndarray, rows_in_step: np.ndarray) -> float:
         """A micro-batch's share of its optimizer step, so that accumulation equals one big batch."""

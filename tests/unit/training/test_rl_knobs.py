@@ -110,14 +110,20 @@ def test_the_loss_on_completion_columns_only_equals_the_loss_on_whole_rows(make_
         np.testing.assert_allclose(np.array(grad), np.array(expected), atol=1e-6, rtol=1e-4, err_msg=name)
 
 
-def test_the_update_through_shared_prompts_equals_the_update_on_whole_rows(make_config):
+@pytest.mark.parametrize("algorithm, extra, keys", [
+    ("grpo", [], ("loss", "kl", "entropy")),
+    ("ppo", ["rl.kl_placement=loss"], ("value_mean", "return_mean", "loss", "policy_loss", "value_loss", "entropy",
+                                       "kl")),
+    ("ppo", ["rl.kl_placement=loss", "rl.loss_agg_mode=seq-mean-token-sum-norm"], ("loss", "value_loss")),
+], ids=["grpo", "ppo", "ppo_sum_norm"])
+def test_the_update_through_shared_prompts_equals_the_update_on_whole_rows(make_config, algorithm, extra, keys):
     # given: two identical LoRA learners with a KL term (so the reference pass runs too) and micro-batches of 3
     # completions (so groups are cut across micro-batches); one runs each group's prompt once, the other whole
     # rows; and real trajectories whose prompts differ in length (so the shared prompts are left-padded)
     common = ["lora.enabled=true", "rl.beta=0.05", "rl.micro_batch_size=3", "optim.optimizer=sgd",
-              "optim.learning_rate=0.5", "optim.max_grad_norm=null"]
-    shared_cfg = make_config("grpo", *common)
-    shared, whole = build_learner(shared_cfg), build_learner(make_config("grpo", *common))
+              "optim.learning_rate=0.5", "optim.max_grad_norm=null", *extra]
+    shared_cfg = make_config(algorithm, *common)
+    shared, whole = build_learner(shared_cfg), build_learner(make_config(algorithm, *common))
     whole.share_prefix = False
     trajectories = sampled_batch(shared_cfg, shared)
     assert shared.share_prefix and len({len(t.prompt_ids) for t in trajectories}) > 1
@@ -125,12 +131,30 @@ def test_the_update_through_shared_prompts_equals_the_update_on_whole_rows(make_
     # when both learn from them
     shared_metrics, whole_metrics = shared.learn(trajectories), whole.learn(trajectories)
 
-    # then: the same loss, KL and weights, to float rounding
-    for key in ("loss", "kl", "entropy"):
+    # then: the same loss, KL, entropy (and PPO's values and value loss), and the same weights after (PPO's value
+    # head included), to float rounding
+    for key in keys:
         assert shared_metrics[key] == pytest.approx(whole_metrics[key], rel=1e-4, abs=1e-6), key
-    after_whole = dict(tree_flatten(whole.model.trainable_parameters()))
-    for name, value in tree_flatten(shared.model.trainable_parameters()):
+    trained = [learner.optimizer_target or learner.model for learner in (shared, whole)]
+    after_whole = dict(tree_flatten(trained[1].trainable_parameters()))
+    for name, value in tree_flatten(trained[0].trainable_parameters()):
         np.testing.assert_allclose(np.array(value), np.array(after_whole[name]), atol=2e-5, rtol=1e-4, err_msg=name)
+
+
+def test_ppo_values_before_the_update_are_the_value_heads_on_whole_rows(make_config):
+    # given a PPO learner and a collated batch of real trajectories
+    from lazarus.training.rl import collate, group_trajectories
+
+    cfg = make_config("ppo", "lora.enabled=true")
+    learner = build_learner(cfg)
+    batch = collate(group_trajectories(sampled_batch(cfg, learner), cfg.generation.num_generations), learner.pad_id)
+    # when the learner computes its old values (through shared prompts), and the policy-with-value module runs
+    # whole rows
+    old_values = learner.old_values(batch)
+    _, whole_values = learner.both(batch.inputs)
+    # then they agree on every completion token
+    mask = np.array(batch.mask) > 0
+    np.testing.assert_allclose(np.array(old_values)[mask], np.array(whole_values)[mask], atol=1e-5, rtol=1e-4)
 
 
 def test_micro_batch_size_with_grad_accum_steps_is_refused(make_config):
