@@ -18,8 +18,7 @@ the median of the per-update ratios. Higher is better; 1.0 would be the matmul's
 Prompt sharing: on the last size, the LoRA update as the learner runs it (each group's prompt once, its
 completions against the prompt's keys and values) against the same update on whole rows, alternated in one
 process; it prints their time ratio (lower is better). The same for PPO's update (policy and value head on one
-trunk pass, rl.beta 0), and for a DPO step: a pair's chosen and rejected
-completions run their prompt once between them.
+trunk pass, rl.beta 0), and for a DPO step (a pair's chosen and rejected completions run their prompt once).
 
 Memory: the peak MLX memory of the timed updates (`mx.get_peak_memory`, reset before each) above what was
 allocated before it (weights, optimizer state), divided by T: peak KB per token. The update's share that

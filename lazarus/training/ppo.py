@@ -70,14 +70,13 @@ class PPOLearner(RLLearner):
         plan = update_plan(batch.inputs.shape[0], self.group_size, rl.mini_batch_size, rl.micro_batch_size,
                            self.cfg.training.grad_accum_steps)
         tokens_per_row = np.array(batch.mask.sum(axis=-1))
-        first_target = np.argmax(np.array(batch.mask) > 0, axis=-1)  # a row's first completion column
         history, epochs, optimizer_steps = [], 0, 0
         for _ in range(rl.num_iterations):
             epoch = []
             for mini_batch in plan:
                 rows_in_step = np.concatenate(mini_batch)
                 for idx in mini_batch:
-                    inputs, columns, prefix = self.micro_batch_columns(batch, idx, first_target)
+                    inputs, columns, prefix = self.micro_batch_columns(batch, idx)
                     ref = columns(reference) if reference is not None and self.loss_beta else None
                     loss, metrics = self.stepper.accumulate(
                         inputs, *map(columns, (batch.targets, batch.mask, batch.behavior_logprobs, advantages,

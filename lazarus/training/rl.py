@@ -294,7 +294,6 @@ class RLLearner(Trainer):
         plan = update_plan(batch.inputs.shape[0], self.group_size, rl.mini_batch_size, rl.micro_batch_size,
                            self.cfg.training.grad_accum_steps)
         tokens_per_row = np.array(batch.mask.sum(axis=-1))
-        first_target = np.argmax(np.array(batch.mask) > 0, axis=-1)  # a row's first completion column
         history, optimizer_steps = [], 0
         for _ in range(rl.num_iterations):
             for mini_batch in plan:
@@ -303,7 +302,7 @@ class RLLearner(Trainer):
                     mini_batch = micro_batches(shard_rows(rows_in_step, *self.shard), rl.micro_batch_size,
                                                self.cfg.training.grad_accum_steps)
                 for idx in mini_batch:
-                    args = self.micro_batch_args(batch, idx, first_target, advantages, reference, proximal)
+                    args = self.micro_batch_args(batch, idx, advantages, reference, proximal)
                     weight = self.micro_batch_weight(tokens_per_row, idx, rows_in_step)
                     loss, metrics = self.stepper.accumulate(*args, weight=weight)
                     history.append({"loss": loss.item(), **{k: v.item() for k, v in metrics.items()}})
@@ -325,16 +324,16 @@ class RLLearner(Trainer):
             return SuffixColumns(batch, rows, self.group_size, self.pad_id)
         return None
 
-    def micro_batch_args(self, batch: RolloutBatch, idx: np.ndarray, first_target: np.ndarray, advantages: mx.array,
+    def micro_batch_args(self, batch: RolloutBatch, idx: np.ndarray, advantages: mx.array,
                          reference: mx.array | None, proximal: mx.array | None) -> list:
         """The loss's arrays for rows `idx`, laid out by `micro_batch_columns`."""
-        inputs, columns, prefix = self.micro_batch_columns(batch, idx, first_target)
+        inputs, columns, prefix = self.micro_batch_columns(batch, idx)
         return [inputs, columns(batch.targets), columns(batch.mask), columns(batch.behavior_logprobs),
                 advantages[mx.array(idx)] if advantages.ndim == 1 else columns(advantages),
                 columns(reference) if reference is not None else None,
                 columns(proximal) if proximal is not None else None, prefix]
 
-    def micro_batch_columns(self, batch: RolloutBatch, idx: np.ndarray, first_target: np.ndarray
+    def micro_batch_columns(self, batch: RolloutBatch, idx: np.ndarray
                             ) -> tuple[mx.array, Callable[[mx.array], mx.array], SharedPrefix | None]:
         """Rows `idx` as a loss runs them: (inputs, a function cutting any [N, L] per-token array of the batch to
         the loss's columns of those rows, the shared prefix or None). With a shared prefix: each group's prompt
@@ -345,7 +344,7 @@ class RLLearner(Trainer):
         if suffix is not None:
             return suffix.take(batch.inputs), suffix.take, suffix.prefix
         rows = mx.array(idx)
-        start = int(first_target[idx].min()) // 16 * 16
+        start = int(batch.starts[idx].min()) // 16 * 16
         return batch.inputs[rows], lambda values: values[rows, start:], None
 
     def micro_batch_weight(self, tokens_per_row: np.ndarray, rows: np.ndarray, rows_in_step: np.ndarray) -> float:
